@@ -1,0 +1,131 @@
+"""Configuration of ScratchGPT, a GPT-2-shaped decoder written from scratch.
+
+Standard transformers names are the fields; GPT-2's names (``n_embd``, ``n_layer``, ``n_head``,
+``n_positions``, ...) and the names of "Build a Large Language Model (From Scratch)" (``emb_dim``,
+``n_layers``, ``n_heads``, ``context_length``, ``drop_rate``) resolve through ``attribute_map``.
+Every value is validated when the config is built; errors name the field and the numbers.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+NORM_TYPES = ("layernorm", "rmsnorm")
+
+
+class ScratchGPTConfig(PretrainedConfig):
+    r"""Configuration for [`ScratchGPTModel`] and its heads.
+
+    Args:
+        vocab_size: number of token ids the embedding and LM head cover.
+        hidden_size: width of the residual stream (GPT-2 ``n_embd``, book ``emb_dim``).
+        num_hidden_layers: number of transformer blocks (``n_layer`` / ``n_layers``).
+        num_attention_heads: heads per attention layer; must divide ``hidden_size``.
+        intermediate_size: width of the MLP; ``None`` means ``4 * hidden_size``.
+        max_position_embeddings: longest sequence (learned absolute positions; ``n_positions`` / ``context_length``).
+        hidden_act: MLP activation, any name in ``transformers.activations.ACT2FN`` (GPT-2 uses ``gelu_new``,
+            which equals ``gelu_pytorch_tanh``).
+        layer_norm_eps: epsilon of the normalisation layers.
+        norm_type: ``"layernorm"`` (GPT-2) or ``"rmsnorm"`` (not expressible as GPT-2).
+        attention_dropout / resid_dropout / embd_dropout: dropout on attention weights, on the output of each
+            residual branch, and on the embeddings. ``drop_rate=x`` sets all three (the book's name).
+        initializer_range: std of the normal init; residual projections get ``std / sqrt(2 * layers)``.
+        qkv_bias: bias on the fused query/key/value projection (GPT-2: True; the book's from-scratch default: False).
+        tie_word_embeddings: share the token embedding with the LM head.
+    """
+
+    model_type = "scratch_gpt"
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+    attribute_map = {
+        # GPT-2 names
+        "n_embd": "hidden_size",
+        "n_layer": "num_hidden_layers",
+        "n_head": "num_attention_heads",
+        "n_positions": "max_position_embeddings",
+        "n_inner": "intermediate_size",
+        "layer_norm_epsilon": "layer_norm_eps",
+        "activation_function": "hidden_act",
+        "attn_pdrop": "attention_dropout",
+        "resid_pdrop": "resid_dropout",
+        "embd_pdrop": "embd_dropout",
+        # "Build a Large Language Model (From Scratch)" names
+        "emb_dim": "hidden_size",
+        "n_layers": "num_hidden_layers",
+        "n_heads": "num_attention_heads",
+        "context_length": "max_position_embeddings",
+        "drop_rate": "resid_dropout",
+    }
+
+    vocab_size: int = 50257
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int | None = None
+    max_position_embeddings: int = 1024
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-5
+    norm_type: str = "layernorm"
+    attention_dropout: float | int = 0.0
+    resid_dropout: float | int = 0.0
+    embd_dropout: float | int = 0.0
+    initializer_range: float = 0.02
+    qkv_bias: bool = True
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self, **kwargs):
+        # The book's single `drop_rate` sets every dropout.
+        drop_rate = kwargs.pop("drop_rate", None)
+        if drop_rate is not None:
+            self.attention_dropout = self.resid_dropout = self.embd_dropout = drop_rate
+        super().__post_init__(**kwargs)  # applies GPT-2 / book aliases given as keyword arguments
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        self.validate_architecture()
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+    def validate_architecture(self) -> None:
+        """Raise ``ValueError`` naming the field and the numbers for any invalid value."""
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ScratchGPTConfig.{name} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"ScratchGPTConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}); {self.hidden_size} / {self.num_attention_heads} = "
+                f"{self.hidden_size / self.num_attention_heads:.3g}. Pick a head count that divides the width."
+            )
+        for name in ("attention_dropout", "resid_dropout", "embd_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"ScratchGPTConfig.{name} must be in [0, 1), got {value!r}.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"ScratchGPTConfig.hidden_act {self.hidden_act!r} is unknown; use one of transformers' activations "
+                f"such as 'gelu_pytorch_tanh', 'gelu_new', 'gelu', 'relu', 'silu'."
+            )
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"ScratchGPTConfig.norm_type must be one of {NORM_TYPES}, got {self.norm_type!r}.")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"ScratchGPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"ScratchGPTConfig.initializer_range must be >= 0, got {self.initializer_range!r}.")
+
+
+__all__ = ["ScratchGPTConfig"]

@@ -1,0 +1,232 @@
+"""GPT-2 <-> ScratchGPT: config and weight mapping, strict in both directions.
+
+Both models use GPT-2's module names; GPT-2 stores ``c_attn``, ``c_proj`` and ``c_fc`` as ``Conv1D`` with
+weights shaped ``(in, out)`` while ScratchGPT uses ``nn.Linear`` ``(out, in)``, so the mapping is a transpose of
+those weights and nothing else. A missing or unexpected key is an error that names it: nothing is silently
+dropped or left at its random init.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Model,
+    GPT2ForSequenceClassification,
+    PreTrainedModel,
+)
+from transformers.utils import logging
+
+from .configuration_scratch_gpt import ScratchGPTConfig
+from .modeling_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification, ScratchGPTModel
+
+logger = logging.get_logger(__name__)
+
+_CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Buffers some GPT-2 checkpoints carry (the old persistent causal mask); they hold no learned values.
+_GPT2_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+_MODEL_PAIRS = (
+    (GPT2LMHeadModel, ScratchGPTForCausalLM),
+    (GPT2ForSequenceClassification, ScratchGPTForSequenceClassification),
+    (GPT2Model, ScratchGPTModel),
+)
+_SHARED_CONFIG_KEYS = (
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "tie_word_embeddings",
+    "id2label",
+    "label2id",
+    "problem_type",
+)
+
+
+def scratch_config_from_gpt2(config: GPT2Config) -> ScratchGPTConfig:
+    """The ScratchGPT config of the same architecture as a GPT-2 config (ValueError for unsupported options)."""
+    unsupported = {
+        "add_cross_attention": (getattr(config, "add_cross_attention", False), False),
+        "scale_attn_weights": (getattr(config, "scale_attn_weights", True), True),
+        "scale_attn_by_inverse_layer_idx": (getattr(config, "scale_attn_by_inverse_layer_idx", False), False),
+    }
+    for name, (value, supported) in unsupported.items():
+        if value != supported:
+            raise ValueError(f"GPT-2 config has {name}={value!r}; ScratchGPT supports only {name}={supported!r}.")
+    kwargs = {key: getattr(config, key) for key in _SHARED_CONFIG_KEYS if getattr(config, key, None) is not None}
+    return ScratchGPTConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        intermediate_size=config.n_inner if config.n_inner is not None else 4 * config.n_embd,
+        max_position_embeddings=config.n_positions,
+        hidden_act=config.activation_function,
+        layer_norm_eps=config.layer_norm_epsilon,
+        attention_dropout=config.attn_pdrop,
+        resid_dropout=config.resid_pdrop,
+        embd_dropout=config.embd_pdrop,
+        initializer_range=config.initializer_range,
+        qkv_bias=True,
+        **kwargs,
+    )
+
+
+def gpt2_config_from_scratch(config: ScratchGPTConfig) -> GPT2Config:
+    """The GPT-2 config of the same architecture; ValueError naming the reason if GPT-2 cannot express it."""
+    if config.norm_type != "layernorm":
+        raise ValueError(
+            f"GPT-2 cannot express norm_type={config.norm_type!r}: GPT-2 uses LayerNorm with a bias. "
+            "Export this model in the remote-code format instead."
+        )
+    kwargs = {key: getattr(config, key) for key in _SHARED_CONFIG_KEYS if getattr(config, key, None) is not None}
+    return GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.max_position_embeddings,
+        n_embd=config.hidden_size,
+        n_layer=config.num_hidden_layers,
+        n_head=config.num_attention_heads,
+        n_inner=config.intermediate_size,
+        activation_function=config.hidden_act,
+        resid_pdrop=config.resid_dropout,
+        embd_pdrop=config.embd_dropout,
+        attn_pdrop=config.attention_dropout,
+        layer_norm_epsilon=config.layer_norm_eps,
+        initializer_range=config.initializer_range,
+        **kwargs,
+    )
+
+
+def _is_conv1d_key(key: str) -> bool:
+    return key.endswith(_CONV1D_SUFFIXES)
+
+
+def gpt2_state_dict_to_scratch(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map GPT-2 weights (Conv1D layout) to ScratchGPT's (Linear layout); drops only the old mask buffers."""
+    out = {}
+    for key, tensor in state_dict.items():
+        if key.endswith(_GPT2_BUFFER_SUFFIXES):
+            continue
+        out[key] = tensor.t().contiguous() if _is_conv1d_key(key) else tensor
+    return out
+
+
+def scratch_state_dict_to_gpt2(state_dict: dict[str, torch.Tensor], config: ScratchGPTConfig) -> dict[str, torch.Tensor]:
+    """Map ScratchGPT weights to GPT-2's layout; a qkv projection without bias gets an exact zero bias."""
+    out = {}
+    for key, tensor in state_dict.items():
+        out[key] = tensor.t().contiguous() if _is_conv1d_key(key) else tensor
+    if not config.qkv_bias:
+        for key in [k for k in out if k.endswith("attn.c_attn.weight")]:
+            weight = out[key]  # (in, 3 * hidden) in Conv1D layout
+            out[key[: -len("weight")] + "bias"] = torch.zeros(weight.shape[1], dtype=weight.dtype)
+    return out
+
+
+def _load_strict(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy every weight; error naming any missing or unexpected key or a shape mismatch."""
+    state_dict = dict(state_dict)
+    if model.config.tie_word_embeddings:  # a tied copy may be absent from the source; it is the same tensor
+        for target, source in (getattr(model, "_tied_weights_keys", None) or {}).items():
+            if target not in state_dict and source in state_dict:
+                state_dict[target] = state_dict[source]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"Weight mismatch converting into {type(model).__name__}: missing keys {missing}, unexpected keys "
+            f"{unexpected}. The source checkpoint does not have the architecture of its config."
+        )
+    for key, tensor in state_dict.items():
+        if expected[key].shape != tensor.shape:
+            raise ValueError(
+                f"Shape mismatch for {key}: model has {tuple(expected[key].shape)}, source has {tuple(tensor.shape)}."
+            )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _pair_for(model: torch.nn.Module, source_index: int) -> type[PreTrainedModel]:
+    for pair in _MODEL_PAIRS:
+        if type(model) is pair[source_index]:
+            return pair[1 - source_index]
+    names = [pair[source_index].__name__ for pair in _MODEL_PAIRS]
+    raise ValueError(f"Cannot convert a {type(model).__name__}; supported: {names}.")
+
+
+def gpt2_to_scratch(model: GPT2LMHeadModel | GPT2ForSequenceClassification | GPT2Model) -> PreTrainedModel:
+    """An in-memory ScratchGPT copy of a transformers GPT-2 model (same logits)."""
+    target_cls = _pair_for(model, 0)
+    config = scratch_config_from_gpt2(model.config)
+    if target_cls is ScratchGPTForSequenceClassification:
+        config.num_labels = model.config.num_labels
+    new = target_cls(config).to(model.dtype)
+    _load_strict(new, gpt2_state_dict_to_scratch(model.state_dict()))
+    new.generation_config = GenerationConfig.from_model_config(new.config) if new.can_generate() else None
+    return new.eval() if not model.training else new
+
+
+def scratch_to_gpt2(model: PreTrainedModel) -> PreTrainedModel:
+    """An in-memory transformers GPT-2 copy of a ScratchGPT model (same logits); ValueError if inexpressible."""
+    target_cls = _pair_for(model, 1)
+    config = gpt2_config_from_scratch(model.config)
+    if target_cls is GPT2ForSequenceClassification:
+        config.num_labels = model.config.num_labels
+    new = target_cls(config).to(model.dtype)
+    _load_strict(new, scratch_state_dict_to_gpt2(model.state_dict(), model.config))
+    return new.eval() if not model.training else new
+
+
+def convert_gpt2_checkpoint(
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    revision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert a GPT-2 checkpoint (local folder or Hub id) into a ScratchGPT model folder.
+
+    Writes config.json, model.safetensors, generation_config.json and the source's tokenizer files (when it has
+    them) into a temporary folder beside ``out_dir`` and renames it into place, so ``out_dir`` only ever appears
+    complete.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; choose another folder or pass overwrite=True (--overwrite).")
+    source = GPT2LMHeadModel.from_pretrained(str(src), revision=revision)
+    if source.config.model_type != "gpt2":
+        raise ValueError(f"{src} is a {source.config.model_type!r} model, not GPT-2.")
+    model = gpt2_to_scratch(source)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        try:
+            AutoTokenizer.from_pretrained(str(src), revision=revision).save_pretrained(tmp)
+        except (OSError, ValueError) as err:
+            logger.warning("No tokenizer copied from %s (%s); add one before training or generating.", src, err)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Converted %s -> %s", src, out_dir)
+    return out_dir
+
+
+__all__ = [
+    "convert_gpt2_checkpoint",
+    "gpt2_config_from_scratch",
+    "gpt2_state_dict_to_scratch",
+    "gpt2_to_scratch",
+    "scratch_config_from_gpt2",
+    "scratch_state_dict_to_gpt2",
+    "scratch_to_gpt2",
+]
