@@ -1,0 +1,133 @@
+"""`scratch-gpt export` and `scratch-gpt push`.
+
+Heavy imports (torch, transformers, huggingface_hub) happen inside the command functions so that
+``scratch-gpt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``export`` and ``push`` subcommands."""
+    p = subparsers.add_parser(
+        "export",
+        help="Export a model folder to a complete, self-verified Hugging Face Hub repository folder.",
+        description="Write MODEL as a Hub repository folder at OUT_DIR: weights (safetensors), config, tokenizer, "
+        "generation config, loss plot and a README.md model card. remote-code (default) ships the scratch_gpt "
+        "modeling files with an auto_map (load with trust_remote_code=True); gpt2 writes a plain GPT-2 repo. "
+        "Before OUT_DIR appears, a fresh Python process that cannot import scratch_gpt loads the export and "
+        "its logits are compared with the source model.",
+    )
+    p.add_argument("model", metavar="MODEL", help="scratch-gpt model folder (a run directory's final model, "
+                   "or any folder written by save_pretrained)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the Hub repository into (must not exist "
+                   "unless --overwrite)")
+    p.add_argument("--format", dest="export_format", choices=("remote-code", "gpt2"), default="remote-code",
+                   help="remote-code: our modeling files + auto_map (default); gpt2: plain GPT-2 repo loadable "
+                   "by GPT2LMHeadModel, refused for configs GPT-2 cannot express")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="split model.safetensors into shards above this size, e.g. 5GB, 500MB (default: 5GB)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR if it exists (the old folder is removed only after the new one is verified)")
+    p.add_argument("--require-tokenizer", action="store_true",
+                   help="refuse to export a model folder without tokenizer files (default: export with a warning)")
+    p.add_argument("--run-dir", default=None,
+                   help="run directory holding metrics.jsonl / trainer_state.json and the loss plot for the card "
+                   "(default: MODEL, or its parent when that has the metrics)")
+    p.add_argument("--license", default="apache-2.0", help="license id for the card's YAML header (default: apache-2.0)")
+    p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="HUB_ID",
+                   help="Hub dataset id the model was trained on, for the card's YAML header (repeatable)")
+    p.add_argument("--base-model", default=None,
+                   help="Hub id of the model this one was finetuned from (card's base_model)")
+    p.add_argument("--tag", dest="tags", action="append", default=[], help="extra card tag (repeatable)")
+    p.add_argument("--repo-id", default=None,
+                   help="OWNER/NAME the export will be pushed to, used in the card's usage snippet")
+    p.set_defaults(func=_cmd_export)
+
+    q = subparsers.add_parser(
+        "push",
+        help="Upload an export folder to the Hugging Face Hub (create_repo + upload_folder).",
+        description="Upload OUT_DIR (written by `scratch-gpt export`) to the model repository REPO_ID, creating "
+        "it (and --revision's branch) when missing. The token comes from --token, HF_TOKEN or the saved "
+        "`hf auth login`, and is never printed, logged or written. HF_ENDPOINT selects another Hub.",
+    )
+    q.add_argument("out_dir", metavar="OUT_DIR", help="export folder to upload")
+    q.add_argument("repo_id", metavar="REPO_ID", help="target repository, OWNER/NAME")
+    q.add_argument("--private", action="store_true", help="create the repository as private (ignored if it exists)")
+    q.add_argument("--revision", default=None, metavar="BRANCH",
+                   help="branch to commit to, created from main when missing (default: main)")
+    q.add_argument("--commit-message", default=None, help="commit message (default: 'Upload scratch-gpt export')")
+    q.add_argument("--token", default=None,
+                   help="Hub write token (default: HF_TOKEN or the saved login; prefer those, since a command-line "
+                   "argument is visible to other users of the machine)")
+    q.set_defaults(func=_cmd_push)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .card import CardOptions
+    from .export import export_model
+    from .verify import ExportVerificationError
+
+    if args.repo_id:
+        from .push import validate_repo_id
+
+        validate_repo_id(args.repo_id)
+    options = CardOptions(
+        license=args.license,
+        datasets=list(args.datasets),
+        tags=list(args.tags),
+        base_model=args.base_model,
+        repo_id=args.repo_id,
+    )
+    try:
+        result = export_model(
+            args.model,
+            args.out_dir,
+            export_format=args.export_format,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+            require_tokenizer=args.require_tokenizer,
+            run_dir=args.run_dir,
+            card_options=options,
+        )
+    except ExportVerificationError as err:
+        print(f"scratch-gpt export: self-check failed, nothing written to {args.out_dir}: {err}", file=sys.stderr)
+        return 1
+    v = result.verification
+    print(f"exported {result.task} model ({result.num_parameters / 1e6:.2f}M parameters, format "
+          f"{result.export_format}) to {result.out_dir}")
+    print(f"files: {', '.join(result.files)}")
+    print(f"self-check (fresh process, scratch_gpt not importable): loaded as {v['model_class']}, "
+          f"max |logit diff| {v['max_abs_diff']:.3g}, generation match {v['generation_match']}, "
+          f"pipeline output {json.dumps(v['pipeline_output'])}")
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    trust = ", trust_remote_code=True" if result.export_format == "remote-code" else ""
+    print(f"load it: AutoModelForCausalLM.from_pretrained({str(result.out_dir)!r}{trust})"
+          if result.task == "text-generation"
+          else f"load it: AutoModelForSequenceClassification.from_pretrained({str(result.out_dir)!r}{trust})")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .push import PushError, push_folder
+
+    try:
+        url = push_folder(
+            args.out_dir,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            token=args.token,
+        )
+    except PushError as err:
+        print(f"scratch-gpt push: error: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.out_dir} to {args.repo_id}: {url}")
+    print(f'load it: AutoModelForCausalLM.from_pretrained("{args.repo_id}", trust_remote_code=True)')
+    return 0

@@ -1,0 +1,300 @@
+"""Self-check of an export: load it where ``scratch_gpt`` does not exist and compare with the source.
+
+The check must run in a *fresh* process: once ``scratch_gpt`` is imported, AutoConfig knows
+``model_type="scratch_gpt"`` and transformers would use our installed classes instead of the repository's remote
+code, proving nothing. The child process installs an import blocker (a ``sys.meta_path`` finder that refuses
+``scratch_gpt``, ``training`` and ``hub_export``) before anything else, so the only way it can build the model is
+through the files of the export: the Auto classes with ``trust_remote_code=True`` for remote code, the plain
+``GPT2LMHeadModel`` for the gpt2 format. It reports the logits on a fixed input, greedy generation ids and a
+``pipeline`` result; the parent compares them with the source model it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BLOCKED_PACKAGES = ("scratch_gpt", "training", "hub_export")
+PROMPTS = {"text-generation": "Every effort moves you", "text-classification": "This is a fine example."}
+NEW_TOKENS = 6
+
+# The child's program. It receives the path of a JSON spec; it writes logits (safetensors) and a JSON report.
+_CHILD = r'''
+import importlib.abc, json, sys
+
+BLOCKED = tuple(json.loads(sys.argv[2]))
+
+class _Blocker(importlib.abc.MetaPathFinder):
+    """Refuse the project's packages, so only the export's own files can build the model."""
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the export self-check)", name=name)
+        return None
+
+sys.meta_path.insert(0, _Blocker())
+blocked_ok = True
+for pkg in BLOCKED:
+    try:
+        __import__(pkg)
+        blocked_ok = False
+    except ModuleNotFoundError:
+        pass
+
+spec = json.load(open(sys.argv[1]))
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+torch.manual_seed(0)
+torch.set_num_threads(spec["threads"])
+report = {"blocked_ok": blocked_ok, "transformers_version": transformers.__version__}
+folder = spec["folder"]
+remote = spec["format"] == "remote-code"
+task = spec["task"]
+auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModelForCausalLM
+model = auto.from_pretrained(folder, trust_remote_code=remote)
+model.eval()
+cls = type(model)
+report["model_class"] = cls.__module__ + "." + cls.__qualname__
+report["config_class"] = type(model.config).__module__ + "." + type(model.config).__qualname__
+report["model_type"] = model.config.model_type
+report["auto_map"] = getattr(model.config, "auto_map", None)
+inputs = load_file(spec["inputs"])
+with torch.no_grad():
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+save_file({"logits": out.logits.float().contiguous()}, spec["logits_out"])
+if task == "text-generation":
+    with torch.no_grad():
+        ids = model.generate(inputs["input_ids"][:1], attention_mask=inputs["attention_mask"][:1],
+                             max_new_tokens=spec["new_tokens"], do_sample=False)
+    report["generated_ids"] = ids[0].tolist()
+if spec["has_tokenizer"]:
+    tok = AutoTokenizer.from_pretrained(folder)
+    pipe = pipeline(task, model=model, tokenizer=tok)
+    if task == "text-generation":
+        res = pipe(spec["prompt"], max_new_tokens=spec["new_tokens"], do_sample=False)
+        report["pipeline"] = res[0]["generated_text"]
+    else:
+        res = pipe(spec["prompt"])
+        report["pipeline"] = {"label": res[0]["label"], "score": float(res[0]["score"])}
+report["project_modules_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+json.dump(report, open(spec["report_out"], "w"))
+'''
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported folder does not reproduce the source model (nothing is moved into place)."""
+
+
+@dataclass
+class VerificationResult:
+    """What the self-check measured."""
+
+    max_abs_diff: float
+    model_class: str
+    generation_match: bool | None
+    pipeline_output: Any = None
+    pipeline_match: bool | None = None
+    seconds: float = 0.0
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "model_class": self.model_class,
+            "generation_match": self.generation_match,
+            "pipeline_output": self.pipeline_output,
+            "pipeline_match": self.pipeline_match,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def fixed_inputs(vocab_size: int, context: int, pad_token_id: int | None) -> dict[str, Any]:
+    """A deterministic 2-row batch (no padding) of token ids that avoids the pad id."""
+    import torch
+
+    length = max(2, min(16, context // 2))
+    ids = (torch.arange(2 * length).reshape(2, length) * 7919 + 13) % vocab_size
+    if pad_token_id is not None:
+        ids = torch.where(ids == pad_token_id, (ids + 1) % vocab_size, ids)
+    return {"input_ids": ids.long(), "attention_mask": torch.ones_like(ids)}
+
+
+def _source_outputs(model: Any, tokenizer: Any, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import pipeline
+
+    result: dict[str, Any] = {}
+    with torch.no_grad():
+        result["logits"] = model(**inputs).logits.float()
+        if task == "text-generation":
+            ids = model.generate(
+                inputs["input_ids"][:1],
+                attention_mask=inputs["attention_mask"][:1],
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+            )
+            result["generated_ids"] = ids[0].tolist()
+    if tokenizer is not None:
+        pipe = pipeline(task, model=model, tokenizer=tokenizer)
+        if task == "text-generation":
+            res = pipe(PROMPTS[task], max_new_tokens=NEW_TOKENS, do_sample=False)
+            result["pipeline"] = res[0]["generated_text"]
+        else:
+            res = pipe(PROMPTS[task])
+            result["pipeline"] = {"label": res[0]["label"], "score": float(res[0]["score"])}
+    return result
+
+
+def child_env(modules_cache: str) -> dict[str, str]:
+    """The environment of the self-check process: offline, its own remote-code cache, quiet."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_MODULES_CACHE=modules_cache,
+        TRANSFORMERS_VERBOSITY="error",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def verify_export(
+    folder: str | os.PathLike,
+    source_model: Any,
+    *,
+    export_format: str,
+    task: str,
+    tokenizer: Any = None,
+    atol: float = 1e-5,
+    timeout: float = 900.0,
+) -> VerificationResult:
+    """Load ``folder`` in a fresh process that cannot import ``scratch_gpt`` and compare with ``source_model``.
+
+    Checks: the project's packages were blocked and never loaded; the class came from the export
+    (``transformers_modules.*`` for remote code, transformers' ``GPT2LMHeadModel`` for gpt2 and no ``auto_map``);
+    logits agree within ``atol`` (remote code runs the same code on the same weights, so the difference is
+    normally exactly 0); greedy generation and the ``pipeline`` output agree (remote code).
+    Raises ``ExportVerificationError`` naming the first failed check.
+    """
+    import time
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    cfg = source_model.config
+    inputs = fixed_inputs(cfg.vocab_size, cfg.max_position_embeddings, getattr(cfg, "pad_token_id", None))
+    source = _source_outputs(source_model, tokenizer, task, inputs)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="scratch-gpt-verify-") as work:
+        work_path = Path(work)
+        save_file({k: v.contiguous() for k, v in inputs.items()}, str(work_path / "inputs.safetensors"))
+        spec = {
+            "folder": str(folder.resolve()),
+            "format": export_format,
+            "task": task,
+            "inputs": str(work_path / "inputs.safetensors"),
+            "logits_out": str(work_path / "logits.safetensors"),
+            "report_out": str(work_path / "report.json"),
+            "has_tokenizer": tokenizer is not None,
+            "prompt": PROMPTS[task],
+            "new_tokens": NEW_TOKENS,
+            "threads": torch.get_num_threads(),
+        }
+        (work_path / "spec.json").write_text(json.dumps(spec))
+        (work_path / "modules").mkdir()
+        cmd = [sys.executable, "-c", _CHILD, str(work_path / "spec.json"), json.dumps(BLOCKED_PACKAGES)]
+        logger.info("self-check: loading %s in a fresh process without scratch_gpt", folder.name)
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=work,
+                env=child_env(str(work_path / "modules")),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise ExportVerificationError(f"self-check did not finish within {timeout:.0f}s") from err
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise ExportVerificationError(
+                f"the export does not load without scratch_gpt (self-check exited {proc.returncode}):\n{tail}"
+            )
+        report = json.loads((work_path / "report.json").read_text())
+        logits = load_file(str(work_path / "logits.safetensors"))["logits"]
+    seconds = time.perf_counter() - start
+
+    if not report["blocked_ok"] or report["project_modules_loaded"]:
+        raise ExportVerificationError(
+            f"the self-check could import the project packages ({report['project_modules_loaded']}); "
+            "the check would prove nothing"
+        )
+    model_class = report["model_class"]
+    if export_format == "remote-code":
+        if not model_class.startswith("transformers_modules."):
+            raise ExportVerificationError(f"expected the export's remote code to build the model, got {model_class}")
+    else:
+        if not model_class.endswith(".GPT2LMHeadModel") or not model_class.startswith("transformers.models.gpt2"):
+            raise ExportVerificationError(f"the gpt2 export loaded as {model_class}, not GPT2LMHeadModel")
+        if report["auto_map"]:
+            raise ExportVerificationError("the gpt2 export carries an auto_map (it must need no remote code)")
+        if report["model_type"] != "gpt2":
+            raise ExportVerificationError(f"the gpt2 export has model_type {report['model_type']!r}")
+    if logits.shape != source["logits"].shape:
+        raise ExportVerificationError(
+            f"logits shape differs: export {tuple(logits.shape)} vs source {tuple(source['logits'].shape)}"
+        )
+    max_diff = float((logits - source["logits"]).abs().max())
+    if not max_diff <= atol:  # also catches NaN
+        raise ExportVerificationError(f"logits differ from the source by {max_diff:.3g} (tolerance {atol:g})")
+
+    strict = export_format == "remote-code"  # same code and weights: outputs must match exactly
+    generation_match = None
+    if "generated_ids" in source:
+        generation_match = report.get("generated_ids") == source["generated_ids"]
+        if strict and not generation_match:
+            raise ExportVerificationError(
+                f"greedy generation differs: export {report.get('generated_ids')} vs source {source['generated_ids']}"
+            )
+    pipeline_output = report.get("pipeline")
+    pipeline_match = None
+    if "pipeline" in source:
+        if task == "text-generation":
+            pipeline_match = pipeline_output == source["pipeline"]
+            if not (isinstance(pipeline_output, str) and pipeline_output.startswith(PROMPTS[task])):
+                raise ExportVerificationError(f"the text-generation pipeline returned {pipeline_output!r}")
+        else:
+            pipeline_match = (
+                pipeline_output["label"] == source["pipeline"]["label"]
+                and abs(pipeline_output["score"] - source["pipeline"]["score"]) <= 1e-5
+            )
+            if pipeline_output["label"] not in {str(v) for v in cfg.id2label.values()}:
+                raise ExportVerificationError(f"the classification pipeline returned {pipeline_output!r}")
+        if strict and not pipeline_match:
+            raise ExportVerificationError(
+                f"pipeline output differs: export {pipeline_output!r} vs source {source['pipeline']!r}"
+            )
+    logger.info("self-check passed: %s, max |logit diff| %.3g", model_class, max_diff)
+    return VerificationResult(
+        max_abs_diff=max_diff,
+        model_class=model_class,
+        generation_match=generation_match,
+        pipeline_output=pipeline_output,
+        pipeline_match=pipeline_match,
+        seconds=seconds,
+        report=report,
+    )
