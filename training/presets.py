@@ -1,0 +1,313 @@
+"""Pretraining options: one typed dataclass, named presets, config files, one resolver.
+
+Precedence (lowest first): the dataclass defaults (= the ``tiny`` preset) < the named preset < a YAML/JSON
+config file < options given on the command line. Everything is validated in :func:`resolve_arguments`
+(and again in ``TrainArguments.validate``) before any data is read or a model is built, so a bad value fails
+in milliseconds with a message naming the option and the fix.
+
+This module imports only the standard library (and PyYAML lazily) so ``scratch-gpt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+
+def _opt(default: Any, help: str, group: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, **extra})
+
+
+MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
+REPORT_TO_CHOICES = ("none", "tensorboard")
+NORM_CHOICES = ("layernorm", "rmsnorm")
+ATTN_CHOICES = ("sdpa", "eager")
+
+
+@dataclass
+class TrainArguments:
+    """Every option of ``scratch-gpt train``. Defaults are the ``tiny`` preset (a CPU run of minutes)."""
+
+    # -- model ---------------------------------------------------------------------------------------
+    preset: str = _opt("tiny", "named preset the other options start from", "model")
+    hidden_size: int = _opt(128, "model width (embedding size)", "model")
+    num_hidden_layers: int = _opt(4, "number of transformer blocks", "model")
+    num_attention_heads: int = _opt(4, "attention heads per block (must divide hidden size)", "model")
+    intermediate_size: int | None = _opt(None, "MLP width (default 4 x hidden size)", "model")
+    block_size: int = _opt(128, "context length in tokens (training block size = max positions)", "model")
+    dropout: float = _opt(0.0, "dropout on embeddings, attention and residuals (0 is usual for pretraining)", "model")
+    norm_type: str = _opt("layernorm", "normalisation layer", "model", choices=NORM_CHOICES)
+    attn_implementation: str = _opt("sdpa", "attention implementation", "model", choices=ATTN_CHOICES)
+    vocab_size: int = _opt(4096, "vocabulary size of the BPE tokenizer trained on the corpus", "model")
+    tokenizer: str | None = _opt(
+        None, "reuse this tokenizer (folder or Hub id) instead of training one on the corpus", "model"
+    )
+
+    # -- data ----------------------------------------------------------------------------------------
+    dataset: str = _opt(
+        "python-stdlib",
+        "corpus: python-stdlib (built in), a local file/folder (txt/md/py/json/jsonl/csv/parquet) or a Hub dataset id",
+        "data",
+    )
+    dataset_config: str | None = _opt(None, "Hub dataset configuration name", "data")
+    text_column: str | None = _opt(None, "column holding the text (default: detected)", "data")
+    split: str = _opt("train", "split to train on", "data")
+    validation_split: str | None = _opt(
+        None, "split to validate on (default: hold out --validation-fraction of the training split)", "data"
+    )
+    revision: str | None = _opt(None, "Hub dataset revision", "data")
+    streaming: bool = _opt(False, "stream the Hub dataset instead of downloading it whole", "data")
+    validation_fraction: float = _opt(0.05, "fraction of documents held out for validation", "data")
+    max_documents: int | None = _opt(None, "use at most this many documents (quick experiments)", "data")
+    stride: int | None = _opt(None, "sliding-window stride when packing (default: block size, no overlap)", "data")
+    num_proc: int = _opt(1, "processes for tokenisation (datasets.map num_proc)", "data")
+
+    # -- optimisation --------------------------------------------------------------------------------
+    per_device_batch_size: int = _opt(16, "blocks per micro-batch on each process", "optim")
+    gradient_accumulation_steps: int = _opt(1, "micro-batches accumulated per optimizer step", "optim")
+    learning_rate: float = _opt(2e-3, "peak learning rate (after warmup)", "optim")
+    min_lr_ratio: float = _opt(0.1, "cosine decays to this fraction of the peak learning rate", "optim")
+    warmup_steps: int = _opt(100, "linear warmup steps", "optim")
+    weight_decay: float = _opt(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)", "optim")
+    adam_beta1: float = _opt(0.9, "AdamW beta1", "optim")
+    adam_beta2: float = _opt(0.95, "AdamW beta2", "optim")
+    adam_epsilon: float = _opt(1e-8, "AdamW epsilon", "optim")
+    max_grad_norm: float = _opt(1.0, "clip gradients to this global norm (0 disables clipping)", "optim")
+    max_steps: int = _opt(1500, "optimizer steps to train (also the length of the LR schedule)", "optim")
+    max_tokens: int | None = _opt(
+        None, "train on this many tokens instead (sets max steps; the smaller of the two wins)", "optim"
+    )
+    max_time: str | None = _opt(
+        None, "stop after this much training time, e.g. 90s, 10m, 2h (the LR schedule is not shortened)", "optim"
+    )
+    mixed_precision: str = _opt("no", "mixed precision (fp16 needs a GPU)", "optim", choices=MIXED_PRECISION_CHOICES)
+    compile: bool = _opt(False, "torch.compile the model", "optim")
+    seed: int = _opt(0, "random seed (weights, data order, sampling)", "optim")
+
+    # -- evaluation and logging ----------------------------------------------------------------------
+    eval_every: int = _opt(250, "evaluate (validation loss, perplexity, samples) every N steps", "eval")
+    eval_batches: int | None = _opt(20, "validation micro-batches per evaluation (None: the whole split)", "eval")
+    num_samples: int = _opt(2, "continuations sampled at each evaluation", "eval")
+    sample_prompt: str = _opt("def ", "prompt for the sampled continuations", "eval")
+    sample_max_new_tokens: int = _opt(48, "length of the sampled continuations", "eval")
+    log_every: int = _opt(10, "write training loss to metrics.jsonl every N steps", "eval")
+    report_to: str = _opt("none", "extra experiment tracker through Accelerate", "eval", choices=REPORT_TO_CHOICES)
+
+    # -- output and checkpoints ----------------------------------------------------------------------
+    output_dir: str | None = _opt(None, "run folder (default: runs/<preset>)", "output")
+    checkpoint_every: int = _opt(500, "save a resumable checkpoint every N steps (0: only at the end)", "output")
+    keep_checkpoints: int = _opt(2, "keep the newest K checkpoints", "output")
+    resume: bool = _opt(False, "continue from the newest complete checkpoint in the run folder", "output")
+    overwrite: bool = _opt(False, "delete an existing run folder and start again", "output")
+
+    # -- testing -------------------------------------------------------------------------------------
+    debug_nan_step: int | None = _opt(None, "testing: make the loss NaN at this step", "debug")
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option; cheap, touches no files."""
+        positive = (
+            "hidden_size num_hidden_layers num_attention_heads block_size vocab_size per_device_batch_size "
+            "gradient_accumulation_steps max_steps eval_every log_every keep_checkpoints num_proc "
+            "sample_max_new_tokens"
+        ).split()
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        for name in ("intermediate_size", "max_tokens", "max_documents", "stride", "eval_batches", "debug_nan_step"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"--{_flag(name)} must be a positive integer (or unset), got {value!r}")
+        for name in ("warmup_steps", "checkpoint_every", "num_samples", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"--{_flag(name)} must be an integer >= 0, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
+                f"{self.num_attention_heads}; pick sizes where heads divide the width"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        checks = {
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "dropout": 0 <= self.dropout < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "adam_beta1": 0 <= self.adam_beta1 < 1,
+            "adam_beta2": 0 <= self.adam_beta2 < 1,
+            "adam_epsilon": self.adam_epsilon > 0,
+            "max_grad_norm": self.max_grad_norm >= 0,
+            "validation_fraction": 0 < self.validation_fraction < 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"--{_flag(name)} is out of range: {getattr(self, name)!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(
+                    f"--{_flag(f.name)} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}"
+                )
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        if self.max_time is not None:
+            parse_duration(self.max_time)
+        if self.stride is not None and self.stride > self.block_size:
+            raise ValueError(f"--stride {self.stride} is larger than --block-size {self.block_size}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.preset
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Named presets: overrides of the TrainArguments defaults (which are `tiny`).
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~1.6M parameters; python-stdlib on a 2-core CPU in a few minutes.
+    "tiny": {},
+    # ~11M parameters: an hour-scale CPU run or minutes on a GPU.
+    "small": {
+        "hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "block_size": 256,
+        "vocab_size": 8192, "per_device_batch_size": 16, "gradient_accumulation_steps": 2,
+        "learning_rate": 1e-3, "warmup_steps": 200, "max_steps": 5000, "eval_every": 500,
+        "checkpoint_every": 1000, "sample_max_new_tokens": 64,
+    },
+    # ~40M parameters (GPU).
+    "medium": {
+        "hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "block_size": 512,
+        "vocab_size": 16384, "per_device_batch_size": 16, "gradient_accumulation_steps": 4,
+        "learning_rate": 8e-4, "warmup_steps": 500, "max_steps": 20000, "eval_every": 1000,
+        "checkpoint_every": 2000, "mixed_precision": "bf16", "sample_max_new_tokens": 96,
+    },
+    # GPT-2 small's shape (124M parameters with a 50257 vocabulary); nanoGPT-like schedule, ~0.5M tokens/step
+    # with 8 GPUs x 16 x 1024 x 4.
+    "gpt2-124m": {
+        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "block_size": 1024,
+        "vocab_size": 50257, "per_device_batch_size": 16, "gradient_accumulation_steps": 4,
+        "learning_rate": 6e-4, "warmup_steps": 700, "max_steps": 20000, "eval_every": 1000,
+        "eval_batches": 50, "checkpoint_every": 1000, "keep_checkpoints": 3, "mixed_precision": "bf16",
+        "sample_max_new_tokens": 128,
+    },
+}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(TrainArguments)
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(int|float|str|bool, optional?) for a field annotation."""
+    if get_origin(tp) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def coerce_value(name: str, value: Any) -> Any:
+    """Convert ``value`` (from a config file or the command line) to the type of option ``name``."""
+    types = _field_types()
+    if name not in types:
+        close = difflib.get_close_matches(name, list(types), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown training option {name!r}{hint}")
+    base, optional = _base_type(types[name])
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if not optional:
+            raise ValueError(f"option {name!r} cannot be empty")
+        return None
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            text = str(value).strip().replace("_", "")
+            return int(float(text)) if re.fullmatch(r"[0-9.]+e[0-9]+", text.lower()) else int(text)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"option {name!r} expects {base.__name__}, got {value!r}") from None
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90' / '90s' / '10m' / '1.5h' / '1d' -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(text).lower())
+    if not match:
+        raise ValueError(f"--max-time {text!r} is not a duration; use e.g. 90s, 10m or 2h")
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"--max-time must be positive, got {text!r}")
+    return seconds
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or JSON config file into a flat ``{option: value}`` mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+    elif path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {path} is not valid JSON: {err}") from None
+    else:
+        raise ValueError(f"config file {path} must end in .yaml, .yml or .json")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_arguments(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainArguments:
+    """Defaults < preset < config file < overrides, every value type-checked; returns validated arguments."""
+    from_file = load_config_file(config_file) if config_file else {}
+    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()}
+    name = overrides.get("preset") or preset or from_file.get("preset") or "tiny"
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    values: dict[str, Any] = {}
+    for source in (PRESETS[name], from_file, overrides):
+        for key, value in source.items():
+            values[key] = coerce_value(key, value)
+    values["preset"] = name
+    args = TrainArguments(**values)
+    args.validate()
+    return args
