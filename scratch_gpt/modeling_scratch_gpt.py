@@ -68,6 +68,7 @@ class ScratchGPTMLP(nn.Module):
         self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.hidden_act]
         self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.dropout = nn.Dropout(config.resid_dropout)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -86,6 +87,7 @@ class ScratchGPTAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.c_attn = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.c_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.resid_dropout = nn.Dropout(config.resid_dropout)
 
     def forward(
@@ -162,10 +164,11 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, (ScratchGPTAttention, ScratchGPTMLP)):
-            # GPT-2: scale the residual projections by 1/sqrt(N), N = 2 residual branches per block.
+        # GPT-2: scale the residual projections by 1/sqrt(N), N = 2 residual branches per block. (Marked on the
+        # Linear itself: transformers skips custom-code modules that own no parameters, like the MLP.)
+        if isinstance(module, nn.Linear) and getattr(module, "is_residual_projection", False):
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
-            init.normal_(module.c_proj.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
 
 
 class ScratchGPTModel(ScratchGPTPreTrainedModel):
