@@ -183,6 +183,15 @@ def scratch_to_gpt2(model: PreTrainedModel) -> PreTrainedModel:
     return new.eval() if not model.training else new
 
 
+def _load_tokenizer_if_any(src: str | os.PathLike, revision: str | None):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(src), revision=revision)
+    except (OSError, ValueError):
+        return None
+    # transformers 5 builds an empty tokenizer from a bare config; that is no tokenizer.
+    return tokenizer if len(tokenizer.get_vocab()) > len(tokenizer.all_special_tokens) else None
+
+
 def convert_gpt2_checkpoint(
     src: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -207,10 +216,11 @@ def convert_gpt2_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp)
-        try:
-            AutoTokenizer.from_pretrained(str(src), revision=revision).save_pretrained(tmp)
-        except (OSError, ValueError) as err:
-            logger.warning("No tokenizer copied from %s (%s); add one before training or generating.", src, err)
+        tokenizer = _load_tokenizer_if_any(src, revision)
+        if tokenizer is None:
+            logger.warning("No tokenizer found in %s; add one to %s before training or generating.", src, out_dir)
+        else:
+            tokenizer.save_pretrained(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
