@@ -121,12 +121,15 @@ class TrainerOptions:
             bf16=self.mixed_precision == "bf16",
             fp16=self.mixed_precision == "fp16",
             use_cpu=self.use_cpu,
-            gradient_checkpointing=self.gradient_checkpointing,
             dataloader_num_workers=self.dataloader_workers,
             disable_tqdm=self.disable_tqdm,
             report_to=[],
             remove_unused_columns=False,
         )
+        if self.gradient_checkpointing:  # transformers 5 renamed the switch
+            names = {f.name for f in dataclasses.fields(TrainingArguments)}
+            key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+            kwargs[key] = True
         kwargs.update(overrides)
         return TrainingArguments(**kwargs)
 
@@ -270,8 +273,12 @@ def prepare_output_dir(output_dir: str, overwrite: bool = False, resume: bool = 
             logger.warning("removing the existing output folder %s (--overwrite)", output_dir)
             shutil.rmtree(output_dir)
         elif not resume:
-            only_checkpoints = set(os.listdir(output_dir)) <= {CHECKPOINT_SUBDIR, CONVERTED_BASE_SUBDIR}
-            hint = "add --resume-from-checkpoint to continue it" if only_checkpoints else "choose another folder"
+            has_checkpoints = os.path.isdir(os.path.join(output_dir, CHECKPOINT_SUBDIR))
+            hint = (
+                "add --resume-from-checkpoint to continue from its checkpoints, choose another folder,"
+                if has_checkpoints
+                else "choose another folder"
+            )
             raise FileExistsError(f"--output-dir {output_dir} is not empty; {hint} or pass --overwrite")
     os.makedirs(output_dir, exist_ok=True)
 
