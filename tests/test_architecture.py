@@ -1,0 +1,63 @@
+"""Import rules, read from the source: the model package ships to the Hub as remote code."""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ALLOWED_IN_MODEL = {"torch", "transformers"}
+
+
+def _imports(path: Path):
+    """(top-level module or None for relative, level, names, line) for every import in a file."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0], 0, [alias.name], node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            top = node.module.split(".")[0] if node.module else None
+            yield top, node.level, [a.name for a in node.names], node.lineno
+
+
+def _files(package: str):
+    files = sorted((ROOT / package).glob("*.py"))
+    assert files, f"no sources found in {package}/"
+    return files
+
+
+def test_model_package_imports_only_stdlib_torch_transformers_and_siblings():
+    problems = []
+    for path in _files("scratch_gpt"):
+        for top, level, names, line in _imports(path):
+            where = f"{path.name}:{line}"
+            if level > 1:
+                problems.append(f"{where}: relative import above the package")
+            elif level == 1 and top is None:
+                problems.append(f"{where}: `from . import {names}` (transformers copies only `from .x import y`)")
+            elif level == 1 and not (ROOT / "scratch_gpt" / f"{top}.py").exists():
+                problems.append(f"{where}: sibling module {top} does not exist")
+            elif level == 0 and top not in ALLOWED_IN_MODEL and top not in sys.stdlib_module_names:
+                problems.append(f"{where}: imports {top}")
+            elif level == 0 and top == "scratch_gpt":
+                problems.append(f"{where}: absolute self-import (use `from .x import y`)")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("package, forbidden", [("training", "hub_export"), ("hub_export", "training")])
+def test_stages_never_import_each_other(package, forbidden):
+    offenders = [
+        f"{path.name}:{line}"
+        for path in _files(package)
+        for top, level, _, line in _imports(path)
+        if level == 0 and top in (forbidden, "scratch_gpt_cli")
+    ]
+    assert not offenders, f"{package} imports {forbidden}: {offenders}"
+
+
+def test_checker_catches_a_forbidden_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import numpy\nfrom . import attention\nfrom training import data\n")
+    found = [(top, level) for top, level, _, _ in _imports(bad)]
+    assert ("numpy", 0) in found and (None, 1) in found and ("training", 0) in found
