@@ -68,7 +68,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                 type=_converter(f.name),
                 choices=f.metadata.get("choices"),
                 default=argparse.SUPPRESS,
-                metavar=f.name.upper() if not f.metadata.get("choices") else None,
+                metavar=None if f.metadata.get("choices") else {int: "N", float: "X"}.get(base, "TEXT"),
                 help=help_text,
             )
 

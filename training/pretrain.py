@@ -322,19 +322,24 @@ def _prepare_data(args: TrainArguments, accelerator, run_dir: Path):
         tokenizer = load_tokenizer(args.tokenizer)
     elif (run_dir / "tokenizer.json").is_file():  # a resumed run reuses the tokenizer it trained
         tokenizer = load_tokenizer(str(run_dir))
+    def prepare(tok, show_progress: bool):
+        # a given tokenizer sets the model vocabulary; otherwise one of --vocab-size is trained
+        vocab = args.vocab_size if tok is None else max(args.vocab_size, len(tok))
+        return prepare_datasets(
+            data_args, args.block_size, tokenizer=tok, vocab_size=vocab, stride=args.stride,
+            show_progress=show_progress,
+        )
+
     blocks = None
     if accelerator.is_main_process:
-        blocks, tokenizer, stats = prepare_datasets(
-            data_args, args.block_size, tokenizer=tokenizer, vocab_size=args.vocab_size, stride=args.stride
-        )
-        logger.info("data: %s", stats)
+        if tokenizer is None:
+            logger.info("training a %d-token BPE tokenizer on %s", args.vocab_size, args.dataset)
+        blocks, tokenizer, stats = prepare(tokenizer, True)
+        logger.info("data: %s", json.dumps(stats))
         tokenizer.save_pretrained(run_dir)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        tokenizer = load_tokenizer(str(run_dir))
-        blocks, tokenizer, _ = prepare_datasets(
-            data_args, args.block_size, tokenizer=tokenizer, vocab_size=args.vocab_size, stride=args.stride
-        )
+        blocks, tokenizer, _ = prepare(load_tokenizer(str(run_dir)), False)
     return blocks, tokenizer
 
 
@@ -428,7 +433,13 @@ def _build_accelerator(args: TrainArguments, run_dir: Path):
         if importlib.util.find_spec("tensorboard") is None:
             raise ValueError("--report-to tensorboard needs the tensorboard package: pip install tensorboard")
         log_with = "tensorboard"
+    # Without cpu=True, Accelerate treats a torchrun/`accelerate launch --multi_gpu` job on a machine with no
+    # accelerator as a single process; with it, such a job is DDP over gloo (MULTI_CPU).
+    has_accelerator = (
+        torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    )
     accelerator = Accelerator(
+        cpu=not has_accelerator,
         mixed_precision=args.mixed_precision,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
@@ -457,6 +468,11 @@ def train(
     from accelerate.utils import set_seed
 
     args.validate()
+    if args.streaming and datasets is None:
+        raise ValueError(
+            "--streaming is not supported by the pretraining loop yet (it needs random access to blocks); "
+            "drop --streaming (the dataset is downloaded and cached once) or take a slice with --max-documents"
+        )
     run_dir = args.run_dir
     _check_run_dir(args, run_dir)
     max_time_s = parse_duration(args.max_time) if args.max_time else None

@@ -1,0 +1,117 @@
+"""Shared pieces for the pretraining tests, also runnable as a training child process.
+
+``python -m tests.training.pretrain_helpers --out DIR [...]`` trains the tiny test model on synthetic blocks;
+the SIGKILL and ``accelerate launch`` tests run it in a subprocess so that a kill or a second process is real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VOCAB = 300
+BLOCK = 32
+
+TEXTS = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n\nclass C{i}:\n    pass\n" for i in range(300)]
+
+
+@functools.lru_cache(maxsize=1)
+def make_tokenizer():
+    from training.tokenizer import train_tokenizer
+
+    return train_tokenizer(TEXTS, vocab_size=VOCAB, model_max_length=BLOCK)
+
+
+def make_blocks(n_train: int = 96, n_val: int = 16, block: int = BLOCK, seed: int = 0):
+    """Learnable synthetic blocks: short repeating token patterns with a random phase and period."""
+    import torch
+    from datasets import Dataset, DatasetDict
+
+    vocab = len(make_tokenizer())
+    g = torch.Generator().manual_seed(seed)
+
+    def rows(n: int) -> list[list[int]]:
+        out = []
+        for _ in range(n):
+            period = int(torch.randint(2, 6, (1,), generator=g))
+            base = torch.randint(2, vocab, (period,), generator=g)
+            out.append(base.repeat(block // period + 1)[:block].tolist())
+        return out
+
+    return DatasetDict(
+        train=Dataset.from_dict({"input_ids": rows(n_train)}),
+        validation=Dataset.from_dict({"input_ids": rows(n_val)}),
+    )
+
+
+def tiny_args(out_dir, **overrides):
+    from training.presets import resolve_arguments
+
+    values = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        block_size=BLOCK,
+        vocab_size=VOCAB,
+        per_device_batch_size=8,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        max_steps=12,
+        eval_every=1000,
+        eval_batches=2,
+        checkpoint_every=0,
+        log_every=1,
+        num_samples=0,
+        output_dir=str(out_dir),
+        seed=0,
+    )
+    values.update(overrides)
+    return resolve_arguments(overrides=values)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["HF_HUB_OFFLINE"] = "1"
+    env["HF_DATASETS_OFFLINE"] = "1"
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--hang-after", type=int, default=None, help="after this step (and its checkpoint) sleep")
+    p.add_argument("--resume", action="store_true")
+    ns = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from training.pretrain import train
+
+    args = tiny_args(
+        ns.out, max_steps=ns.steps, per_device_batch_size=ns.batch, checkpoint_every=ns.checkpoint_every,
+        resume=ns.resume,
+    )
+
+    def hang(step, record):
+        if ns.hang_after is not None and step == ns.hang_after:
+            Path(ns.out, "HANGING").write_text(str(step))
+            while True:  # wait for the parent's SIGKILL
+                time.sleep(1)
+
+    train(args, datasets=make_blocks(), tokenizer=make_tokenizer(), callbacks=[hang])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

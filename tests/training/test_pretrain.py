@@ -1,0 +1,296 @@
+"""In-process tests of the pretraining loop, its presets and the train/generate commands (tiny models, seconds)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+
+from tests.training.pretrain_helpers import make_blocks, make_tokenizer, tiny_args
+from training.presets import PRESETS, TrainArguments, coerce_value, parse_duration, resolve_arguments
+from training.pretrain import (
+    TrainingDivergedError,
+    build_model,
+    list_checkpoints,
+    lr_multiplier,
+    param_groups,
+    read_metrics,
+    total_steps_for,
+    train,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One short complete run shared by the output checks (eval + samples + checkpoints on)."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    args = tiny_args(out, max_steps=8, eval_every=4, checkpoint_every=4, num_samples=2, sample_max_new_tokens=6)
+    torch.set_num_threads(1)
+    run_dir = train(args, datasets=make_blocks(), tokenizer=make_tokenizer())
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------- pure pieces
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    warm, total, floor = 10, 110, 0.1
+    lrs = [lr_multiplier(s, warm, total, floor) for s in range(total + 20)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:total], lrs[11 : total + 1]))  # monotone decay
+    assert lrs[60] == pytest.approx(floor + (1 - floor) * 0.5)  # half way: cosine midpoint
+    assert lrs[total] == pytest.approx(floor) and lrs[-1] == pytest.approx(floor)  # stays at the floor
+
+
+def test_param_groups_exclude_norms_biases_embeddings():
+    model = build_model(tiny_args("unused"), make_tokenizer())
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed and all(n.endswith(".weight") and ("c_attn" in n or "c_proj" in n or "c_fc" in n) for n in decayed)
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert "transformer.wte.weight" in skipped and "transformer.wpe.weight" in skipped
+    assert any("ln_1" in n for n in skipped) and any(n.endswith(".bias") for n in skipped)
+    # every trainable parameter exactly once (the tied LM head is the embedding)
+    n_unique = len({id(p) for p in model.parameters()})
+    assert len(decay["params"]) + len(no_decay["params"]) == n_unique
+
+
+def test_stop_by_tokens_sets_steps():
+    args = tiny_args("unused", max_steps=1000, max_tokens=2560)
+    assert total_steps_for(args, tokens_per_step=256) == 10
+    assert total_steps_for(tiny_args("unused", max_steps=5, max_tokens=10**9), 256) == 5
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds(name):
+    args = resolve_arguments(preset=name)
+    assert args.preset == name
+    tok = make_tokenizer()
+    with torch.device("meta"):  # shapes only: the 124M preset costs nothing to build
+        model = build_model(args, tok)
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.max_position_embeddings) == (
+        args.hidden_size, args.num_hidden_layers, args.block_size,
+    )
+    assert args.dropout == 0.0 and cfg.resid_dropout == 0.0  # pretraining presets default to no dropout
+    if name == "gpt2-124m":
+        body = sum(p.numel() for n, p in model.named_parameters() if "wte" not in n)
+        assert body + 50257 * 768 == pytest.approx(124.4e6, rel=0.01)
+
+
+def test_precedence_preset_file_flags(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("preset: small\nlearning-rate: 5.0e-4\nmax_steps: 77\n")
+    args = resolve_arguments(config_file=cfg, overrides={"max_steps": 9})
+    assert args.preset == "small" and args.hidden_size == PRESETS["small"]["hidden_size"]
+    assert args.learning_rate == 5e-4 and args.max_steps == 9
+    js = tmp_path / "run.json"
+    js.write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4}))
+    assert resolve_arguments(config_file=js).hidden_size == 64
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"learning_rate": -1}, "--learning-rate"),
+        ({"hidden_size": 30, "num_attention_heads": 4}, "not divisible"),
+        ({"mixed_precision": "fp8"}, "--mixed-precision"),
+        ({"max_time": "ten minutes"}, "--max-time"),
+        ({"per_device_batch_size": 0}, "--per-device-batch-size"),
+        ({"preset": "huge"}, "unknown preset"),
+        ({"learning_rat": 1e-3}, "did you mean learning_rate"),
+        ({"max_steps": "many"}, "expects int"),
+    ],
+)
+def test_bad_values_rejected_with_named_option(overrides, needle):
+    with pytest.raises(ValueError, match=needle):
+        resolve_arguments(overrides=overrides)
+
+
+def test_coercion_and_durations():
+    assert coerce_value("max_tokens", "1e6") == 1_000_000
+    assert coerce_value("resume", "yes") is True and coerce_value("eval_batches", "none") is None
+    assert parse_duration("90s") == 90 and parse_duration("10m") == 600 and parse_duration("1.5h") == 5400
+
+
+def test_bad_option_fails_before_any_work(tmp_path, capsys):
+    from scratch_gpt_cli import main
+
+    out = tmp_path / "never"
+    assert main(["train", "--output-dir", str(out), "--num-attention-heads", "3"]) == 1
+    assert "not divisible" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: wrong type for the flag
+        main(["train", "--output-dir", str(out), "--max-steps", "lots"])
+    assert not out.exists()
+
+
+def test_existing_run_needs_resume_or_overwrite(finished_run):
+    args = tiny_args(finished_run)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(args, datasets=make_blocks(), tokenizer=make_tokenizer())
+
+
+def test_print_config_shows_resolved_options(capsys):
+    from scratch_gpt_cli import main
+
+    assert main(["train", "--preset", "small", "--learning-rate", "1e-4", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "learning_rate: 0.0001" in text and "hidden_size: 256" in text
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def test_overfits_one_batch(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(2, len(make_tokenizer()), (8, 32), generator=g).tolist()  # 256 random tokens
+    batch = Dataset.from_dict({"input_ids": rows})
+    args = tiny_args(
+        tmp_path / "of", hidden_size=64, max_steps=120, learning_rate=1e-2, warmup_steps=10,
+        weight_decay=0.0, min_lr_ratio=1.0, log_every=5,
+    )
+    run_dir = train(args, datasets=DatasetDict(train=batch, validation=batch), tokenizer=make_tokenizer())
+    losses = [r["train_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert losses[0] > 4.0  # ~ln(vocab) at the start: nothing learned yet
+    assert losses[-1] < 0.5
+    assert json.loads((run_dir / "train_results.json").read_text())["val_loss"] < 0.5
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    args = tiny_args(tmp_path / "nan", max_steps=12, checkpoint_every=3, debug_nan_step=8)
+    with pytest.raises(TrainingDivergedError, match=r"at step 8\b") as err:
+        train(args, datasets=make_blocks(), tokenizer=make_tokenizer())
+    assert "checkpoint-00000006" in str(err.value)
+    steps = [s for s, _ in list_checkpoints(tmp_path / "nan")]
+    assert steps == [3, 6]  # keep_checkpoints=2; nothing after the NaN
+    assert not (tmp_path / "nan" / "model.safetensors").exists()  # no final model from a diverged run
+    records = read_metrics(tmp_path / "nan" / "metrics.jsonl")
+    assert max(r["step"] for r in records) == 7 and all(math.isfinite(r["train_loss"]) for r in records)
+
+
+def test_resume_from_newest_complete_checkpoint_skips_half_written(tmp_path, caplog):
+    """In-process variant of the SIGKILL test: a run dies at step 7 (checkpoints at 3 and 6), then resumes."""
+    blocks, tok = make_blocks(), make_tokenizer()
+    full = train(tiny_args(tmp_path / "full", max_steps=10, checkpoint_every=3), datasets=blocks, tokenizer=tok)
+    part = tmp_path / "part"
+    with pytest.raises(_Interrupted):
+        train(tiny_args(part, max_steps=10, checkpoint_every=3), datasets=blocks, tokenizer=tok,
+              callbacks=[_stop_at(7)])
+    ckpts = part / "checkpoints"
+    # a crash during a save of step 9 and a folder that lost its marker must both be ignored
+    (ckpts / "checkpoint-00000009.tmp").mkdir()
+    broken = ckpts / "checkpoint-00000008"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"half")
+    caplog.set_level(logging.WARNING, logger="training.pretrain")
+    train(tiny_args(part, max_steps=10, checkpoint_every=3, resume=True), datasets=blocks, tokenizer=tok)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "checkpoint-00000009.tmp" in messages and "checkpoint-00000008" in messages
+    _assert_same_weights(full, part)
+    ref = [(r["step"], r.get("train_loss")) for r in read_metrics(full / "metrics.jsonl")]
+    got = [(r["step"], r.get("train_loss")) for r in read_metrics(part / "metrics.jsonl")]
+    assert [s for s, _ in got] == [s for s, _ in ref]  # metrics after the checkpoint were not duplicated
+    for (_, a), (_, b) in zip(ref, got):
+        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-6)
+
+
+class _Interrupted(Exception):
+    """Stands in for a crash between checkpoints."""
+
+
+def _stop_at(step):
+    def fn(s, record):
+        if s == step:
+            raise _Interrupted
+
+    return fn
+
+
+def _assert_same_weights(dir_a, dir_b, atol=1e-6):
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(dir_a / "model.safetensors")), load_file(str(dir_b / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+def test_max_time_stops_early(tmp_path):
+    run_dir = train(tiny_args(tmp_path / "t", max_steps=10_000, max_time="0.01s"),
+                    datasets=make_blocks(), tokenizer=make_tokenizer())
+    results = json.loads((run_dir / "train_results.json").read_text())
+    assert results["steps"] < 10_000 and (run_dir / "model.safetensors").is_file()
+
+
+def test_gradient_accumulation_matches_large_batch(tmp_path):
+    blocks, tok = make_blocks(), make_tokenizer()
+    big = train(tiny_args(tmp_path / "big", max_steps=4, per_device_batch_size=8), datasets=blocks, tokenizer=tok)
+    acc = train(tiny_args(tmp_path / "acc", max_steps=4, per_device_batch_size=4, gradient_accumulation_steps=2),
+                datasets=blocks, tokenizer=tok)
+    losses = [[r["train_loss"] for r in read_metrics(d / "metrics.jsonl") if "train_loss" in r] for d in (big, acc)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    _assert_same_weights(big, acc, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def test_run_dir_loads_with_auto_classes_and_pipeline(finished_run):
+    import scratch_gpt  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    model = AutoModelForCausalLM.from_pretrained(finished_run)
+    tok = AutoTokenizer.from_pretrained(finished_run)
+    assert model.config.model_type == "scratch_gpt" and model.config.vocab_size == len(tok)
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    pipe = pipeline("text-generation", model=model, tokenizer=tok)
+    text = pipe("def f", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    assert text.startswith("def f") and len(tok(text).input_ids) > len(tok("def f").input_ids)
+
+
+def test_metrics_and_plot(finished_run):
+    records = read_metrics(finished_run / "metrics.jsonl")
+    train_steps = [r["step"] for r in records if "train_loss" in r]
+    evals = [r for r in records if "val_loss" in r]
+    assert train_steps == list(range(1, 9))
+    assert [r["step"] for r in evals] == [4, 8]
+    assert all(r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]), rel=1e-6) for r in evals)
+    assert all(len(r["samples"]) == 2 and all(isinstance(s, str) for s in r["samples"]) for r in evals)
+    assert {"lr", "tokens_per_s", "tokens", "grad_norm"} <= set(records[0])
+    png = (finished_run / "loss.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(finished_run / "loss.png").shape[:2] == (420, 700)
+    steps = [s for s, _ in list_checkpoints(finished_run)]
+    assert steps == [4, 8]
+    state = json.loads((finished_run / "checkpoints" / "checkpoint-00000008" / "trainer_state.json").read_text())
+    assert state["step"] == 8 and state["tokens"] == 8 * 8 * 32
+
+
+def test_generate_command_streams(finished_run, capsys):
+    from scratch_gpt_cli import main
+
+    assert main(["generate", str(finished_run), "--prompt", "def f", "--max-new-tokens", "5",
+                 "--num-samples", "2", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample") == 2 and out.count("def f") >= 2
+    assert main(["generate", str(finished_run), "--top-p", "1.5"]) == 1
+    assert "--top-p" in capsys.readouterr().err

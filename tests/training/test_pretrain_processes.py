@@ -1,0 +1,84 @@
+"""Pretraining across real processes: a SIGKILLed run resumes exactly; two DDP processes match one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.training.pretrain_helpers import REPO_ROOT, child_env, make_blocks, make_tokenizer, tiny_args
+from training.pretrain import list_checkpoints, read_metrics, train
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def _train_losses(run_dir):
+    return [r["train_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train_loss" in r]
+
+
+def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path):
+    torch.set_num_threads(1)
+    steps, every = 10, 3
+    full = train(tiny_args(tmp_path / "full", max_steps=steps, checkpoint_every=every),
+                 datasets=make_blocks(), tokenizer=make_tokenizer())
+
+    part = tmp_path / "part"
+    cmd = [sys.executable, "-m", "tests.training.pretrain_helpers", "--out", str(part), "--steps", str(steps),
+           "--checkpoint-every", str(every), "--hang-after", "7"]
+    child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (part / "HANGING").exists():
+            if child.poll() is not None:
+                pytest.fail(f"training child exited early ({child.returncode}): {child.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("training child did not reach step 7 in time")
+            time.sleep(0.2)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert [s for s, _ in list_checkpoints(part)] == [3, 6]
+    assert not (part / "model.safetensors").exists()
+
+    train(tiny_args(part, max_steps=steps, checkpoint_every=every, resume=True),
+          datasets=make_blocks(), tokenizer=make_tokenizer())
+    a, b = _weights(full), _weights(part)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=key)
+    assert _train_losses(part) == pytest.approx(_train_losses(full), abs=1e-6)
+
+
+def test_two_processes_match_one_with_same_global_batch(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU = DDP over gloo, each process its own shard."""
+    torch.set_num_threads(1)
+    steps = 6
+    one = train(tiny_args(tmp_path / "one", max_steps=steps, per_device_batch_size=8),
+                datasets=make_blocks(), tokenizer=make_tokenizer())
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "tests.training.pretrain_helpers", "--out", str(two), "--steps", str(steps), "--batch", "4"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((two / "train_results.json").read_text())
+    assert results["num_processes"] == 2  # really two processes, not two copies of one
+    assert results["tokens"] == json.loads((one / "train_results.json").read_text())["tokens"]
+    assert _train_losses(two) == pytest.approx(_train_losses(one), abs=1e-4)
+    a, b = _weights(one), _weights(two)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-4, msg=key)
