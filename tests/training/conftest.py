@@ -26,3 +26,25 @@ def tiny_tokenizer():
     from training.tokenizer import train_tokenizer
 
     return train_tokenizer(TINY_DOCS, vocab_size=400, min_frequency=2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_datasets_cache(tmp_path_factory):
+    """Keep the datasets cache of these tests out of the user's cache (and start it empty)."""
+    import datasets
+
+    old = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = tmp_path_factory.mktemp("hf_datasets_cache")
+    datasets.disable_progress_bars()
+    yield
+    datasets.config.HF_DATASETS_CACHE = old
+    datasets.enable_progress_bars()
+
+
+def reference_stream(tokenizer, docs) -> list[int]:
+    """The token stream packing must produce: each non-empty document's ids followed by EOS."""
+    out: list[int] = []
+    for d in docs:
+        if d:
+            out += tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return out
