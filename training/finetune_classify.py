@@ -329,7 +329,7 @@ def _tokenize_splits(splits, tokenizer, text_column: str, label_column: str, val
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ValueError(f"a row of the {name} split has text {t!r} ({type(t).__name__}), not a string")
-        enc = tokenizer(texts, truncation=False, add_special_tokens=False)
+        enc = tokenizer(texts, truncation=False, add_special_tokens=False, verbose=False)
         ids, mask = [], []
         for row in enc["input_ids"]:
             if len(row) > max_length:

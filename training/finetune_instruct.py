@@ -185,8 +185,10 @@ def encode_example(
     record: dict[str, str], tokenizer, max_length: int, train_on_prompt: bool = False
 ) -> tuple[dict[str, list[int]] | None, bool]:
     """Token ids and labels of one record; returns ``(example or None if dropped, truncated?)``."""
-    prompt_ids = tokenizer(format_prompt(record["instruction"], record["input"]), add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt_ids = tokenizer(
+        format_prompt(record["instruction"], record["input"]), add_special_tokens=False, verbose=False
+    )["input_ids"]
+    response_ids = tokenizer(record["output"], add_special_tokens=False, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = prompt_ids + response_ids
     labels = (list(prompt_ids) if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)) + response_ids
     truncated = len(ids) > max_length
@@ -275,7 +277,7 @@ def generate_answers(
         for start in tqdm(range(0, len(records), batch_size), desc="answers", disable=len(records) <= batch_size):
             chunk = records[start : start + batch_size]
             prompts = [
-                tokenizer(format_prompt(r["instruction"], r["input"]), add_special_tokens=False)["input_ids"]
+                tokenizer(format_prompt(r["instruction"], r["input"]), add_special_tokens=False, verbose=False)["input_ids"]
                 for r in chunk
             ]
             budget = max(1, context - max_new_tokens)
