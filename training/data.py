@@ -250,13 +250,17 @@ def _from_generator(gen, gen_kwargs: dict, streaming: bool):
     from datasets.exceptions import DatasetGenerationError
 
     features = Features({"text": Value("string")})
+    empty = Dataset.from_dict({"text": []}, features=features)
     if not gen_kwargs.get("files"):  # nothing to read (e.g. no validation files): an empty split
-        return Dataset.from_dict({"text": []}, features=features).to_iterable_dataset() if streaming else \
-            Dataset.from_dict({"text": []}, features=features)
+        return empty.to_iterable_dataset() if streaming else empty
     if streaming:
         return IterableDataset.from_generator(gen, features=features, gen_kwargs=gen_kwargs)
     try:
         return Dataset.from_generator(gen, features=features, gen_kwargs=gen_kwargs)
+    except ValueError as err:
+        if "corresponds to no data" in str(err):  # the files held no text: datasets refuses an empty split
+            return empty
+        raise
     except DatasetGenerationError as err:  # surface our own errors (e.g. a non-UTF-8 file) unwrapped
         cause = err.__cause__
         while cause is not None and not isinstance(cause, ValueError):
