@@ -31,6 +31,7 @@ import numpy as np
 
 from .finetune_common import (
     CHECKPOINT_SUBDIR,
+    CONVERTED_BASE_SUBDIR,
     TrainerOptions,
     check_vocab,
     commit_staged,
@@ -426,8 +427,7 @@ def finetune_classifier(
 
     resume = resolve_resume(output_dir, resume_from_checkpoint) if resume_from_checkpoint else None
     prepare_output_dir(output_dir, overwrite=overwrite, resume=bool(resume))
-    keep_base = lora is not None and not merge_lora and source.kind == "gpt2"
-    workdir = output_dir if keep_base else tempfile.mkdtemp(prefix="scratch-gpt-base-")
+    workdir = tempfile.mkdtemp(prefix="scratch-gpt-base-")
     staged = None
     try:
         base_dir = materialize_scratch_model(source, workdir)
@@ -441,6 +441,17 @@ def finetune_classifier(
 
         if train_last_blocks is not None:
             freeze_all_but_last_blocks(clf, train_last_blocks)
+        adapter_base = None
+        if lora is not None and not merge_lora:
+            # The adapter's base is this classifier before training (body + initial head + label names), so
+            # AutoPeftModelForSequenceClassification / pipeline() rebuild it with the right labels.
+            adapter_base = os.path.abspath(os.path.join(output_dir, CONVERTED_BASE_SUBDIR))
+            base_staged = staging_dir(adapter_base)
+            clf.save_pretrained(base_staged)
+            tok.save_pretrained(base_staged)
+            if os.path.isdir(adapter_base):
+                shutil.rmtree(adapter_base)
+            os.replace(base_staged, adapter_base)
         train_model = apply_lora(clf, lora, task="classify") if lora is not None else clf
         params = trainable_parameter_summary(train_model)
         logger.info("training %d of %d parameters", params["trainable"], params["total"])
@@ -505,8 +516,8 @@ def finetune_classifier(
             merged = merge(train_model)
             merged.save_pretrained(staged)
         else:
-            if lora is not None and os.path.isdir(base_dir):
-                set_adapter_base_path(train_model, os.path.abspath(base_dir))
+            if adapter_base is not None:
+                set_adapter_base_path(train_model, adapter_base)
             train_model.save_pretrained(staged)
         tok.save_pretrained(staged)
         write_json(os.path.join(staged, REPORT_NAME), report)
@@ -518,5 +529,4 @@ def finetune_classifier(
     finally:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
-        if workdir != output_dir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
