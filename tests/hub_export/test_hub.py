@@ -1,0 +1,185 @@
+"""Download by repo id from the Hub cache (offline) and upload to a loopback fake Hub; CLI wiring."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from hub_export.push import PushError, push_folder, resolve_token, validate_repo_id
+
+from .conftest import REPO_ROOT, TOKEN, base_env, run_python
+from .fake_hub import FakeHub
+
+REV = "0123456789abcdef0123456789abcdef01234567"
+
+_LOAD_BY_ID = r'''
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "scratch_gpt":
+            raise ModuleNotFoundError("blocked", name=name)
+sys.meta_path.insert(0, Block())
+import torch
+from transformers import AutoModelForCausalLM, pipeline
+from hub_export.push import pull_model
+ids = torch.tensor(json.loads(sys.argv[1]))
+model = AutoModelForCausalLM.from_pretrained("owner/tiny-gpt", trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(ids).logits
+gen = pipeline("text-generation", model="owner/tiny-gpt", trust_remote_code=True)
+text = gen("Every effort moves you", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+print(json.dumps({"cls": type(model).__module__, "logits": logits.tolist(), "text": text,
+                  "snapshot": str(pull_model("owner/tiny-gpt")),
+                  "scratch_gpt_loaded": any(m.startswith("scratch_gpt") for m in sys.modules)}))
+'''
+
+
+def test_load_by_repo_id_from_hub_cache_offline(lm_export, run_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--owner--tiny-gpt"
+    shutil.copytree(lm_export.out_dir, repo / "snapshots" / REV)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REV)
+
+    ids = [[5, 17, 42, 99, 7, 3, 250, 11]]
+    env = base_env(tmp_path)
+    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = run_python(_LOAD_BY_ID, json.dumps(ids), env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["cls"].startswith("transformers_modules.") and not report["scratch_gpt_loaded"]
+    assert report["snapshot"] == str(repo / "snapshots" / REV)
+    assert report["text"].startswith("Every effort moves you")
+
+    source = AutoModelForCausalLM.from_pretrained(run_dir).eval()
+    with torch.no_grad():
+        expected = source(torch.tensor(ids)).logits
+    assert torch.equal(torch.tensor(report["logits"]), expected)
+
+
+def test_push_to_fake_hub_every_file_identical(lm_export, tmp_path):
+    folder = tmp_path / "upload"
+    shutil.copytree(lm_export.out_dir, folder)
+    big = os.urandom(10 * 1024 * 1024 + 12345)  # above the Hub's 10 MB LFS threshold
+    (folder / "extra").mkdir()
+    (folder / "extra" / "big.bin").write_bytes(big)
+    local = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    with FakeHub(TOKEN, max_seconds=120) as hub:
+        env = base_env(tmp_path)
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_TOKEN=TOKEN)
+        code = "import sys, scratch_gpt_cli; sys.exit(scratch_gpt_cli.main(sys.argv[1:]))"
+        # token from HF_TOKEN, debug logging on: the token must still not show up
+        p1 = run_python(code, "-v", "push", str(folder), "owner/tiny-gpt", "--private",
+                        env=env, cwd=REPO_ROOT, timeout=120)
+        assert p1.returncode == 0, p1.stderr[-3000:]
+        # token from --token, to a new branch with a commit message
+        env.pop("HF_TOKEN")
+        p2 = run_python(code, "push", str(folder), "owner/tiny-gpt", "--token", TOKEN, "--revision", "dev",
+                        "--commit-message", "second upload", env=env, cwd=REPO_ROOT, timeout=120)
+        assert p2.returncode == 0, p2.stderr[-3000:]
+
+    assert hub.repos["owner/tiny-gpt"]["private"] is True
+    for branch in ("main", "dev"):
+        remote = hub.files("owner/tiny-gpt", branch)
+        assert remote.keys() == local.keys()
+        for path, data in local.items():
+            assert remote[path] == data, path
+    assert "extra/big.bin" in hub.lfs_paths
+    assert any(p.endswith(".safetensors") for p in hub.lfs_paths)
+    assert "config.json" not in hub.lfs_paths  # small text files go inline
+    assert [c["summary"] for c in hub.commits][-1] == "second upload"
+    assert hub.authorized_requests > 0  # the token was sent ...
+    for p in (p1, p2):  # ... and never shown
+        assert TOKEN not in p.stdout and TOKEN not in p.stderr
+    assert "pushed" in p1.stdout
+
+
+_PUSH_ERRORS = r'''
+import json, sys
+from hub_export.push import PushError, push_folder
+folder, token, url, dead_url = sys.argv[1:5]
+cases = {"bad_token": (folder, "owner/x", "hf_wrong_token_abc", url),
+         "forbidden": (folder, "someone-else/x", token, url),
+         "unreachable": (folder, "owner/x", token, dead_url)}
+out = {}
+for name, (f, repo, tok, endpoint) in cases.items():
+    try:
+        push_folder(f, repo, token=tok, endpoint=endpoint)
+        out[name] = "no error"
+    except PushError as err:
+        out[name] = str(err)
+print(json.dumps(out))
+'''
+
+
+def test_push_errors_are_clear(lm_export, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with FakeHub(TOKEN, max_seconds=60, forbidden_namespaces=("someone-else",)) as hub:
+        env = base_env(tmp_path)
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1")
+        proc = run_python(_PUSH_ERRORS, str(lm_export.out_dir), TOKEN, hub.url, dead_url, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    messages = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "authentication failed" in messages["bad_token"] and "401" in messages["bad_token"]
+    assert "permission denied" in messages["forbidden"] and "someone-else/x" in messages["forbidden"]
+    assert "cannot reach" in messages["unreachable"]
+    assert "hf_wrong_token_abc" not in proc.stdout + proc.stderr and TOKEN not in proc.stdout + proc.stderr
+    assert "someone-else/x" not in hub.repos
+
+
+def test_bad_repo_id_and_folder(lm_export, tmp_path):
+    for bad in ("a/b/c", "bad name!", "owner/--x", "owner/a..b", ""):
+        with pytest.raises(ValueError, match="invalid repo id"):
+            validate_repo_id(bad)
+    validate_repo_id("owner/good-name_1.0")
+    with pytest.raises(ValueError, match="invalid repo id"):
+        push_folder(lm_export.out_dir, "a/b/c", token=TOKEN)
+    with pytest.raises(ValueError, match="does not look like an export"):
+        push_folder(tmp_path, "owner/x", token=TOKEN)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        push_folder(tmp_path / "missing", "owner/x", token=TOKEN)
+
+
+def test_token_sources(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(ValueError, match="HF_TOKEN.*hf auth login"):
+        resolve_token(None)
+    (tmp_path / "token").write_text("hf_saved_login\n")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
+    assert resolve_token(None) == "hf_saved_login"
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    assert resolve_token(None) == "hf_from_env"
+    assert resolve_token("hf_option") == "hf_option"
+
+
+def test_cli_options_have_help_and_errors_are_one_line(tmp_path, capsys):
+    import scratch_gpt_cli
+
+    parser = scratch_gpt_cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in ("export", "push"):
+        for action in sub.choices[name]._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.dest} has no help"
+    assert scratch_gpt_cli.main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err
+    assert scratch_gpt_cli.main(["push", str(tmp_path), "not/a/valid/id", "--token", TOKEN]) == 1
+    err = capsys.readouterr().err
+    assert "invalid repo id" in err and TOKEN not in err
