@@ -486,10 +486,16 @@ def prepare_datasets(args: DataArguments, block_size: int, tokenizer=None, vocab
     blocks, stats = {}, {}
     for name in ("train", "validation"):
         allow_empty = name == "validation" and args.validation_fraction == 0 and args.validation_split is None
-        blocks[name], stats[name] = pack_with_stats(
-            splits[name], tokenizer, block_size, stride=stride if name == "train" else None,
-            drop_remainder=drop_remainder, num_proc=args.num_proc, allow_empty=allow_empty,
-            name=f"{name} split of {args.dataset if isinstance(args.dataset, str) else 'the dataset'}")
+        try:
+            blocks[name], stats[name] = pack_with_stats(
+                splits[name], tokenizer, block_size, stride=stride if name == "train" else None,
+                drop_remainder=drop_remainder, num_proc=args.num_proc, allow_empty=allow_empty,
+                name=f"{name} split of {args.dataset if isinstance(args.dataset, str) else 'the dataset'}")
+        except ValueError as err:
+            if name == "validation" and args.validation_split is None:
+                raise ValueError(f"{err}; or hold out more text with --validation-fraction (now "
+                                 f"{args.validation_fraction}), or 0 for no validation") from None
+            raise
     stats["vocab_size"] = len(tokenizer)
     stats["block_size"] = block_size
     out = (IterableDatasetDict if args.streaming else DatasetDict)(blocks)

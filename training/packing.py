@@ -308,6 +308,10 @@ def pack_with_stats(ds, tokenizer, block_size: int, stride: int | None = None, d
     if stats["documents"] == 0 and not allow_empty:
         raise ValueError(f"the {name} is empty: it has {len(ds)} rows and no non-empty text in column "
                          f"{text_column!r}. Point --dataset at a corpus with text")
+    if stats["documents"] == 0:  # allowed empty split (e.g. no validation): an empty block dataset
+        features = _features(block_size, not drop_remainder)
+        empty = Dataset.from_dict({k: [] for k in features}, features=features)
+        return empty, {**stats, "tokens": 0, "blocks": 0, "bytes_per_token": None}
     tok = tokenize_documents(ds, tokenizer, num_proc=num_proc, text_column=text_column)
     blocks, total = _blocks_from_tokenized(tok, block_size, stride, drop_remainder, pad_id)
     if len(blocks) == 0 and not allow_empty:

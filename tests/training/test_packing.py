@@ -183,3 +183,20 @@ def test_tokenizer_larger_than_model_vocab(tiny_tokenizer, tmp_path):
 def test_bad_block_arguments(ds, tiny_tokenizer, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pack_dataset(ds, tiny_tokenizer, **kwargs)
+
+
+def test_no_validation_split_gives_empty_validation_blocks(tmp_path, tiny_tokenizer):
+    args = DataArguments(dataset=str(_write_corpus(tmp_path / "c", n=6)), validation_fraction=0.0)
+    blocks, _, stats = prepare_datasets(args, block_size=16, tokenizer=tiny_tokenizer, vocab_size=512)
+    assert len(blocks["validation"]) == 0 and stats["validation"]["blocks"] == 0
+    assert stats["train"]["documents"] == 6 and len(blocks["train"]) == stats["train"]["tokens"] // 16
+
+
+def test_short_validation_split_suggests_the_fraction(tmp_path, tiny_tokenizer):
+    args = DataArguments(dataset=str(_write_corpus(tmp_path / "c", n=30)), validation_fraction=0.05)
+    _, _, stats = prepare_datasets(args, block_size=8, tokenizer=tiny_tokenizer, vocab_size=512)
+    n_val = stats["validation"]["tokens"]
+    assert stats["train"]["tokens"] > n_val + 1  # the train split alone would pack
+    with pytest.raises(ValueError, match=rf"validation split .* has {n_val} tokens but one block needs "
+                                         rf"{n_val + 1}.*--validation-fraction"):
+        prepare_datasets(args, block_size=n_val + 1, tokenizer=tiny_tokenizer, vocab_size=512)
