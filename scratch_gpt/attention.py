@@ -30,7 +30,8 @@ def build_attention_mask(
 ) -> torch.Tensor | None:
     """Combine causality and padding into a boolean ``(batch, 1, q_len, kv_len)`` mask.
 
-    Returns ``None`` when the plain causal triangle is enough (no padding, no cached prefix, q_len == kv_len).
+    Returns ``None`` when no mask is needed: no padding and either a fresh sequence (the causal triangle,
+    applied by the attention function) or a single new token after the cache (it may see every key).
     ``attention_mask`` may be 2D ``(batch, seq)`` with 1 for real tokens and 0 for padding, or already 4D
     (boolean, or additive float with 0 where attending is allowed), in which case it is used as given.
     """
@@ -39,8 +40,8 @@ def build_attention_mask(
         return _unmask_empty_rows(mask[..., -kv_len:])
 
     padded = attention_mask is not None and not bool(attention_mask.all())
-    if not padded and past_len == 0 and q_len == kv_len:
-        return None
+    if not padded and kv_len == past_len + q_len and (past_len == 0 or q_len == 1):
+        return None  # full causal prefill (is_causal), or one new token that may see every key
 
     # Query i sits at absolute position past_len + i and may see keys 0..past_len + i.
     q_pos = torch.arange(past_len, past_len + q_len, device=device)

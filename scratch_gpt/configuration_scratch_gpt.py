@@ -33,6 +33,9 @@ class ScratchGPTConfig(PretrainedConfig):
         initializer_range: std of the normal init; residual projections get ``std / sqrt(2 * layers)``.
         qkv_bias: bias on the fused query/key/value projection (GPT-2: True; the book's from-scratch default: False).
         tie_word_embeddings: share the token embedding with the LM head.
+        fused_lm_loss: in training mode with labels, compute the LM head and the loss together chunk by chunk
+            (no full ``(tokens, vocab)`` logits: less memory, a bit faster; ``outputs.logits`` is then ``None``).
+            Evaluation and generation always return logits. Set False to get training logits back.
     """
 
     model_type = "scratch_gpt"
@@ -72,6 +75,7 @@ class ScratchGPTConfig(PretrainedConfig):
     initializer_range: float = 0.02
     qkv_bias: bool = True
     tie_word_embeddings: bool = True
+    fused_lm_loss: bool = True
     use_cache: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None

@@ -39,6 +39,7 @@ from transformers.utils import logging
 
 from .attention import build_attention_mask, get_attention_function
 from .configuration_scratch_gpt import ScratchGPTConfig
+from .loss import fused_causal_lm_loss
 
 logger = logging.get_logger(__name__)
 
@@ -313,6 +314,15 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
+        if labels is not None and self._can_fuse_loss(logits_to_keep, kwargs):
+            loss = fused_causal_lm_loss(
+                hidden_states, self.lm_head.weight, labels, num_items_in_batch=kwargs.get("num_items_in_batch")
+            )
+            output = CausalLMOutputWithPast(
+                loss=loss, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            )
+            return output if return_dict else output.to_tuple()
+
         if isinstance(logits_to_keep, int):
             hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
         else:
@@ -331,6 +341,21 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+
+    def _can_fuse_loss(self, logits_to_keep: int | torch.Tensor, kwargs: dict) -> bool:
+        # Only where nobody can want the logits (training with grads) and the plain head/loss would be used.
+        return (
+            self.config.fused_lm_loss
+            and self.training
+            and torch.is_grad_enabled()
+            and isinstance(logits_to_keep, int)
+            and logits_to_keep == 0
+            and type(self.lm_head) is nn.Linear  # not wrapped (e.g. by a LoRA layer)
+            and self.lm_head.bias is None
+            and not hasattr(self, "_loss_function")  # no custom loss installed
+            and "shift_labels" not in kwargs
+        )
 
 
 class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):

@@ -237,3 +237,42 @@ def test_classifier_needs_a_way_to_find_padding():
 
 def test_package_registers_version():
     assert scratch_gpt.__version__
+
+
+# --- the fused LM-head loss used in training -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_items", [None, 500])
+def test_fused_training_loss_equals_plain_loss_and_gradients(num_items):
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(make_tiny_config(vocab_size=3000)).train()
+    ids = torch.randint(0, 3000, (3, 40))
+    labels = ids.clone()
+    labels[1, :7] = -100
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    results = {}
+    for fused in (False, True):
+        model.config.fused_lm_loss = fused
+        model.zero_grad()
+        out = model(ids, labels=labels, **kwargs)
+        out.loss.backward()
+        results[fused] = (out, {n: p.grad.clone() for n, p in model.named_parameters()})
+    (plain, plain_grads), (fused, fused_grads) = results[False], results[True]
+    assert plain.logits is not None and fused.logits is None  # the point: no full logits in training
+    torch.testing.assert_close(fused.loss, plain.loss, atol=1e-6, rtol=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, atol=1e-6, rtol=1e-4)
+
+
+def test_fused_loss_is_not_used_where_logits_are_wanted():
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(make_tiny_config())
+    ids = torch.randint(2, 320, (2, 10))
+    model.eval()
+    assert model(ids, labels=ids).logits is not None  # evaluation
+    model.train()
+    with torch.no_grad():
+        assert model(ids, labels=ids).logits is not None  # no backward coming
+    model.loss_function = lambda logits, labels, vocab_size, **kw: logits.sum() * 0  # a custom loss is honoured
+    out = model(ids, labels=ids)
+    assert out.logits is not None and out.loss.item() == 0

@@ -1,0 +1,190 @@
+"""ScratchGPTForCausalLM vs transformers' GPT2LMHeadModel of the same shape and the same weights.
+
+Measured in one process, interleaved (ours, GPT-2, ours, GPT-2, ...), medians over repetitions:
+training tokens/s (forward + backward + AdamW step; fp32 and bf16 autocast), generation tokens/s with the
+KV cache (greedy; batch 1 and 8; 32-token prompt), time to first token, and peak training memory (each model
+in a fresh subprocess: peak RSS minus the RSS after imports). Prints one JSON object.
+
+    python benchmarks/bench_model.py --shape tiny
+    python benchmarks/bench_model.py --shape gpt2-124m --reps 3 --new-tokens 64
+
+For speed, start Python with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 (see DESIGN.md section 6);
+the ratios are what matter: both models run under the same allocator in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SHAPES = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=256, n_positions=256, vocab_size=8192),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, n_positions=256, vocab_size=50257),
+}
+TRAIN_BATCH = {"tiny": 8, "gpt2-124m": 2}
+
+
+def build_models(shape: str):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from scratch_gpt.convert import gpt2_to_scratch
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        **SHAPES[shape], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0
+    )
+    gpt2 = GPT2LMHeadModel(config)
+    gpt2.config._attn_implementation = "sdpa"
+    ours = gpt2_to_scratch(gpt2)
+    return {"scratch_gpt": ours, "gpt2": gpt2}
+
+
+def train_steps(model, batch: int, seq: int, vocab: int, steps: int, bf16: bool) -> float:
+    """Seconds for `steps` optimizer steps (after one warm-up step)."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=gen)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def generate_time(model, batch: int, prompt: int, new_tokens: int, vocab: int) -> float:
+    model.eval()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (batch, prompt), generator=gen)
+    kwargs = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    start = time.perf_counter()
+    out = model.generate(ids, **kwargs)
+    elapsed = time.perf_counter() - start
+    assert out.shape[1] == prompt + new_tokens
+    return elapsed
+
+
+def interleaved(models: dict, fn, reps: int) -> dict[str, list[float]]:
+    times = {name: [] for name in models}
+    for _ in range(reps):
+        for name, model in models.items():
+            times[name].append(fn(model))
+    return times
+
+
+def summarise(times: dict[str, list[float]], work: float, unit: str) -> dict:
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        f"scratch_gpt_{unit}": round(work / med["scratch_gpt"], 2),
+        f"gpt2_{unit}": round(work / med["gpt2"], 2),
+        "ratio": round(med["gpt2"] / med["scratch_gpt"], 3),
+        "runs": {name: [round(x, 4) for x in t] for name, t in times.items()},
+    }
+
+
+def peak_memory_child(shape: str, which: str, steps: int) -> None:
+    """Run in a subprocess: print peak RSS growth (MiB) over the post-import baseline during training."""
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = build_models(shape)[which]
+    cfg = SHAPES[shape]
+    train_steps(model, TRAIN_BATCH[shape], cfg["n_positions"], cfg["vocab_size"], steps, bf16=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mib": round((peak - base) / 1024, 1)}))
+
+
+def peak_memory(shape: str, steps: int) -> dict:
+    result = {}
+    for which in ("scratch_gpt", "gpt2"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--shape", shape, "--memory-child", which, "--train-steps", str(steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+        result[f"{which}_peak_train_mib"] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    result["ratio"] = round(result["scratch_gpt_peak_train_mib"] / result["gpt2_peak_train_mib"], 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model shape to compare")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per measurement")
+    parser.add_argument("--train-steps", type=int, default=3, help="optimizer steps per timed repetition")
+    parser.add_argument("--new-tokens", type=int, default=256, help="tokens generated per generation run")
+    parser.add_argument("--prompt", type=int, default=32, help="prompt length for generation")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: train,bf16,generate,memory")
+    parser.add_argument("--memory-child", choices=["scratch_gpt", "gpt2"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        peak_memory_child(args.shape, args.memory_child, args.train_steps)
+        return
+
+    skip = set(filter(None, args.skip.split(",")))
+    cfg = SHAPES[args.shape]
+    models = build_models(args.shape)
+    batch, seq, vocab = TRAIN_BATCH[args.shape], cfg["n_positions"], cfg["vocab_size"]
+    report = {
+        "shape": {**cfg, "train_batch": batch},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "malloc_tuned": os.environ.get("MALLOC_MMAP_MAX_") == "0",
+    }
+    tokens = batch * seq * args.train_steps
+    if "train" not in skip:
+        report["train_fp32"] = summarise(
+            interleaved(models, lambda m: train_steps(m, batch, seq, vocab, args.train_steps, False), args.reps),
+            tokens,
+            "tokens_per_s",
+        )
+    if "bf16" not in skip:
+        report["train_bf16_autocast"] = summarise(
+            interleaved(models, lambda m: train_steps(m, batch, seq, vocab, args.train_steps, True), args.reps),
+            tokens,
+            "tokens_per_s",
+        )
+    if "generate" not in skip:
+        for gen_batch in (1, 8):
+            report[f"generate_batch{gen_batch}"] = summarise(
+                interleaved(
+                    models, lambda m: generate_time(m, gen_batch, args.prompt, args.new_tokens, vocab), args.reps
+                ),
+                gen_batch * args.new_tokens,
+                "tokens_per_s",
+            )
+        ttft = interleaved(models, lambda m: generate_time(m, 1, args.prompt, 1, vocab), args.reps)
+        report["time_to_first_token_ms"] = {
+            name: round(1000 * statistics.median(t), 2) for name, t in ttft.items()
+        } | {"ratio": round(statistics.median(ttft["gpt2"]) / statistics.median(ttft["scratch_gpt"]), 3)}
+    if "memory" not in skip:
+        report["peak_train_memory"] = peak_memory(args.shape, args.train_steps)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
