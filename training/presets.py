@@ -72,18 +72,20 @@ class TrainArguments:
     gradient_accumulation_steps: int = _opt(1, "micro-batches accumulated per optimizer step", "optim")
     learning_rate: float = _opt(2e-3, "peak learning rate (after warmup)", "optim")
     min_lr_ratio: float = _opt(0.1, "cosine decays to this fraction of the peak learning rate", "optim")
-    warmup_steps: int = _opt(100, "linear warmup steps", "optim")
+    warmup_steps: int = _opt(50, "linear warmup steps", "optim")
     weight_decay: float = _opt(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)", "optim")
     adam_beta1: float = _opt(0.9, "AdamW beta1", "optim")
     adam_beta2: float = _opt(0.95, "AdamW beta2", "optim")
     adam_epsilon: float = _opt(1e-8, "AdamW epsilon", "optim")
     max_grad_norm: float = _opt(1.0, "clip gradients to this global norm (0 disables clipping)", "optim")
-    max_steps: int = _opt(1500, "optimizer steps to train (also the length of the LR schedule)", "optim")
+    max_steps: int = _opt(1000, "optimizer steps to train (also the length of the LR schedule)", "optim")
     max_tokens: int | None = _opt(
         None, "train on this many tokens instead (sets max steps; the smaller of the two wins)", "optim"
     )
     max_time: str | None = _opt(
-        None, "stop after this much training time, e.g. 90s, 10m, 2h (the LR schedule is not shortened)", "optim"
+        "8m",
+        "stop after this much training time, e.g. 90s, 10m, 2h, or none (the LR schedule is not shortened)",
+        "optim",
     )
     mixed_precision: str = _opt("no", "mixed precision (fp16 needs a GPU)", "optim", choices=MIXED_PRECISION_CHOICES)
     compile: bool = _opt(False, "torch.compile the model", "optim")
@@ -100,7 +102,7 @@ class TrainArguments:
 
     # -- output and checkpoints ----------------------------------------------------------------------
     output_dir: str | None = _opt(None, "run folder (default: runs/<preset>)", "output")
-    checkpoint_every: int = _opt(500, "save a resumable checkpoint every N steps (0: only at the end)", "output")
+    checkpoint_every: int = _opt(250, "save a resumable checkpoint every N steps (0: only at the end)", "output")
     keep_checkpoints: int = _opt(2, "keep the newest K checkpoints", "output")
     resume: bool = _opt(False, "continue from the newest complete checkpoint in the run folder", "output")
     overwrite: bool = _opt(False, "delete an existing run folder and start again", "output")
@@ -170,17 +172,19 @@ class TrainArguments:
 
 # Named presets: overrides of the TrainArguments defaults (which are `tiny`).
 PRESETS: dict[str, dict[str, Any]] = {
-    # ~1.6M parameters; python-stdlib on a 2-core CPU in a few minutes.
+    # ~1.3M parameters; python-stdlib on a 2-core CPU in a few minutes (--max-time 8m caps it on a busy machine).
     "tiny": {},
-    # ~11M parameters: an hour-scale CPU run or minutes on a GPU.
+    # ~7M parameters: an hour-scale CPU run, minutes on a GPU.
     "small": {
+        "max_time": None,
         "hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "block_size": 256,
         "vocab_size": 8192, "per_device_batch_size": 16, "gradient_accumulation_steps": 2,
         "learning_rate": 1e-3, "warmup_steps": 200, "max_steps": 5000, "eval_every": 500,
         "checkpoint_every": 1000, "sample_max_new_tokens": 64,
     },
-    # ~40M parameters (GPU).
+    # ~34M parameters (GPU).
     "medium": {
+        "max_time": None,
         "hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "block_size": 512,
         "vocab_size": 16384, "per_device_batch_size": 16, "gradient_accumulation_steps": 4,
         "learning_rate": 8e-4, "warmup_steps": 500, "max_steps": 20000, "eval_every": 1000,
@@ -189,6 +193,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # GPT-2 small's shape (124M parameters with a 50257 vocabulary); nanoGPT-like schedule, ~0.5M tokens/step
     # with 8 GPUs x 16 x 1024 x 4.
     "gpt2-124m": {
+        "max_time": None,
         "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "block_size": 1024,
         "vocab_size": 50257, "per_device_batch_size": 16, "gradient_accumulation_steps": 4,
         "learning_rate": 6e-4, "warmup_steps": 700, "max_steps": 20000, "eval_every": 1000,

@@ -571,6 +571,11 @@ def train(
     window_t, window_tokens = time.perf_counter(), 0
     last_eval: dict[str, Any] = {}
     model.train()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    cleanup = contextlib.ExitStack()
+    if main:
+        cleanup.enter_context(logging_redirect_tqdm())  # log lines print above the progress bar
     try:
         while step < total_steps:
             loss_sum = torch.zeros((), device=accelerator.device)
@@ -629,8 +634,9 @@ def train(
                 record.update(last_eval)
                 if main:
                     plot_losses(metrics_path, run_dir / PLOT_FILE, title=f"{run_dir.name}: loss")
-                    progress.write(
-                        f"step {step}: val loss {last_eval['val_loss']:.4f}, perplexity {last_eval['val_ppl']:.2f}"
+                    logger.info(
+                        "step %d: val loss %.4f, perplexity %.2f%s", step, last_eval["val_loss"], last_eval["val_ppl"],
+                        "".join(f"\n  sample: {t!r}" for t in last_eval.get("samples", [])[:1]),
                     )
                 window_t = time.perf_counter()  # evaluation time is not training throughput
             if (args.checkpoint_every and step % args.checkpoint_every == 0) or stopping:
@@ -650,6 +656,7 @@ def train(
                 break
     finally:
         progress.close()
+        cleanup.close()
         if trackers:
             accelerator.end_training()
 

@@ -69,6 +69,7 @@ def tiny_args(out_dir, **overrides):
         num_samples=0,
         output_dir=str(out_dir),
         seed=0,
+        max_time=None,
     )
     values.update(overrides)
     return resolve_arguments(overrides=values)
