@@ -348,7 +348,7 @@ def build_model_card(
             "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{trust})',
             f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{trust})',
             'inputs = tokenizer("Every effort moves you", return_tensors="pt")',
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))",

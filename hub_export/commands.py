@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None,
                    help="run directory holding metrics.jsonl / trainer_state.json and the loss plot for the card "
                    "(default: MODEL, or its parent when that has the metrics)")
-    p.add_argument("--license", default="apache-2.0", help="license id for the card's YAML header (default: apache-2.0)")
+    p.add_argument("--license", default="apache-2.0",
+                   help="license id for the card's YAML header (default: apache-2.0)")
     p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="HUB_ID",
                    help="Hub dataset id the model was trained on, for the card's YAML header (repeatable)")
     p.add_argument("--base-model", default=None,
@@ -129,5 +130,20 @@ def _cmd_push(args: argparse.Namespace) -> int:
         print(f"scratch-gpt push: error: {err}", file=sys.stderr)
         return 1
     print(f"pushed {args.out_dir} to {args.repo_id}: {url}")
-    print(f'load it: AutoModelForCausalLM.from_pretrained("{args.repo_id}", trust_remote_code=True)')
+    print(f"load it: {_load_hint(args.out_dir, args.repo_id)}")
     return 0
+
+
+def _load_hint(folder: str, repo_id: str) -> str:
+    """The from_pretrained call that loads the pushed repo (Auto class and trust_remote_code from its config)."""
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    archs = config.get("architectures") or [""]
+    auto = "AutoModelForSequenceClassification" if archs[0].endswith("SequenceClassification") else (
+        "AutoModelForCausalLM")
+    trust = ", trust_remote_code=True" if config.get("auto_map") else ""
+    return f'{auto}.from_pretrained("{repo_id}"{trust})'

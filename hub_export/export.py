@@ -35,7 +35,12 @@ from .card import CardOptions, build_model_card, find_loss_plot, last_evaluation
 logger = logging.getLogger(__name__)
 
 FORMATS = ("remote-code", "gpt2")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 # Auto classes listed in the remote-code auto_map, with the scratch_gpt class each resolves to.
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification")

@@ -114,7 +114,7 @@ def push_folder(
             revision=branch,
             commit_message=message,
         )
-    except OfflineModeIsEnabled as err:
+    except OfflineModeIsEnabled:
         raise PushError("HF_HUB_OFFLINE is set: unset it to upload") from None
     except RepositoryNotFoundError as err:
         raise PushError(

@@ -53,8 +53,17 @@ spec = json.load(open(sys.argv[1]))
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+def _rss_mb():
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return None
+
+rss_after_imports = _rss_mb()
 torch.manual_seed(0)
 torch.set_num_threads(spec["threads"])
 report = {"blocked_ok": blocked_ok, "transformers_version": transformers.__version__}
@@ -73,20 +82,27 @@ inputs = load_file(spec["inputs"])
 with torch.no_grad():
     out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 save_file({"logits": out.logits.float().contiguous()}, spec["logits_out"])
-if task == "text-generation":
+if task == "text-generation" and spec["new_tokens"] >= 1:
     with torch.no_grad():
         ids = model.generate(inputs["input_ids"][:1], attention_mask=inputs["attention_mask"][:1],
                              max_new_tokens=spec["new_tokens"], do_sample=False)
     report["generated_ids"] = ids[0].tolist()
 if spec["has_tokenizer"]:
-    tok = AutoTokenizer.from_pretrained(folder)
+    from transformers import pipeline  # heavy import: only when there is a tokenizer to run it with
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)  # else it asks on stdin
     pipe = pipeline(task, model=model, tokenizer=tok)
     if task == "text-generation":
-        res = pipe(spec["prompt"], max_new_tokens=spec["new_tokens"], do_sample=False)
+        res = pipe(spec["prompt"], max_new_tokens=spec["pipeline_new_tokens"], do_sample=False)
         report["pipeline"] = res[0]["generated_text"]
     else:
         res = pipe(spec["prompt"])
         report["pipeline"] = {"label": res[0]["label"], "score": float(res[0]["score"])}
+try:
+    import resource
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+except ImportError:  # not on Unix
+    report["peak_rss_mb"] = None
+report["rss_after_imports_mb"] = rss_after_imports
 report["project_modules_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 json.dump(report, open(spec["report_out"], "w"))
 '''
@@ -116,6 +132,8 @@ class VerificationResult:
             "pipeline_output": self.pipeline_output,
             "pipeline_match": self.pipeline_match,
             "seconds": round(self.seconds, 2),
+            "child_peak_rss_mb": self.report.get("peak_rss_mb"),
+            "child_rss_after_imports_mb": self.report.get("rss_after_imports_mb"),
         }
 
 
@@ -130,25 +148,40 @@ def fixed_inputs(vocab_size: int, context: int, pad_token_id: int | None) -> dic
     return {"input_ids": ids.long(), "attention_mask": torch.ones_like(ids)}
 
 
-def _source_outputs(model: Any, tokenizer: Any, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
+def _budget(model: Any, tokenizer: Any, inputs: dict[str, Any]) -> tuple[int, int]:
+    """New tokens for the generate check and for the pipeline, kept inside the context window."""
+    context = model.config.max_position_embeddings
+    gen = min(NEW_TOKENS, context - inputs["input_ids"].shape[1])
+    pipe = 0
+    if tokenizer is not None:
+        pipe = min(NEW_TOKENS, context - len(tokenizer(PROMPTS["text-generation"])["input_ids"]))
+    return max(gen, 0), max(pipe, 0)
+
+
+def _source_outputs(
+    model: Any, tokenizer: Any, task: str, inputs: dict[str, Any], budget: tuple[int, int]
+) -> dict[str, Any]:
     import torch
-    from transformers import pipeline
 
     result: dict[str, Any] = {}
+    if task == "text-generation" and budget[1] < 1:
+        tokenizer = None  # the prompt alone fills the context: no pipeline check
     with torch.no_grad():
         result["logits"] = model(**inputs).logits.float()
-        if task == "text-generation":
+        if task == "text-generation" and budget[0] >= 1:
             ids = model.generate(
                 inputs["input_ids"][:1],
                 attention_mask=inputs["attention_mask"][:1],
-                max_new_tokens=NEW_TOKENS,
+                max_new_tokens=budget[0],
                 do_sample=False,
             )
             result["generated_ids"] = ids[0].tolist()
     if tokenizer is not None:
+        from transformers import pipeline
+
         pipe = pipeline(task, model=model, tokenizer=tokenizer)
         if task == "text-generation":
-            res = pipe(PROMPTS[task], max_new_tokens=NEW_TOKENS, do_sample=False)
+            res = pipe(PROMPTS[task], max_new_tokens=budget[1], do_sample=False)
             result["pipeline"] = res[0]["generated_text"]
         else:
             res = pipe(PROMPTS[task])
@@ -197,7 +230,10 @@ def verify_export(
     folder = Path(folder)
     cfg = source_model.config
     inputs = fixed_inputs(cfg.vocab_size, cfg.max_position_embeddings, getattr(cfg, "pad_token_id", None))
-    source = _source_outputs(source_model, tokenizer, task, inputs)
+    budget = _budget(source_model, tokenizer, inputs)
+    source = _source_outputs(source_model, tokenizer, task, inputs, budget)
+    if "pipeline" not in source:
+        tokenizer = None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="scratch-gpt-verify-") as work:
         work_path = Path(work)
@@ -211,7 +247,8 @@ def verify_export(
             "report_out": str(work_path / "report.json"),
             "has_tokenizer": tokenizer is not None,
             "prompt": PROMPTS[task],
-            "new_tokens": NEW_TOKENS,
+            "new_tokens": budget[0],
+            "pipeline_new_tokens": budget[1],
             "threads": torch.get_num_threads(),
         }
         (work_path / "spec.json").write_text(json.dumps(spec))
@@ -222,6 +259,7 @@ def verify_export(
             proc = subprocess.run(
                 cmd,
                 cwd=work,
+                stdin=subprocess.DEVNULL,  # never wait for an interactive answer
                 env=child_env(str(work_path / "modules")),
                 capture_output=True,
                 text=True,

@@ -109,7 +109,8 @@ def run_python(
 ) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (env vars that huggingface_hub reads at import take effect)."""
     return subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", code, *args], env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 

@@ -86,20 +86,40 @@ def test_sequence_classifier_export(cls_export, cls_dir):
     assert v["pipeline_output"]["score"] == pytest.approx(float(logits.softmax(-1).max()), abs=1e-5)
 
 
-def test_gpt2_format_loads_as_gpt2(run_dir, tmp_path):
-    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+def test_gpt2_format_without_tokenizer_over_existing_dir(tmp_path, caplog):
+    """gpt2 format (GPT2LMHeadModel, no remote code), a model without tokenizer (warning), --overwrite."""
+    from transformers import GPT2LMHeadModel
 
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    src = make_model_dir(tmp_path / "bare", tokenizer=False, seed=3)
     out = tmp_path / "gpt2-export"
-    result = export_model(run_dir, out, export_format="gpt2")
+    with pytest.raises(ValueError, match="--require-tokenizer"):
+        export_model(src, out, export_format="gpt2", require_tokenizer=True)
+    assert not out.exists()
+    out.mkdir()
+    (out / "stale.txt").write_text("old export")
+    with caplog.at_level("WARNING", logger="hub_export.export"):
+        result = export_model(src, out, export_format="gpt2", overwrite=True)
+
+    # the tokenizer is missing: exported with a warning, the card says so, the pipeline check is skipped
+    assert any("no tokenizer" in w for w in result.warnings)
+    assert any("no tokenizer" in r.getMessage() for r in caplog.records)
+    assert not any(f.startswith("tokenizer") for f in result.files)
+    assert "No tokenizer is included" in (out / "README.md").read_text()
+    assert result.verification["pipeline_output"] is None
+    # replaced, not merged; no temporary folders left behind
+    assert not (out / "stale.txt").exists() and _leftovers(tmp_path) == []
+
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "gpt2" and "auto_map" not in config
     assert not [f for f in result.files if f.endswith(".py")]
     assert result.verification["model_class"] == "transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel"
+    assert result.verification["max_abs_diff"] <= 1e-5
 
     # reload here with transformers' own GPT-2 (no remote code) and compare with the source to 1e-5
     gpt2 = GPT2LMHeadModel.from_pretrained(out).eval()
-    source = AutoModelForCausalLM.from_pretrained(run_dir).eval()
-    assert type(source).__name__ == "ScratchGPTForCausalLM"
+    source = ScratchGPTForCausalLM.from_pretrained(src).eval()
     ids = torch.randint(0, source.config.vocab_size, (3, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(gpt2(ids).logits, source(ids).logits, atol=1e-5, rtol=0)
@@ -155,27 +175,6 @@ def test_existing_out_dir_refused_and_bad_options(run_dir, tmp_path):
         export_model(run_dir, tmp_path / "x", max_shard_size="lots")
     with pytest.raises(ValueError, match="unknown export format"):
         export_model(run_dir, tmp_path / "x", export_format="onnx")
-
-
-def test_no_tokenizer_warns_or_refuses_and_overwrite_replaces(tmp_path, caplog):
-    src = make_model_dir(tmp_path / "bare", tokenizer=False)
-    out = tmp_path / "out"
-    with pytest.raises(ValueError, match="--require-tokenizer"):
-        export_model(src, out, require_tokenizer=True)
-    assert not out.exists()
-
-    out.mkdir()
-    (out / "stale.txt").write_text("old export")
-    with caplog.at_level("WARNING", logger="hub_export.export"):
-        result = export_model(src, out, overwrite=True)
-    assert any("no tokenizer" in w for w in result.warnings)
-    assert any("no tokenizer" in r.getMessage() for r in caplog.records)
-    assert not (out / "stale.txt").exists()  # replaced, not merged
-    assert not any(f.startswith("tokenizer") for f in result.files)
-    assert result.verification["pipeline_output"] is None  # no tokenizer: the pipeline is not run
-    assert result.verification["max_abs_diff"] == 0.0
-    assert "No tokenizer is included" in (out / "README.md").read_text()
-    assert _leftovers(tmp_path) == []
 
 
 def test_failed_self_check_leaves_out_dir_untouched(run_dir, tmp_path, monkeypatch):

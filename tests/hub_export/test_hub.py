@@ -98,7 +98,7 @@ def test_push_to_fake_hub_every_file_identical(lm_export, tmp_path):
     assert hub.authorized_requests > 0  # the token was sent ...
     for p in (p1, p2):  # ... and never shown
         assert TOKEN not in p.stdout and TOKEN not in p.stderr
-    assert "pushed" in p1.stdout
+    assert 'AutoModelForCausalLM.from_pretrained("owner/tiny-gpt", trust_remote_code=True)' in p1.stdout
 
 
 _PUSH_ERRORS = r'''
