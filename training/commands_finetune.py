@@ -108,7 +108,7 @@ def _lora(args: argparse.Namespace) -> LoraOptions | None:
 
 
 def _summary(report: dict, keys: tuple[str, ...]) -> str:
-    return json.dumps({k: report.get(k) for k in keys}, indent=2)
+    return "\n".join(f"{k}: {json.dumps(report.get(k))}" for k in keys)
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:

@@ -155,19 +155,19 @@ def split_records(
 def load_instruction_records(
     dataset: str, dataset_config: str | None = None
 ) -> dict[str, list[dict]] | list[dict]:
-    """Records from a local ``.json``/``.jsonl`` file (a list, in file order) or a Hub dataset id
-    (a dict of its splits)."""
+    """Records from a local ``.json``/``.jsonl`` file (a list, in file order), or a dict of splits from a
+    local dataset folder (e.g. ``train.jsonl`` + ``test.jsonl``) or a Hub dataset id."""
     if os.path.isfile(dataset):
         return read_records(dataset)
-    if os.path.isdir(dataset) or dataset.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"--dataset {dataset} is not a .json/.jsonl file of instruction records")
+    if not os.path.isdir(dataset) and dataset.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"--dataset {dataset} does not exist (expected a .json/.jsonl file of records)")
     import datasets
 
     try:
         loaded = datasets.load_dataset(dataset, dataset_config)
     except Exception as err:  # datasets raises many types for a missing dataset
         raise FileNotFoundError(
-            f"dataset {dataset!r} is neither a local .json/.jsonl file nor a loadable Hub dataset ({err})"
+            f"dataset {dataset!r} is neither a .json/.jsonl file, a dataset folder nor a loadable Hub dataset ({err})"
         ) from err
     return {("validation" if k in ("valid", "val", "dev") else k): v.to_list() for k, v in loaded.items()}
 
@@ -316,9 +316,16 @@ def _complete_splits(
         return split_records(splits["train"], train_fraction, test_fraction, shuffle, seed)
     # One is given: carve only the other, with its own fraction of the data.
     frac = test_fraction if has_val else 1.0 - train_fraction - test_fraction
-    carved = split_records(splits["train"], 1.0 - frac, frac, shuffle, seed)
+    train = list(splits["train"])
+    if shuffle:
+        import random
+
+        random.Random(seed).shuffle(train)
+    n = max(1, round(frac * len(train)))
+    if n >= len(train):
+        raise ValueError(f"the train split ({len(train)} records) is too small to carve a held-out split from")
     missing = "test" if has_val else "validation"
-    return {**splits, "train": carved["train"], missing: carved["test"]}
+    return {**splits, "train": train[:-n], missing: train[-n:]}
 
 
 # ---------------------------------------------------------------------------------------------- main
