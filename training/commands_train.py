@@ -154,7 +154,13 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(yaml.safe_dump(args.to_dict(), sort_keys=False), end="")
         return 0
     _maybe_reexec_with_malloc_tuning(ns)
+    import logging
+
     from .pretrain import TrainingDivergedError, train
+
+    if not getattr(ns, "verbose", False):  # Accelerate logs every file of every checkpoint at INFO
+        logging.getLogger("accelerate").setLevel(logging.WARNING)
+        logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # "Removed shared tensor" (tied head)
 
     try:
         run_dir = train(args)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 
 import pytest
@@ -185,44 +184,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert max(r["step"] for r in records) == 7 and all(math.isfinite(r["train_loss"]) for r in records)
 
 
-def test_resume_from_newest_complete_checkpoint_skips_half_written(tmp_path, caplog):
-    """In-process variant of the SIGKILL test: a run dies at step 7 (checkpoints at 3 and 6), then resumes."""
-    blocks, tok = make_blocks(), make_tokenizer()
-    full = train(tiny_args(tmp_path / "full", max_steps=10, checkpoint_every=3), datasets=blocks, tokenizer=tok)
-    part = tmp_path / "part"
-    with pytest.raises(_Interrupted):
-        train(tiny_args(part, max_steps=10, checkpoint_every=3), datasets=blocks, tokenizer=tok,
-              callbacks=[_stop_at(7)])
-    ckpts = part / "checkpoints"
-    # a crash during a save of step 9 and a folder that lost its marker must both be ignored
-    (ckpts / "checkpoint-00000009.tmp").mkdir()
-    broken = ckpts / "checkpoint-00000008"
-    broken.mkdir()
-    (broken / "model.safetensors").write_bytes(b"half")
-    caplog.set_level(logging.WARNING, logger="training.pretrain")
-    train(tiny_args(part, max_steps=10, checkpoint_every=3, resume=True), datasets=blocks, tokenizer=tok)
-    messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "checkpoint-00000009.tmp" in messages and "checkpoint-00000008" in messages
-    _assert_same_weights(full, part)
-    ref = [(r["step"], r.get("train_loss")) for r in read_metrics(full / "metrics.jsonl")]
-    got = [(r["step"], r.get("train_loss")) for r in read_metrics(part / "metrics.jsonl")]
-    assert [s for s, _ in got] == [s for s, _ in ref]  # metrics after the checkpoint were not duplicated
-    for (_, a), (_, b) in zip(ref, got):
-        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-6)
-
-
-class _Interrupted(Exception):
-    """Stands in for a crash between checkpoints."""
-
-
-def _stop_at(step):
-    def fn(s, record):
-        if s == step:
-            raise _Interrupted
-
-    return fn
-
-
 def _assert_same_weights(dir_a, dir_b, atol=1e-6):
     from safetensors.torch import load_file
 
@@ -294,3 +255,32 @@ def test_generate_command_streams(finished_run, capsys):
     assert out.count("--- sample") == 2 and out.count("def f") >= 2
     assert main(["generate", str(finished_run), "--top-p", "1.5"]) == 1
     assert "--top-p" in capsys.readouterr().err
+
+
+def test_cli_train_on_a_local_corpus_then_resume(tmp_path, capsys):
+    """The real path: files -> tokenizer -> blocks -> loop -> run folder, through `scratch-gpt train`."""
+    from scratch_gpt_cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"m{i}.py").write_text(
+            "".join(f"def f_{i}_{j}(x, y={j}):\n    return x * y + {i}\n\n" for j in range(40))
+        )
+    out = tmp_path / "run"
+    flags = ["train", "--dataset", str(corpus), "--validation-fraction", "0.25", "--vocab-size", "300",
+             "--hidden-size", "32", "--num-hidden-layers", "1", "--num-attention-heads", "2", "--block-size", "32",
+             "--per-device-batch-size", "4", "--max-steps", "2", "--num-samples", "0", "--eval-batches", "1",
+             "--log-every", "1",
+             "--output-dir", str(out), "--no-malloc-tuning"]
+    assert main(flags) == 0
+    assert "validation loss" in capsys.readouterr().out
+    saved = json.loads((out / "training_args.json").read_text())
+    assert saved["dataset"] == str(corpus) and saved["max_steps"] == 2
+    tokenizer_json = (out / "tokenizer.json").read_text()
+    # a longer schedule continues from the step-2 checkpoint with the run's own tokenizer
+    assert main([*flags[:-3], "--max-steps", "3", "--output-dir", str(out), "--resume", "--no-malloc-tuning"]) == 0
+    assert (out / "tokenizer.json").read_text() == tokenizer_json
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train_loss" in r]
+    assert steps == [1, 2, 3]
+    assert [s for s, _ in list_checkpoints(out)] == [2, 3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ def _train_losses(run_dir):
     return [r["train_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train_loss" in r]
 
 
-def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path):
+def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, caplog):
     torch.set_num_threads(1)
     steps, every = 10, 3
     full = train(tiny_args(tmp_path / "full", max_steps=steps, checkpoint_every=every),
@@ -53,14 +54,27 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert [s for s, _ in list_checkpoints(part)] == [3, 6]
     assert not (part / "model.safetensors").exists()
+    # what a crash during a later save leaves behind: a .tmp folder, and a folder without the COMPLETE marker
+    ckpts = part / "checkpoints"
+    (ckpts / "checkpoint-00000009.tmp").mkdir()
+    (ckpts / "checkpoint-00000008").mkdir()
+    (ckpts / "checkpoint-00000008" / "model.safetensors").write_bytes(b"half")
 
+    caplog.set_level(logging.WARNING, logger="training.pretrain")
     train(tiny_args(part, max_steps=steps, checkpoint_every=every, resume=True),
           datasets=make_blocks(), tokenizer=make_tokenizer())
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "checkpoint-00000009.tmp" in warnings and "checkpoint-00000008" in warnings
     a, b = _weights(full), _weights(part)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=key)
     assert _train_losses(part) == pytest.approx(_train_losses(full), abs=1e-6)
+    # metrics the killed run wrote after its checkpoint were dropped, not duplicated
+    assert [r["step"] for r in read_metrics(part / "metrics.jsonl")] == [
+        r["step"] for r in read_metrics(full / "metrics.jsonl")
+    ]
+    assert [s for s, _ in list_checkpoints(part, warn=False)] == [9, 10]
 
 
 def test_two_processes_match_one_with_same_global_batch(tmp_path):
