@@ -504,6 +504,8 @@ def train(
     train_set = datasets["train"].with_format("torch", columns=["input_ids"])
     eval_set = datasets["validation"].with_format("torch", columns=["input_ids"])
     block = len(train_set[0]["input_ids"])
+    if block > args.block_size:
+        raise ValueError(f"the data has blocks of {block} tokens but --block-size is {args.block_size}")
     global_batch = args.per_device_batch_size * accelerator.num_processes
     if len(train_set) < global_batch:
         raise ValueError(
@@ -660,6 +662,8 @@ def train(
         if trackers:
             accelerator.end_training()
 
+    if not last_eval:  # resumed a run that had already reached its last step
+        last_eval = _evaluate_and_sample(model, unwrapped, eval_dl, accelerator, tokenizer, args, step)
     elapsed = elapsed_before + time.perf_counter() - t0
     _save_final(accelerator, model, tokenizer, run_dir, args)
     if main:
@@ -697,7 +701,11 @@ def _evaluate_and_sample(model, unwrapped, eval_dl, accelerator, tokenizer, args
         "val_loss": val_loss,
         "val_ppl": math.exp(min(val_loss, 50.0)) if math.isfinite(val_loss) else float("nan"),
     }
-    if accelerator.is_main_process and args.num_samples:
+    from accelerate.utils import DistributedType
+
+    # sharded models cannot generate from one process; their samples come from `scratch-gpt generate`
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if accelerator.is_main_process and args.num_samples and not sharded:
         result["samples"] = sample_continuations(
             unwrapped, tokenizer, args.sample_prompt, args.num_samples, args.sample_max_new_tokens, args.seed
         )
