@@ -39,6 +39,9 @@ _SETTINGS_FILES = (
     "config.yaml",
     "run_config.yaml",
 )
+# Settings that describe the machine the run happened on, not the model: left out of a public card.
+_PRIVATE_SETTINGS = {"output_dir", "logging_dir", "resume", "overwrite", "overwrite_output_dir", "report_to",
+                     "resume_from_checkpoint", "hub_token", "push_to_hub_token", "token"}
 _DATASET_KEYS = ("dataset", "dataset_name", "datasets", "train_file", "data", "corpus")
 _BASE_MODEL_KEYS = ("base_model", "model_name_or_path", "init_from", "pretrained_model", "model")
 
@@ -139,7 +142,11 @@ def read_training_settings(run_dir: Path | None) -> tuple[dict[str, Any], str | 
             logger.warning("could not read training settings from %s: %s", path, err)
             continue
         if isinstance(data, dict):
-            flat = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool)) or v is None}
+            flat = {
+                k: v
+                for k, v in data.items()
+                if isinstance(v, (str, int, float, bool)) and k not in _PRIVATE_SETTINGS and not k.startswith("debug")
+            }
             return flat, name
     return {}, None
 
@@ -220,11 +227,13 @@ def build_model_card(
     plot_name: str | None,
     has_tokenizer: bool,
     options: CardOptions | None = None,
+    code_files: list[str] | None = None,
 ) -> ModelCard:
     """Build the README.md model card of an export.
 
     ``config`` is the exported config.json as a dict, ``task`` the pipeline tag (``text-generation`` or
-    ``text-classification``), ``plot_name`` the loss plot's file name inside the export (or ``None``).
+    ``text-classification``), ``plot_name`` the loss plot's file name inside the export (or ``None``),
+    ``code_files`` the Python files shipped as remote code.
     """
     options = options or CardOptions()
     metrics, metrics_source = last_evaluation(run_dir)
@@ -365,11 +374,11 @@ def build_model_card(
         ]
     parts.append("")
     if remote:
+        files = ", ".join(f"`{f}`" for f in (code_files or ["configuration_*.py", "modeling_*.py"]))
         parts.append(
             f"Supported versions: `transformers{tf_range}` with PyTorch (exported and verified with "
             f"transformers {transformers.__version__}). `trust_remote_code=True` runs the Python files of this "
-            "repository (`configuration_*.py`, `modeling_*.py`, `attention.py`); read them first, or pin a "
-            "`revision=` you have reviewed."
+            f"repository ({files}); read them first, or pin a `revision=` you have reviewed."
         )
     else:
         parts.append(

@@ -282,9 +282,15 @@ def export_model(
     import torch  # noqa: F401  (heavy imports stay inside the function)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    import scratch_gpt  # noqa: F401  registers the Auto classes
+    import scratch_gpt  # registers the Auto classes
 
     from .verify import verify_export
+
+    if not hasattr(scratch_gpt, "ScratchGPTConfig"):  # e.g. a stale editable install seen as a namespace package
+        raise ValueError(
+            f"the scratch_gpt package found at {list(getattr(scratch_gpt, '__path__', []))} is empty or broken; "
+            "reinstall the project (pip install -e .)"
+        )
 
     if export_format not in FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {', '.join(FORMATS)}")
@@ -332,9 +338,10 @@ def export_model(
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
+        code_files: list[str] = []
         if export_format == "remote-code":
             model.save_pretrained(tmp, max_shard_size=shard_size)
-            _write_remote_code(tmp, type(model.config))
+            code_files = _write_remote_code(tmp, type(model.config))
         else:
             from scratch_gpt.convert import gpt2_config_from_scratch, scratch_to_gpt2
 
@@ -362,6 +369,7 @@ def export_model(
             plot_name=plot_name,
             has_tokenizer=tokenizer is not None,
             options=card_options,
+            code_files=code_files,
         )
         card.save(tmp / "README.md")
         if last_evaluation(run_path)[0] is None:

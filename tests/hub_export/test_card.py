@@ -46,6 +46,8 @@ def test_card_header_and_metrics(lm_export):
     assert "python-stdlib" in text and "| learning_rate | `0.0003` |" in text
     assert 'pipeline("text-generation", model="owner/tiny-gpt", trust_remote_code=True)' in text
     assert "transformers>=5.0,<6" in text
+    shipped = [f for f in lm_export.files if f.endswith(".py")]
+    assert shipped and all(f"`{f}`" in text for f in shipped)  # the card names the code it asks you to trust
     assert "## Limitations" in text
 
 
