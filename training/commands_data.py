@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Print documents, characters, tokens, bytes per token and blocks of a corpus.",
         description="Load --dataset, tokenise it (with --tokenizer, or a BPE trained on its train split) and "
         "pack it into blocks of --block-size tokens, then print per-split statistics. The tokenised and "
-        "packed data stay in the datasets cache, so a following `scratch-gpt train` reuses them.",
+        "packed data stay in the datasets cache: a later run with the same corpus, tokenizer and block size "
+        "(e.g. `scratch-gpt train`) reuses them.",
     )
     add_data_arguments(s)
     s.add_argument("--tokenizer", default=None,

@@ -74,7 +74,13 @@ def block_starts(total_tokens: int, block_size: int, stride: int, drop_remainder
 
 
 def _tokenizer_hash(tokenizer) -> str:
-    h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8"))
+    """Hash of what decides the token ids (not the padding/truncation state that ``__call__`` leaves)."""
+    import json
+
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    h = hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8"))
     h.update(f"eos={tokenizer.eos_token_id};pad={tokenizer.pad_token_id}".encode())
     return h.hexdigest()
 

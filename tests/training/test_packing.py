@@ -200,3 +200,13 @@ def test_short_validation_split_suggests_the_fraction(tmp_path, tiny_tokenizer):
     with pytest.raises(ValueError, match=rf"validation split .* has {n_val} tokens but one block needs "
                                          rf"{n_val + 1}.*--validation-fraction"):
         prepare_datasets(args, block_size=n_val + 1, tokenizer=tiny_tokenizer, vocab_size=512)
+
+
+def test_cache_key_ignores_padding_state_and_survives_a_reload(tmp_path, tiny_tokenizer):
+    from training.packing import _tokenizer_hash
+    from training.tokenizer import load_tokenizer
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    reloaded = load_tokenizer(str(tmp_path / "tok"))
+    reloaded("some text", padding="max_length", max_length=20, truncation=True)  # leaves backend state
+    assert _tokenizer_hash(reloaded) == _tokenizer_hash(tiny_tokenizer)
