@@ -16,6 +16,7 @@ with the book's). Prints JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ HAM = [
     "can you pick up {o} on the way home", "haha that's so {a}, see you {d}", "i'm at the {p} now, where are you",
     "did you finish the {o}? mum wants it {d}", "lunch at {t}? the {p} is {a}", "just woke up lol, {v} you later",
     "happy birthday! hope you have a {a} day", "traffic is {a}, i'll be late by {n} min", "k. i'll text you {d}",
+    "call me when you're free {d}", "did you win the quiz? {n} points lol", "free for {o} at the {p} {d}?",
+    "mum says claim the {o} from the {p} {d}", "won {n} at bingo!! drinks on me {d}", "text me the {u} link",
 ]
 SPAM = [
     "URGENT! you have won a {n} cash prize. call 09{n}{n} now to claim", "FREE entry to win a {o}! text WIN to 8{n}",
@@ -38,6 +41,8 @@ SPAM = [
     "WINNER!! claim your {o} voucher now, call 08{n}{n} before {t}", "SIX chances to win CASH! text {o} to 8{n} now",
     "your account has a {n} reward pending. visit {u} to claim", "final notice: call 09{n}{n} to claim your free {o}",
     "get {n}% off {o} today only! reply STOP to opt out", "you are a lucky winner of a {o}. txt CLAIM to 8{n}",
+    "hey its jess, {v} me on 09{n}{n} for a {a} chat", "your {o} is ready, see {u} {d}", "i'm at the {p}, free {o} for you at {u}",
+    "{a} {o} deals {d}, text {o} to 8{n}",
 ]
 FILL = {
     "v": ["call", "see", "meet", "text", "ring"], "t": ["5", "noon", "7pm", "half 6", "8.30"],
@@ -56,7 +61,7 @@ def make_synthetic(path: str, n: int, seed: int = 0, spam_fraction: float = 0.13
             spam = rng.random() < spam_fraction
             text = rng.choice(SPAM if spam else HAM)
             text = text.format(**{k: rng.choice(v) for k, v in FILL.items()})
-            if rng.random() < 0.1:  # some hard cases: ham mentioning prizes, spam in lower case
+            if rng.random() < 0.2:  # some hard cases: ham mentioning prizes, spam in lower case
                 text = (text.lower() if spam else text + " won " + rng.choice(FILL["n"]) + " at quiz lol")
             fh.write(f"{'spam' if spam else 'ham'}\t{text}\n")
 
@@ -110,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, model_dir in variants.items():
             out = os.path.join(args.workdir, f"{name}-{rep}")
             t0 = time.perf_counter()
-            report = finetune_classifier(
-                model_dir, args.sms_path, out, balance=not args.no_balance, validation_fraction=0.1,
-                test_fraction=0.2, max_length=args.max_length, trainer_options=opts, overwrite=True,
-                train_last_blocks=args.train_last_blocks if name == "pretrained" else None,
-            )
+            with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its logs; stdout is the JSON only
+                report = finetune_classifier(
+                    model_dir, args.sms_path, out, balance=not args.no_balance, validation_fraction=0.1,
+                    test_fraction=0.2, max_length=args.max_length, trainer_options=opts, overwrite=True,
+                    train_last_blocks=args.train_last_blocks if name == "pretrained" else None,
+                )
             runs[name].append({
                 "test_accuracy": report["test"]["accuracy"], "test_f1_macro": report["test"]["f1_macro"],
                 "validation_accuracy": report["validation"]["accuracy"], "train_seconds": report["train_seconds"],

@@ -13,6 +13,7 @@ and the first ``--show`` test answers next to the reference outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -52,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                           weight_decay=0.1, eval_strategy="no", save_strategy="no", seed=args.seed,
                           logging_steps=20, disable_tqdm=True)
     t0 = time.perf_counter()
-    report = finetune_instruct(
-        args.model, args.dataset, args.output_dir, max_length=args.max_length, trainer_options=opts,
-        lora=LoraOptions(lora_rank=16, lora_alpha=32) if args.lora else None, merge_lora=args.lora,
-        max_new_tokens=args.max_new_tokens, max_test_answers=args.max_test_answers, overwrite=True,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its logs; stdout is the JSON only
+        report = finetune_instruct(
+            args.model, args.dataset, args.output_dir, max_length=args.max_length, trainer_options=opts,
+            lora=LoraOptions(lora_rank=16, lora_alpha=32) if args.lora else None, merge_lora=args.lora,
+            max_new_tokens=args.max_new_tokens, max_test_answers=args.max_test_answers, overwrite=True,
+        )
     total = time.perf_counter() - t0
     answers = []
     if report.get("test_answers"):
