@@ -28,9 +28,11 @@ def tiny_tokenizer():
     return train_tokenizer(TINY_DOCS, vocab_size=400, min_frequency=2)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _isolated_datasets_cache(tmp_path_factory):
-    """Keep the datasets cache of these tests out of the user's cache (and start it empty)."""
+@pytest.fixture(scope="session")
+def isolated_datasets_cache(tmp_path_factory):
+    """Keep the datasets cache of the data tests out of the user's cache (and start it empty).
+
+    Used by the data-pipeline modules through ``pytestmark``; not autouse, so other tests here are unaffected."""
     import datasets
 
     old = datasets.config.HF_DATASETS_CACHE

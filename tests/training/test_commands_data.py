@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from transformers import AutoTokenizer
 
 import scratch_gpt_cli
+
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 
 def _corpus(tmp_path):

@@ -23,6 +23,8 @@ from training.data import (
 
 ROWS = [{"id": i, "body": f"row {i}: " + "lorem ipsum " * (i % 7), "lang": "en"} for i in range(200)]
 
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
+
 
 def _texts(splits, name):
     return list(splits[name]["text"])

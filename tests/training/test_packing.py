@@ -14,6 +14,8 @@ from training.packing import block_starts, check_tokenizer_fits, pack_dataset, p
 
 DOCS = [f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(60)] + ["", "héllo 😀 日本"]
 
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
+
 
 @pytest.fixture(scope="module")
 def ds():

@@ -18,6 +18,8 @@ ROUND_TRIP = [
     "\U0010ffff\U0001f600" * 3,
 ]
 
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
+
 
 @pytest.mark.parametrize("text", ROUND_TRIP)
 def test_round_trip_is_byte_exact(tiny_tokenizer, text):
