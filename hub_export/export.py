@@ -307,6 +307,11 @@ def export_model(
             "classifier with --format remote-code"
         )
 
+    if export_format == "gpt2":  # refuse before loading anything
+        from scratch_gpt.convert import gpt2_config_from_scratch
+
+        gpt2_config_from_scratch(scratch_gpt.ScratchGPTConfig.from_pretrained(model_dir))
+
     tokenizer = None
     if _has_tokenizer(model_dir):
         try:
@@ -343,9 +348,8 @@ def export_model(
             model.save_pretrained(tmp, max_shard_size=shard_size)
             code_files = _write_remote_code(tmp, type(model.config))
         else:
-            from scratch_gpt.convert import gpt2_config_from_scratch, scratch_to_gpt2
+            from scratch_gpt.convert import scratch_to_gpt2
 
-            gpt2_config_from_scratch(model.config)  # raises ValueError naming what GPT-2 cannot express
             gpt2_model = scratch_to_gpt2(model)
             gpt2_model.eval()
             if getattr(model, "generation_config", None) is not None:
