@@ -460,7 +460,10 @@ def finetune_instruct(
         gen.eos_token_id = tok.eos_token_id
         gen.pad_token_id = tok.pad_token_id
         gen.max_new_tokens = min(max_new_tokens, context)
-        gen.do_sample = False
+        gen.do_sample = False  # greedy answers; drop sampling-only settings (a pretrained run may set them)
+        for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):
+            if getattr(gen, name, None) is not None:
+                setattr(gen, name, None)
 
         test_records = splits.get("test") or []
         if max_test_answers > 0:

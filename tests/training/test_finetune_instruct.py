@@ -154,6 +154,9 @@ def test_dataset_folder_splits_are_used_and_the_missing_one_carved(tmp_path):
 def cli_instruct(tmp_path_factory, tok, records):
     d = tmp_path_factory.mktemp("instruct")
     make_model_dir(str(d / "base"), tok, hidden=64)
+    # a base whose generation config samples, as `scratch-gpt train` writes it
+    gen_path = d / "base" / "generation_config.json"
+    gen_path.write_text(json.dumps(dict(json.loads(gen_path.read_text()), do_sample=True, temperature=0.8, top_k=50)))
     data = write_json(str(d / "data.json"), records)
     out = d / "out"
     rc = scratch_gpt_cli.main([
@@ -188,6 +191,7 @@ def test_saved_instruct_model_serves_chat_messages(cli_instruct):
     assert type(model).__name__ == "ScratchGPTForCausalLM"
     assert tok.chat_template == ALPACA_CHAT_TEMPLATE and tok.pad_token is not None
     assert model.generation_config.eos_token_id == tok.eos_token_id
+    assert model.generation_config.do_sample is False and model.generation_config.temperature is None
 
     gen = pipeline("text-generation", model=str(cli_instruct), device="cpu")
     out = gen([{"role": "user", "content": "What colour is the lime?"}], max_new_tokens=16)
