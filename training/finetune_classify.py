@@ -83,10 +83,15 @@ def load_sms_spam(path: str, text_column: str = "text", label_column: str = "lab
     return Dataset.from_dict({label_column: labels, text_column: texts})
 
 
+_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt")
+
+
 def _detect_format(path: str) -> str:
     if os.path.isdir(path):
         return "folder"
     if not os.path.exists(path):
+        if path.startswith((".", "/", "~")) or path.lower().endswith(_SUFFIXES):
+            raise FileNotFoundError(f"dataset file {path} does not exist")
         return "hub"
     ext = os.path.splitext(path)[1].lower()
     return {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}.get(ext, "sms")
