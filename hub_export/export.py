@@ -18,6 +18,7 @@ the previous content, or the complete verified export.
 from __future__ import annotations
 
 import ast
+import gc
 import inspect
 import json
 import logging
@@ -236,6 +237,32 @@ def _write_remote_code(folder: Path, config_class: type) -> list[str]:
 # --------------------------------------------------------------------------------------------- export
 
 
+def _save_gpt2(model: Any, folder: Path, shard_size: str | int) -> None:
+    """Write ``model`` as a plain GPT-2 checkpoint (config.json, safetensors, generation_config.json).
+
+    The weights are mapped tensor by tensor (``scratch_state_dict_to_gpt2``: Conv1D layout) and written with
+    huggingface_hub's ``save_torch_state_dict`` (sharding and index as ``save_pretrained`` does) instead of
+    building a ``GPT2LMHeadModel`` in memory: that keeps the peak near one copy of the weights plus the
+    transposed matrices, not three. The self-check then loads the folder with transformers' GPT-2.
+    """
+    from huggingface_hub import save_torch_state_dict
+
+    from scratch_gpt.convert import gpt2_config_from_scratch, scratch_state_dict_to_gpt2
+
+    config = gpt2_config_from_scratch(model.config)
+    config.architectures = ["GPT2LMHeadModel"]
+    config.dtype = model.dtype
+    state_dict = scratch_state_dict_to_gpt2(model.state_dict(), model.config)
+    if config.tie_word_embeddings:  # stored once, as transformers does
+        state_dict.pop("lm_head.weight", None)
+    save_torch_state_dict(state_dict, folder, max_shard_size=shard_size, metadata={"format": "pt"})
+    del state_dict
+    config.save_pretrained(folder)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        generation_config.save_pretrained(folder)
+
+
 def _check_out_dir(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
     src, dst = model_dir.resolve(), out_dir.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
@@ -284,7 +311,7 @@ def export_model(
 
     import scratch_gpt  # registers the Auto classes
 
-    from .verify import verify_export
+    from .verify import compute_reference, verify_export
 
     if not hasattr(scratch_gpt, "ScratchGPTConfig"):  # e.g. a stale editable install seen as a namespace package
         raise ValueError(
@@ -334,6 +361,8 @@ def export_model(
     model = auto.from_pretrained(model_dir)
     model.eval()
     num_parameters = model.num_parameters()
+    # the source's outputs on the self-check inputs, taken now so the model can be freed before the check
+    reference = compute_reference(model, tokenizer, task)
 
     run_path = Path(run_dir) if run_dir is not None else _default_run_dir(model_dir)
     if run_dir is not None and not run_path.is_dir():
@@ -348,14 +377,9 @@ def export_model(
             model.save_pretrained(tmp, max_shard_size=shard_size)
             code_files = _write_remote_code(tmp, type(model.config))
         else:
-            from scratch_gpt.convert import scratch_to_gpt2
-
-            gpt2_model = scratch_to_gpt2(model)
-            gpt2_model.eval()
-            if getattr(model, "generation_config", None) is not None:
-                gpt2_model.generation_config = model.generation_config
-            gpt2_model.save_pretrained(tmp, max_shard_size=shard_size)
-            del gpt2_model
+            _save_gpt2(model, tmp, shard_size)
+        model = None  # the self-check compares with `reference`; free the weights before it runs
+        gc.collect()
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         plot = find_loss_plot(run_path)
@@ -379,9 +403,7 @@ def export_model(
         if last_evaluation(run_path)[0] is None:
             logger.info("no evaluation metrics found in %s; the card says so", run_path)
 
-        verification = verify_export(
-            tmp, model, export_format=export_format, task=task, tokenizer=tokenizer, atol=1e-5
-        )
+        verification = verify_export(tmp, reference, export_format=export_format, atol=1e-5)
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         _move_into_place(tmp, out_dir)
     except BaseException:

@@ -55,12 +55,13 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-def _rss_mb():
+def _rss_mb(field="VmRSS"):
     try:
-        with open("/proc/self/statm") as f:
-            import os
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # not Linux
         return None
 
 rss_after_imports = _rss_mb()
@@ -97,11 +98,7 @@ if spec["has_tokenizer"]:
     else:
         res = pipe(spec["prompt"])
         report["pipeline"] = {"label": res[0]["label"], "score": float(res[0]["score"])}
-try:
-    import resource
-    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-except ImportError:  # not on Unix
-    report["peak_rss_mb"] = None
+report["peak_rss_mb"] = _rss_mb("VmHWM")  # (ru_maxrss would carry the parent's peak over exec)
 report["rss_after_imports_mb"] = rss_after_imports
 report["project_modules_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 json.dump(report, open(spec["report_out"], "w"))
@@ -204,17 +201,37 @@ def child_env(modules_cache: str) -> dict[str, str]:
     return env
 
 
+@dataclass
+class Reference:
+    """The source model's outputs on the fixed checks, computed before the export is written."""
+
+    task: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    budget: tuple[int, int]
+    has_tokenizer: bool
+    labels: set[str] = field(default_factory=set)
+
+
+def compute_reference(model: Any, tokenizer: Any, task: str) -> Reference:
+    """Run the self-check's inputs through the source model (logits, greedy generation, pipeline)."""
+    cfg = model.config
+    inputs = fixed_inputs(cfg.vocab_size, cfg.max_position_embeddings, getattr(cfg, "pad_token_id", None))
+    budget = _budget(model, tokenizer, inputs)
+    outputs = _source_outputs(model, tokenizer, task, inputs, budget)
+    labels = {str(v) for v in (getattr(cfg, "id2label", None) or {}).values()}
+    return Reference(task, inputs, outputs, budget, "pipeline" in outputs, labels)
+
+
 def verify_export(
     folder: str | os.PathLike,
-    source_model: Any,
+    reference: Reference,
     *,
     export_format: str,
-    task: str,
-    tokenizer: Any = None,
     atol: float = 1e-5,
     timeout: float = 900.0,
 ) -> VerificationResult:
-    """Load ``folder`` in a fresh process that cannot import ``scratch_gpt`` and compare with ``source_model``.
+    """Load ``folder`` in a fresh process that cannot import ``scratch_gpt`` and compare with ``reference``.
 
     Checks: the project's packages were blocked and never loaded; the class came from the export
     (``transformers_modules.*`` for remote code, transformers' ``GPT2LMHeadModel`` for gpt2 and no ``auto_map``);
@@ -228,12 +245,7 @@ def verify_export(
     from safetensors.torch import load_file, save_file
 
     folder = Path(folder)
-    cfg = source_model.config
-    inputs = fixed_inputs(cfg.vocab_size, cfg.max_position_embeddings, getattr(cfg, "pad_token_id", None))
-    budget = _budget(source_model, tokenizer, inputs)
-    source = _source_outputs(source_model, tokenizer, task, inputs, budget)
-    if "pipeline" not in source:
-        tokenizer = None
+    task, inputs, source, budget = reference.task, reference.inputs, reference.outputs, reference.budget
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="scratch-gpt-verify-") as work:
         work_path = Path(work)
@@ -245,7 +257,7 @@ def verify_export(
             "inputs": str(work_path / "inputs.safetensors"),
             "logits_out": str(work_path / "logits.safetensors"),
             "report_out": str(work_path / "report.json"),
-            "has_tokenizer": tokenizer is not None,
+            "has_tokenizer": reference.has_tokenizer,
             "prompt": PROMPTS[task],
             "new_tokens": budget[0],
             "pipeline_new_tokens": budget[1],
@@ -320,7 +332,7 @@ def verify_export(
                 pipeline_output["label"] == source["pipeline"]["label"]
                 and abs(pipeline_output["score"] - source["pipeline"]["score"]) <= 1e-5
             )
-            if pipeline_output["label"] not in {str(v) for v in cfg.id2label.values()}:
+            if pipeline_output["label"] not in reference.labels:
                 raise ExportVerificationError(f"the classification pipeline returned {pipeline_output!r}")
         if strict and not pipeline_match:
             raise ExportVerificationError(
