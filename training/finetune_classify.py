@@ -514,6 +514,8 @@ def finetune_classifier(
             "label_column": label_column,
             "balance": balance,
         }
+        if not trainer.is_world_process_zero():  # under `accelerate launch`, only the main process writes
+            return report
 
         staged = staging_dir(output_dir)
         if lora is not None and merge_lora:

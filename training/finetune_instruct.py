@@ -449,6 +449,8 @@ def finetune_instruct(
                 "shuffle": shuffle,
             },
         }
+        if not trainer.is_world_process_zero():  # under `accelerate launch`, only the main process writes
+            return report
 
         staged = staging_dir(output_dir)
         if lora is not None and merge_lora:
