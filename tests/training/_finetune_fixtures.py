@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 
 FILLER = (
@@ -106,7 +105,3 @@ def fast_options(**overrides):
               save_strategy="no", logging_steps=5, seed=0, use_cpu=True, disable_tqdm=True)
     kw.update(overrides)
     return TrainerOptions(**kw)
-
-
-def listdir(path: str) -> list[str]:
-    return sorted(os.listdir(path))
