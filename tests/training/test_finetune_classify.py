@@ -59,6 +59,17 @@ def workdir(tmp_path_factory, rows):
 
 
 # ----------------------------------------------------------------------------------------- metrics
+def test_metrics_on_a_hand_computed_example():
+    y, p = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0])
+    assert confusion_matrix(y, p, 3).tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    m = classification_metrics(y, p, 3)
+    # per class: precision 1/2, 2/3, 0 (never predicted); recall 1/2, 1, 0; F1 1/2, 4/5, 0
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["precision_macro"] == pytest.approx((0.5 + 2 / 3) / 3)
+    assert m["recall_macro"] == pytest.approx(0.5)
+    assert m["f1_macro"] == pytest.approx(1.3 / 3)
+
+
 def test_metrics_match_sklearn():
     sk = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)
