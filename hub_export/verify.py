@@ -197,8 +197,7 @@ def child_env(modules_cache: str) -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
         PYTHONDONTWRITEBYTECODE="1",
     )
-    env.pop("PYTHONPATH", None)
-    return env
+    return env  # PYTHONPATH is kept (torch/transformers may come from it); the import blocker does the isolation
 
 
 @dataclass

@@ -98,6 +98,11 @@ def test_push_to_fake_hub_every_file_identical(lm_export, tmp_path):
     assert hub.authorized_requests > 0  # the token was sent ...
     for p in (p1, p2):  # ... and never shown
         assert TOKEN not in p.stdout and TOKEN not in p.stderr
+    for path in tmp_path.rglob("*"):  # nor written anywhere (HF_HOME, the folder, caches)
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    for files in (hub.files("owner/tiny-gpt", b) for b in ("main", "dev")):
+        assert not any(TOKEN.encode() in data for data in files.values())
     assert 'AutoModelForCausalLM.from_pretrained("owner/tiny-gpt", trust_remote_code=True)' in p1.stdout
 
 
