@@ -78,12 +78,12 @@ class TrainArguments:
     adam_beta2: float = _opt(0.95, "AdamW beta2", "optim")
     adam_epsilon: float = _opt(1e-8, "AdamW epsilon", "optim")
     max_grad_norm: float = _opt(1.0, "clip gradients to this global norm (0 disables clipping)", "optim")
-    max_steps: int = _opt(1000, "optimizer steps to train (also the length of the LR schedule)", "optim")
+    max_steps: int = _opt(800, "optimizer steps to train (also the length of the LR schedule)", "optim")
     max_tokens: int | None = _opt(
         None, "train on this many tokens instead (sets max steps; the smaller of the two wins)", "optim"
     )
     max_time: str | None = _opt(
-        "8m",
+        "7m",
         "stop after this much training time, e.g. 90s, 10m, 2h, or none (the LR schedule is not shortened)",
         "optim",
     )
@@ -92,7 +92,7 @@ class TrainArguments:
     seed: int = _opt(0, "random seed (weights, data order, sampling)", "optim")
 
     # -- evaluation and logging ----------------------------------------------------------------------
-    eval_every: int = _opt(250, "evaluate (validation loss, perplexity, samples) every N steps", "eval")
+    eval_every: int = _opt(200, "evaluate (validation loss, perplexity, samples) every N steps", "eval")
     eval_batches: int | None = _opt(20, "validation micro-batches per evaluation (None: the whole split)", "eval")
     num_samples: int = _opt(2, "continuations sampled at each evaluation", "eval")
     sample_prompt: str = _opt("def ", "prompt for the sampled continuations", "eval")
@@ -102,7 +102,7 @@ class TrainArguments:
 
     # -- output and checkpoints ----------------------------------------------------------------------
     output_dir: str | None = _opt(None, "run folder (default: runs/<preset>)", "output")
-    checkpoint_every: int = _opt(250, "save a resumable checkpoint every N steps (0: only at the end)", "output")
+    checkpoint_every: int = _opt(200, "save a resumable checkpoint every N steps (0: only at the end)", "output")
     keep_checkpoints: int = _opt(2, "keep the newest K checkpoints", "output")
     resume: bool = _opt(False, "continue from the newest complete checkpoint in the run folder", "output")
     overwrite: bool = _opt(False, "delete an existing run folder and start again", "output")
@@ -172,7 +172,7 @@ class TrainArguments:
 
 # Named presets: overrides of the TrainArguments defaults (which are `tiny`).
 PRESETS: dict[str, dict[str, Any]] = {
-    # ~1.3M parameters; python-stdlib on a 2-core CPU in a few minutes (--max-time 8m caps it on a busy machine).
+    # ~1.3M parameters; python-stdlib on a 2-core CPU in a few minutes (--max-time 7m caps it on a busy machine).
     "tiny": {},
     # ~7M parameters: an hour-scale CPU run, minutes on a GPU.
     "small": {

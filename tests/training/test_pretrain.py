@@ -284,3 +284,28 @@ def test_cli_train_on_a_local_corpus_then_resume(tmp_path, capsys):
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train_loss" in r]
     assert steps == [1, 2, 3]
     assert [s for s, _ in list_checkpoints(out)] == [2, 3]
+
+
+def test_train_reexecs_once_with_allocator_variables(monkeypatch):
+    import argparse
+
+    from training import commands_train
+
+    calls = []
+    monkeypatch.setattr(commands_train.os, "execve", lambda exe, argv, env: calls.append((argv, env)))
+    for key in (*commands_train.MALLOC_ENV, "SCRATCH_GPT_REEXECED", "SCRATCH_GPT_MALLOC_TUNING"):
+        monkeypatch.delenv(key, raising=False)
+    ns = argparse.Namespace(no_malloc_tuning=False, print_config=False)
+    monkeypatch.setattr(commands_train.sys, "argv", ["/usr/bin/scratch-gpt", "train", "--max-steps", "5"])
+    commands_train._maybe_reexec_with_malloc_tuning(ns)
+    (argv, env), = calls
+    assert argv[1:] == ["-m", "scratch_gpt_cli", "train", "--max-steps", "5"]
+    assert env["MALLOC_MMAP_MAX_"] == "0" and env["MALLOC_TRIM_THRESHOLD_"] == "100000000000"
+    # opted out, already tuned, or not the CLI process: no re-exec
+    commands_train._maybe_reexec_with_malloc_tuning(argparse.Namespace(no_malloc_tuning=True, print_config=False))
+    monkeypatch.setenv("SCRATCH_GPT_REEXECED", "1")
+    commands_train._maybe_reexec_with_malloc_tuning(ns)
+    monkeypatch.delenv("SCRATCH_GPT_REEXECED")
+    monkeypatch.setattr(commands_train.sys, "argv", ["pytest", "train"])
+    commands_train._maybe_reexec_with_malloc_tuning(ns)
+    assert len(calls) == 1
