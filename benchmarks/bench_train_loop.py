@@ -139,7 +139,7 @@ def part_gpt2(ns) -> dict:
                 torch.manual_seed(r)
                 scratch = build_model(args, tok)
                 model = scratch if name == "scratch_gpt" else GPT2LMHeadModel(gpt2_config_from_scratch(scratch.config))
-                if name == "gpt2":  # same initial weights is not required (same init scheme); same shape is
+                if name == "gpt2":  # same shape and init scheme (not the same initial weights)
                     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in scratch.parameters())
                 t = time.perf_counter()
                 train(args, datasets=blocks, tokenizer=tok, model=model)
@@ -147,7 +147,9 @@ def part_gpt2(ns) -> dict:
                 res = json.loads((out / "train_results.json").read_text())
                 rec = [m for m in read_metrics(out / "metrics.jsonl") if "train_loss" in m]
                 tps = (rec[-1]["tokens"] - rec[0]["tokens"]) / (rec[-1]["elapsed_s"] - rec[0]["elapsed_s"])
-                results[name].append({"val_loss": res["val_loss"], "tokens_per_s": round(tps), "wall_s": round(wall, 1)})
+                results[name].append(
+                    {"val_loss": res["val_loss"], "tokens_per_s": round(tps), "wall_s": round(wall, 1)}
+                )
     med = {k: statistics.median(x["val_loss"] for x in v) for k, v in results.items()}
     tps = {k: statistics.median(x["tokens_per_s"] for x in v) for k, v in results.items()}
     return {

@@ -169,7 +169,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         return 1
     import json
 
-    results = json.loads((run_dir / "train_results.json").read_text()) if (run_dir / "train_results.json").exists() else {}
+    results_file = run_dir / "train_results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
     if results:
         print(
             f"done: {results['steps']} steps, {results['tokens']:,} tokens in {results['train_time_s']:.0f}s "
