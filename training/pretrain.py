@@ -343,15 +343,21 @@ def _prepare_data(args: TrainArguments, accelerator, run_dir: Path):
     return blocks, tokenizer
 
 
-def _micro_batches(train_dl, sampler: EpochSampler, accelerator, start: int) -> Iterator[dict]:
-    """Endless stream of this process's micro-batches, starting at micro-batch ``start`` (for resume)."""
-    per_epoch = len(train_dl)
-    epoch, skip = divmod(start, per_epoch)
+def _micro_batches(
+    train_dl, sampler: EpochSampler | None, accelerator, epoch: int, skip: int, position: dict[str, int]
+) -> Iterator[dict]:
+    """Endless stream of this process's micro-batches from (epoch, skip); ``position`` tracks where it is."""
     while True:
-        sampler.set_epoch(epoch)
-        train_dl.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train_dl.set_epoch(epoch)  # also re-seeds a streaming dataset's shuffle buffer
         loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
-        yield from loader
+        position.update(epoch=epoch, index=skip)
+        for batch in loader:
+            position["index"] += 1
+            yield batch
+        if position["index"] == 0:
+            raise ValueError("the training data yielded no complete batch; use a larger corpus or smaller batches")
         epoch, skip = epoch + 1, 0
 
 
@@ -468,11 +474,6 @@ def train(
     from accelerate.utils import set_seed
 
     args.validate()
-    if args.streaming and datasets is None:
-        raise ValueError(
-            "--streaming is not supported by the pretraining loop yet (it needs random access to blocks); "
-            "drop --streaming (the dataset is downloaded and cached once) or take a slice with --max-documents"
-        )
     run_dir = args.run_dir
     _check_run_dir(args, run_dir)
     max_time_s = parse_duration(args.max_time) if args.max_time else None
@@ -501,26 +502,37 @@ def train(
         datasets, tokenizer = _prepare_data(args, accelerator, run_dir)
     elif tokenizer is not None and main:
         tokenizer.save_pretrained(run_dir)
-    train_set = datasets["train"].with_format("torch", columns=["input_ids"])
-    eval_set = datasets["validation"].with_format("torch", columns=["input_ids"])
-    block = len(train_set[0]["input_ids"])
+    from datasets import IterableDataset
+
+    streaming = isinstance(datasets["train"], IterableDataset)
+    global_batch = args.per_device_batch_size * accelerator.num_processes
+    if streaming:  # blocks arrive in order; a shuffle buffer mixes them, re-seeded every epoch
+        train_set = datasets["train"].select_columns(["input_ids"]).shuffle(seed=args.seed, buffer_size=10_000)
+        train_set = train_set.with_format("torch")
+        eval_set = datasets["validation"].select_columns(["input_ids"]).with_format("torch")
+        if args.eval_batches is not None:
+            eval_set = eval_set.take(args.eval_batches * global_batch)
+        block = len(next(iter(train_set))["input_ids"])
+    else:
+        train_set = datasets["train"].with_format("torch", columns=["input_ids"])
+        eval_set = datasets["validation"].with_format("torch", columns=["input_ids"])
+        block = len(train_set[0]["input_ids"])
+        if len(train_set) < global_batch:
+            raise ValueError(
+                f"only {len(train_set)} training blocks for a global micro-batch of {global_batch} "
+                f"({args.per_device_batch_size} x {accelerator.num_processes} processes); use a larger corpus, "
+                "a smaller --per-device-batch-size or a smaller --block-size"
+            )
+        if args.eval_batches is not None:
+            eval_set = eval_set.select(range(min(len(eval_set), args.eval_batches * global_batch)))
     if block > args.block_size:
         raise ValueError(f"the data has blocks of {block} tokens but --block-size is {args.block_size}")
-    global_batch = args.per_device_batch_size * accelerator.num_processes
-    if len(train_set) < global_batch:
-        raise ValueError(
-            f"only {len(train_set)} training blocks for a global micro-batch of {global_batch} "
-            f"({args.per_device_batch_size} x {accelerator.num_processes} processes); use a larger corpus, "
-            "a smaller --per-device-batch-size or a smaller --block-size"
-        )
-    if args.eval_batches is not None:
-        eval_set = eval_set.select(range(min(len(eval_set), args.eval_batches * global_batch)))
 
     set_seed(args.seed)
     if model is None:
         model = build_model(args, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    sampler = EpochSampler(len(train_set), args.seed)
+    sampler = None if streaming else EpochSampler(len(train_set), args.seed)
     train_dl = DataLoader(
         train_set,
         batch_size=args.per_device_batch_size,
@@ -561,12 +573,18 @@ def train(
     writer = _MetricsWriter(metrics_path, main, accelerator, trackers)
     if main:
         logger.info(
-            "training %.2fM parameters on %d processes: %d steps x %d tokens (%d train blocks of %d)",
-            n_params / 1e6, accelerator.num_processes, total_steps, tokens_per_step, len(train_set), block,
+            "training %.2fM parameters on %d processes: %d steps x %d tokens (%s train blocks of %d)",
+            n_params / 1e6, accelerator.num_processes, total_steps, tokens_per_step,
+            "streamed" if streaming else len(train_set), block,
         )
 
     unwrapped = accelerator.unwrap_model(model)
-    batches = _micro_batches(train_dl, sampler, accelerator, start=step * accum)
+    if streaming:  # no length: the position in the stream is part of the checkpoint
+        epoch, skip = int(state.get("data_epoch", 0)), int(state.get("data_index", 0))
+    else:  # exact from the step counter: each step consumed `accum` batches of a known-length epoch
+        epoch, skip = divmod(step * accum, len(train_dl))
+    position = {"epoch": epoch, "index": skip}
+    batches = _micro_batches(train_dl, sampler, accelerator, epoch, skip, position)
     progress = _progress_bar(total_steps, step, main)
     t0 = time.perf_counter()
     elapsed_before = float(state["elapsed_s"])
@@ -647,6 +665,8 @@ def train(
                     "tokens": step * tokens_per_step,
                     "elapsed_s": elapsed_before + time.perf_counter() - t0,
                     "total_steps": total_steps,
+                    "data_epoch": position["epoch"],
+                    "data_index": position["index"],
                 }
                 _save_checkpoint(accelerator, run_dir, step, state, args.keep_checkpoints)
                 window_t = time.perf_counter()

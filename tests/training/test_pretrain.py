@@ -184,6 +184,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert max(r["step"] for r in records) == 7 and all(math.isfinite(r["train_loss"]) for r in records)
 
 
+class _Interrupted(Exception):
+    """Stands in for a crash between checkpoints."""
+
+
+def _stop_at(step):
+    def fn(s, record):
+        if s == step:
+            raise _Interrupted
+
+    return fn
+
+
 def _assert_same_weights(dir_a, dir_b, atol=1e-6):
     from safetensors.torch import load_file
 
@@ -309,3 +321,22 @@ def test_train_reexecs_once_with_allocator_variables(monkeypatch):
     monkeypatch.setattr(commands_train.sys, "argv", ["pytest", "train"])
     commands_train._maybe_reexec_with_malloc_tuning(ns)
     assert len(calls) == 1
+
+
+def test_streaming_blocks_train_and_resume_exactly(tmp_path):
+    """An IterableDataset (what --streaming produces): shuffle buffer per epoch, resume from the stream position."""
+    blocks, tok = make_blocks(n_train=48), make_tokenizer()  # 6 batches per epoch: 14 steps cross two epochs
+    stream = DatasetDict(
+        train=blocks["train"].to_iterable_dataset(num_shards=4), validation=blocks["validation"].to_iterable_dataset()
+    )
+    common = dict(max_steps=14, checkpoint_every=4)
+    full = train(tiny_args(tmp_path / "full", **common), datasets=stream, tokenizer=tok)
+    part = tmp_path / "part"
+    with pytest.raises(_Interrupted):
+        train(tiny_args(part, **common), datasets=stream, tokenizer=tok, callbacks=[_stop_at(10)])
+    state = json.loads((part / "checkpoints" / "checkpoint-00000008" / "trainer_state.json").read_text())
+    assert (state["data_epoch"], state["data_index"]) == (1, 2)
+    train(tiny_args(part, resume=True, **common), datasets=stream, tokenizer=tok)
+    _assert_same_weights(full, part)
+    losses = [[r["train_loss"] for r in read_metrics(d / "metrics.jsonl") if "train_loss" in r] for d in (full, part)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6) and len(losses[0]) == 14
