@@ -107,6 +107,27 @@ def _lora(args: argparse.Namespace) -> LoraOptions | None:
     return dataclass_from_args(LoraOptions, args) if args.lora else None
 
 
+def _common_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments both finetuning functions take, from the options :func:`_add_common` adds
+    (plus ``--dataset``, which each task adds with its own help)."""
+    return dict(
+        model=args.model,
+        dataset=args.dataset,
+        output_dir=args.output_dir,
+        dataset_config=args.dataset_config,
+        max_length=args.max_length,
+        tokenizer=args.tokenizer,
+        dropout=args.dropout,
+        lora=_lora(args),
+        merge_lora=args.merge,
+        trainer_options=dataclass_from_args(TrainerOptions, args),
+        resume_from_checkpoint=args.resume_from_checkpoint,
+        keep_checkpoints=args.keep_checkpoints,
+        overwrite=args.overwrite,
+        revision=args.revision,
+    )
+
+
 def _summary(report: dict, keys: tuple[str, ...]) -> str:
     return "\n".join(f"{k}: {json.dumps(report.get(k))}" for k in keys)
 
@@ -115,30 +136,17 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from .finetune_classify import REPORT_NAME, finetune_classifier
 
     report = finetune_classifier(
-        model=args.model,
-        dataset=args.dataset,
-        output_dir=args.output_dir,
+        **_common_kwargs(args),
         text_column=args.text_column,
         label_column=args.label_column,
         data_format=args.dataset_format,
-        dataset_config=args.dataset_config,
         validation_file=args.validation_file,
         test_file=args.test_file,
         validation_fraction=args.validation_fraction,
         test_fraction=args.test_fraction,
         balance=args.balance,
         label_names=args.label_names,
-        max_length=args.max_length,
-        tokenizer=args.tokenizer,
-        dropout=args.dropout,
         train_last_blocks=args.train_last_blocks,
-        lora=_lora(args),
-        merge_lora=args.merge,
-        trainer_options=dataclass_from_args(TrainerOptions, args),
-        resume_from_checkpoint=args.resume_from_checkpoint,
-        keep_checkpoints=args.keep_checkpoints,
-        overwrite=args.overwrite,
-        revision=args.revision,
     )
     print(_summary(report, ("method", "split_sizes", "validation", "test", "train_seconds")))
     print(f"saved classifier to {args.output_dir} (report: {args.output_dir}/{REPORT_NAME})")
@@ -149,26 +157,13 @@ def _cmd_instruct(args: argparse.Namespace) -> int:
     from .finetune_instruct import REPORT_NAME, finetune_instruct
 
     report = finetune_instruct(
-        model=args.model,
-        dataset=args.dataset,
-        output_dir=args.output_dir,
-        dataset_config=args.dataset_config,
+        **_common_kwargs(args),
         train_fraction=args.train_fraction,
         test_fraction=args.test_fraction,
         shuffle=args.shuffle,
-        max_length=args.max_length,
         train_on_prompt=args.train_on_prompt,
-        tokenizer=args.tokenizer,
-        dropout=args.dropout,
-        lora=_lora(args),
-        merge_lora=args.merge,
-        trainer_options=dataclass_from_args(TrainerOptions, args),
         max_new_tokens=args.max_new_tokens,
         max_test_answers=args.max_test_answers,
-        resume_from_checkpoint=args.resume_from_checkpoint,
-        keep_checkpoints=args.keep_checkpoints,
-        overwrite=args.overwrite,
-        revision=args.revision,
     )
     print(_summary(report, ("method", "split_sizes", "initial_validation_loss", "validation_loss", "train_seconds", "test_answers")))
     print(f"saved instruction model to {args.output_dir} (report: {args.output_dir}/{REPORT_NAME})")

@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from .finetune_common import (
-    CHECKPOINT_SUBDIR,
     CONVERTED_BASE_SUBDIR,
+    REPORT_NAME,  # noqa: F401  (re-exported: the CLI and tests read it from here)
     TrainerOptions,
     check_vocab,
-    commit_staged,
+    finish_output,
     load_tokenizer_for,
     log_history_losses,
+    make_trainer,
     materialize_scratch_model,
     prepare_output_dir,
     resolve_model_source,
@@ -44,13 +45,11 @@ from .finetune_common import (
     set_seed,
     staging_dir,
     trainable_parameter_summary,
-    write_json,
 )
 from .lora import LoraOptions, apply_lora, merge, set_adapter_base_path
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "finetune_report.json"
 DATA_FORMATS = ("auto", "sms", "csv", "tsv", "json", "jsonl", "parquet", "hub")
 _VALIDATION_NAMES = ("validation", "valid", "val", "dev")
 
@@ -397,7 +396,7 @@ def finetune_classifier(
     metrics, the test confusion matrix, label names, split sizes, trainable parameters and timings.
     """
     import datasets  # noqa: F401  (fail early if missing)
-    from transformers import DataCollatorWithPadding, Trainer
+    from transformers import DataCollatorWithPadding
 
     opts = trainer_options or TrainerOptions()
     if train_last_blocks is not None and lora is not None:
@@ -461,19 +460,8 @@ def finetune_classifier(
         params = trainable_parameter_summary(train_model)
         logger.info("training %d of %d parameters", params["trainable"], params["total"])
 
-        has_val = "validation" in encoded
-        args = opts.training_arguments(
-            os.path.join(output_dir, CHECKPOINT_SUBDIR),
-            eval_strategy=opts.eval_strategy if has_val else "no",
-            label_names=["labels"],
-        )
-        trainer = Trainer(
-            model=train_model,
-            args=args,
-            train_dataset=encoded["train"],
-            eval_dataset=encoded.get("validation"),
-            processing_class=tok,
-            data_collator=DataCollatorWithPadding(tok),
+        trainer = make_trainer(
+            train_model, tok, opts, output_dir, encoded, DataCollatorWithPadding(tok),
             compute_metrics=make_compute_metrics(len(id2label)),
         )
         t0 = time.perf_counter()
@@ -527,11 +515,8 @@ def finetune_classifier(
                 set_adapter_base_path(train_model, adapter_base)
             train_model.save_pretrained(staged)
         tok.save_pretrained(staged)
-        write_json(os.path.join(staged, REPORT_NAME), report)
-        commit_staged(staged, output_dir, last=(REPORT_NAME,))
+        finish_output(staged, output_dir, report, keep_checkpoints)
         staged = None
-        if not keep_checkpoints:
-            shutil.rmtree(os.path.join(output_dir, CHECKPOINT_SUBDIR), ignore_errors=True)
         return report
     finally:
         if staged is not None:

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 CONVERTED_BASE_SUBDIR = "base_model"
+REPORT_NAME = "finetune_report.json"
 
 
 # --------------------------------------------------------------------------------------------- options
@@ -263,6 +264,32 @@ def set_seed(seed: int) -> None:
     hf_set_seed(seed)
 
 
+def make_trainer(model, tokenizer, opts: TrainerOptions, output_dir: str, encoded: dict[str, Any], data_collator,
+                 **trainer_kwargs: Any):
+    """A ``transformers.Trainer`` on ``encoded["train"]`` with checkpoints in ``OUT/checkpoints``.
+
+    It evaluates on ``encoded["validation"]`` when that split exists (else evaluation is off);
+    ``trainer_kwargs`` (e.g. ``compute_metrics``) go to the Trainer.
+    """
+    from transformers import Trainer
+
+    has_val = "validation" in encoded
+    args = opts.training_arguments(
+        os.path.join(output_dir, CHECKPOINT_SUBDIR),
+        eval_strategy=opts.eval_strategy if has_val else "no",
+        label_names=["labels"],
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded.get("validation"),
+        processing_class=tokenizer,
+        data_collator=data_collator,
+        **trainer_kwargs,
+    )
+
+
 # --------------------------------------------------------------------------------------- output folder
 def prepare_output_dir(output_dir: str, overwrite: bool = False, resume: bool = False) -> None:
     """Make ``output_dir`` ready: refuse a finished or foreign folder unless ``overwrite``/``resume``."""
@@ -317,6 +344,15 @@ def commit_staged(staged: str, output_dir: str, last: tuple[str, ...] = ()) -> N
             shutil.rmtree(dst)
         os.replace(src, dst)
     shutil.rmtree(staged, ignore_errors=True)
+
+
+def finish_output(staged: str, output_dir: str, report: dict[str, Any], keep_checkpoints: bool = False) -> None:
+    """Write ``report`` into ``staged``, move the staged run into ``output_dir`` (report last, marking it
+    complete) and drop ``OUT/checkpoints`` unless ``keep_checkpoints``."""
+    write_json(os.path.join(staged, REPORT_NAME), report)
+    commit_staged(staged, output_dir, last=(REPORT_NAME,))
+    if not keep_checkpoints:
+        shutil.rmtree(os.path.join(output_dir, CHECKPOINT_SUBDIR), ignore_errors=True)
 
 
 def write_json(path: str, obj: Any) -> None:

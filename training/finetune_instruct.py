@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .finetune_common import (
-    CHECKPOINT_SUBDIR,
+    REPORT_NAME,  # noqa: F401  (re-exported: the CLI and tests read it from here)
     TrainerOptions,
     check_vocab,
-    commit_staged,
+    finish_output,
     load_tokenizer_for,
     log_history_losses,
+    make_trainer,
     materialize_scratch_model,
     prepare_output_dir,
     read_records,
@@ -51,7 +52,6 @@ from .lora import LoraOptions, apply_lora, merge, set_adapter_base_path
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "finetune_report.json"
 ANSWERS_NAME = "test_answers.json"
 IGNORE_INDEX = -100
 
@@ -356,8 +356,6 @@ def finetune_instruct(
     Returns the report written to ``output_dir/finetune_report.json`` (validation loss before and after,
     train loss, split sizes, trainable parameters); test answers go to ``output_dir/test_answers.json``.
     """
-    from transformers import Trainer
-
     opts = trainer_options or TrainerOptions()
     if merge_lora and lora is None:
         raise ValueError("--merge needs --lora")
@@ -406,19 +404,7 @@ def finetune_instruct(
         params = trainable_parameter_summary(train_model)
         logger.info("training %d of %d parameters", params["trainable"], params["total"])
         has_val = "validation" in encoded
-        args = opts.training_arguments(
-            os.path.join(output_dir, CHECKPOINT_SUBDIR),
-            eval_strategy=opts.eval_strategy if has_val else "no",
-            label_names=["labels"],
-        )
-        trainer = Trainer(
-            model=train_model,
-            args=args,
-            train_dataset=encoded["train"],
-            eval_dataset=encoded.get("validation"),
-            processing_class=tok,
-            data_collator=InstructionCollator(tok.pad_token_id),
-        )
+        trainer = make_trainer(train_model, tok, opts, output_dir, encoded, InstructionCollator(tok.pad_token_id))
         initial_val = trainer.evaluate()["eval_loss"] if has_val and not resume else None
         t0 = time.perf_counter()
         train_out = trainer.train(resume_from_checkpoint=resume)
@@ -485,11 +471,8 @@ def finetune_instruct(
         tok.save_pretrained(staged)
         if answers:
             write_json(os.path.join(staged, ANSWERS_NAME), answers)
-        write_json(os.path.join(staged, REPORT_NAME), report)
-        commit_staged(staged, output_dir, last=(REPORT_NAME,))
+        finish_output(staged, output_dir, report, keep_checkpoints)
         staged = None
-        if not keep_checkpoints:
-            shutil.rmtree(os.path.join(output_dir, CHECKPOINT_SUBDIR), ignore_errors=True)
         return report
     finally:
         if staged is not None:
