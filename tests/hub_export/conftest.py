@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import make_tiny_config
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TOKEN = "hf_TESTTOKEN_do_not_print_0123456789"
@@ -52,23 +54,6 @@ def build_tokenizer():
     )
 
 
-def tiny_config(vocab_size: int, **overrides: Any):
-    from scratch_gpt import ScratchGPTConfig
-
-    kwargs = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
-    kwargs.update(overrides)
-    return ScratchGPTConfig(**kwargs)
-
-
 def make_model_dir(
     path: Path, *, kind: str = "lm", tokenizer: bool = True, seed: int = 0, **config_overrides: Any
 ) -> Path:
@@ -80,12 +65,13 @@ def make_model_dir(
     tok = build_tokenizer()
     torch.manual_seed(seed)
     if kind == "cls":
-        cfg = tiny_config(
-            len(tok), num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **config_overrides
+        cfg = make_tiny_config(
+            vocab_size=len(tok), num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+            **config_overrides,
         )
         model = ScratchGPTForSequenceClassification(cfg)
     else:
-        model = ScratchGPTForCausalLM(tiny_config(len(tok), **config_overrides))
+        model = ScratchGPTForCausalLM(make_tiny_config(vocab_size=len(tok), **config_overrides))
     model.save_pretrained(path)
     if tokenizer:
         tok.save_pretrained(path)

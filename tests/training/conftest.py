@@ -28,6 +28,20 @@ def tiny_tokenizer():
     return train_tokenizer(TINY_DOCS, vocab_size=400, min_frequency=2)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch intra-op thread, restoring the previous count afterwards.
+
+    Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls. Used by the training
+    modules through ``pytestmark``; not autouse."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def isolated_datasets_cache(tmp_path_factory):
     """Keep the datasets cache of the data tests out of the user's cache (and start it empty).

@@ -25,13 +25,7 @@ from training.finetune_instruct import format_prompt
 from training.lora import DEFAULT_TARGET_MODULES, LoraOptions, apply_lora, merge
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
