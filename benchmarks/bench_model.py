@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -93,6 +92,7 @@ def interleaved(models: dict, fn, reps: int) -> dict[str, list[float]]:
     for _ in range(reps):
         for name, model in models.items():
             times[name].append(fn(model))
+    print(f"  {fn.__name__ if hasattr(fn, '__name__') else fn}: {times}", file=sys.stderr, flush=True)
     return times
 
 
@@ -107,13 +107,33 @@ def summarise(times: dict[str, list[float]], work: float, unit: str) -> dict:
 
 
 def peak_memory_child(shape: str, which: str, steps: int) -> None:
-    """Run in a subprocess: print peak RSS growth (MiB) over the post-import baseline during training."""
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Run in a subprocess: print the peak RSS (MiB) during training above the RSS with the model built.
+
+    The RSS is sampled every millisecond by a thread (psutil); the model's weights are in the baseline, so the
+    figure is what training adds: activations, logits, gradients, optimizer state.
+    """
+    import threading
+
+    import psutil
+
+    proc = psutil.Process()
     model = build_models(shape)[which]
     cfg = SHAPES[shape]
+    base = proc.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     train_steps(model, TRAIN_BATCH[shape], cfg["n_positions"], cfg["vocab_size"], steps, bf16=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": round((peak - base) / 1024, 1)}))
+    done.set()
+    sampler.join()
+    print(json.dumps({"peak_mib": round((peak[0] - base) / 2**20, 1)}))
 
 
 def peak_memory(shape: str, steps: int) -> dict:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-_CHUNK_ELEMENTS = 1 << 22  # ~16 MiB of fp32 logits per chunk
+_CHUNK_ELEMENTS = 1 << 23  # ~32 MiB of fp32 logits per chunk (measured: smaller chunks cost speed at vocab 50k)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -44,8 +44,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs[torch.arange(len(y), device=y.device), y_safe] -= 1.0
                 probs *= (valid.float() / divisor)[:, None]
                 g = probs.to(compute_dtype)
-                grad_hidden[start : start + chunk] = (g @ w).to(hidden.dtype)
-                grad_weight += (g.t() @ h).float()
+                if compute_dtype == grad_hidden.dtype:
+                    torch.mm(g, w, out=grad_hidden[start : start + chunk])
+                else:
+                    grad_hidden[start : start + chunk] = (g @ w).to(hidden.dtype)
+                if compute_dtype == torch.float32:
+                    grad_weight.addmm_(g.t(), h)  # accumulate inside the GEMM, no (vocab, hidden) temporary
+                else:
+                    grad_weight += (g.t() @ h).float()
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total / divisor
