@@ -50,6 +50,17 @@ def _make_norm(config: ScratchGPTConfig) -> nn.Module:
     return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
+def _dropout(p: float) -> nn.Module:
+    # Pretraining runs with dropout 0: skip the no-op module call on every layer (it shows in decoding).
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+def _activation(name: str) -> nn.Module:
+    # GPT-2's "gelu_new" is the tanh GELU written out in five elementwise ops; torch's fused kernel computes
+    # the same function in one.
+    return ACT2FN["gelu_pytorch_tanh" if name == "gelu_new" else name]
+
+
 def _pop_legacy_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
     """Accept transformers 4.x's ``past_key_values=`` as a deprecated alias of ``cache=``."""
     legacy = kwargs.pop("past_key_values", None)
@@ -67,10 +78,10 @@ class ScratchGPTMLP(nn.Module):
     def __init__(self, config: ScratchGPTConfig, layer_idx: int | None = None):
         super().__init__()
         self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = ACT2FN[config.hidden_act]
+        self.act = _activation(config.hidden_act)
         self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
-        self.dropout = nn.Dropout(config.resid_dropout)
+        self.dropout = _dropout(config.resid_dropout)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
@@ -89,7 +100,7 @@ class ScratchGPTAttention(nn.Module):
         self.c_attn = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.c_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
-        self.resid_dropout = nn.Dropout(config.resid_dropout)
+        self.resid_dropout = _dropout(config.resid_dropout)
 
     def forward(
         self,
@@ -179,7 +190,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.drop = nn.Dropout(config.embd_dropout)
+        self.drop = _dropout(config.embd_dropout)
         self.h = nn.ModuleList([ScratchGPTBlock(config, i) for i in range(config.num_hidden_layers)])
         self.ln_f = _make_norm(config)
         self.gradient_checkpointing = False
