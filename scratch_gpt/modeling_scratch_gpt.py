@@ -243,8 +243,11 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
                 "or generate fewer new tokens."
             )
 
+        # An all-ones 2D mask is no mask: decide that once (one device sync per step, not two).
+        if attention_mask is not None and attention_mask.dim() == 2 and bool(attention_mask.all()):
+            attention_mask = None
         if position_ids is None:
-            if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+            if attention_mask is not None and attention_mask.dim() == 2:
                 # Left padding: each row counts positions from its first real token.
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
             else:
