@@ -4,14 +4,16 @@ Reading order: norm factory -> MLP -> attention module -> block -> PreTrainedMod
 
 Design choices:
 - GPT-2 architecture (learned absolute positions, pre-norm blocks, GELU-tanh MLP, tied LM head) with GPT-2's
-  module names and ``nn.Linear`` layers, so a GPT-2 checkpoint maps over by transposing its Conv1D weights.
+  module names and ``nn.Linear`` layers (``linear.py``: a subclass with a faster few-rows CPU path), so a GPT-2
+  checkpoint maps over by transposing its Conv1D weights.
 - One fused ``c_attn`` projection for query/key/value; the attention math lives in ``attention.py`` behind one
   signature and is picked by ``config._attn_implementation`` (``"sdpa"`` by default, ``"eager"`` writes it out).
 - No causal-mask buffer: on the unpadded training path no mask is built at all (SDPA's ``is_causal``); a
   boolean mask is built only for padding or a cached prefix.
 - Position ids follow the attention mask, so a left-padded row gets the logits it would get alone.
 - The KV cache is a transformers ``Cache`` (``DynamicCache`` by default; ``StaticCache`` works through
-  ``generate(cache_implementation="static")``); ``generate()`` is GenerationMixin's, never overridden.
+  ``generate(cache_implementation="static")``); ``generate()`` is GenerationMixin's, never overridden. The
+  ``DynamicCache``s the model creates itself append in place (``cache.py``) instead of re-concatenating.
 - The loss goes through ``self.loss_function`` so Trainer's ``num_items_in_batch`` is honoured.
 
 References: Radford et al. 2019 (GPT-2); transformers' ``models/gpt2`` and ``models/llama``;
@@ -20,6 +22,7 @@ S. Raschka, "Build a Large Language Model (From Scratch)".
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -38,6 +41,8 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
 
 from .attention import build_attention_mask, get_attention_function
+from .cache import use_append_layers
+from .linear import Linear
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .loss import fused_causal_lm_loss
 
@@ -77,9 +82,9 @@ class ScratchGPTMLP(nn.Module):
 
     def __init__(self, config: ScratchGPTConfig, layer_idx: int | None = None):
         super().__init__()
-        self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.c_fc = Linear(config.hidden_size, config.intermediate_size)
         self.act = _activation(config.hidden_act)
-        self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.c_proj = Linear(config.intermediate_size, config.hidden_size)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.dropout = _dropout(config.resid_dropout)
 
@@ -97,8 +102,8 @@ class ScratchGPTAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
-        self.c_attn = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.c_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.c_attn = Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.c_proj = Linear(config.hidden_size, config.hidden_size)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.resid_dropout = _dropout(config.resid_dropout)
 
@@ -182,6 +187,25 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(module.weight, mean=0.0, std=std)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then CPU weights moved to 64-byte-aligned memory.
+
+        safetensors weights are memory-mapped at 8-byte alignment. BLAS kernels pick their code path (and so
+        their rounding) by operand alignment, so without this a model's logits would change in the last bit
+        with the file layout (sharded or not) and tall matmuls run up to 2x slower. One copy at load time.
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        _align_cpu_parameters(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
+
+def _align_cpu_parameters(model: nn.Module, alignment: int = 64) -> None:
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:  # parameters() lists a tied weight once
+            if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % alignment:
+                tensor.data = tensor.data.clone()
+
 
 class ScratchGPTModel(ScratchGPTPreTrainedModel):
     """The bare decoder: embeddings, blocks, final norm; returns hidden states (and the cache)."""
@@ -233,7 +257,7 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         batch, seq = inputs_embeds.shape[:2]
 
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = use_append_layers(DynamicCache(config=self.config))
         past_len = cache.get_seq_length() if cache is not None else 0
         if past_len + seq > self.config.max_position_embeddings:
             raise ValueError(
@@ -288,7 +312,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
     def __init__(self, config: ScratchGPTConfig):
         super().__init__(config)
         self.transformer = ScratchGPTModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -296,6 +320,19 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
+        # GenerationMixin builds a DynamicCache; reserve generate()'s whole length in it up front so that
+        # decoding appends in place (cache.py). A cache the caller passed in is used exactly as given.
+        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("cache")
+        if cache is not None and not getattr(cache, "_is_user_defined", False):
+            bound = inspect.signature(super()._prepare_cache_for_generation).bind_partial(
+                generation_config, model_kwargs, *args, **kwargs
+            )
+            capacity = bound.arguments.get("max_cache_length")
+            use_append_layers(cache, capacity if isinstance(capacity, int) else None)
+        return result
 
     def forward(
         self,
@@ -365,7 +402,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             and torch.is_grad_enabled()
             and isinstance(logits_to_keep, int)
             and logits_to_keep == 0
-            and type(self.lm_head) is nn.Linear  # not wrapped (e.g. by a LoRA layer)
+            and type(self.lm_head) in (nn.Linear, Linear)  # not wrapped (e.g. by a LoRA layer)
             and self.lm_head.bias is None
             and not hasattr(self, "_loss_function")  # no custom loss installed
             and "shift_labels" not in kwargs

@@ -45,6 +45,24 @@ def test_auto_classes_resolve_and_round_trip_bit_identically(tmp_path, auto_cls,
         assert json.loads((tmp_path / "generation_config.json").read_text())["eos_token_id"] == 0
 
 
+def test_loaded_weights_are_aligned_so_sharding_does_not_change_logits(tmp_path):
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(make_tiny_config()).eval()
+    model.save_pretrained(tmp_path / "one")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="30KB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    one = AutoModelForCausalLM.from_pretrained(tmp_path / "one").eval()
+    sharded = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded").eval()
+    for loaded in (one, sharded):
+        assert all(p.data_ptr() % 64 == 0 for p in loaded.parameters())  # safetensors maps them 8-aligned
+        assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    for rows in (1, 3, 40):  # the few-rows path and the plain one
+        ids = torch.randint(2, 320, (rows, 6)) if rows < 40 else torch.randint(2, 320, (2, 40))
+        with torch.no_grad():
+            assert torch.equal(one(ids).logits, sharded(ids).logits)
+            assert torch.equal(one(ids).logits, model(ids).logits)
+
+
 def test_weights_are_tied_and_stay_tied_after_loading(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()

@@ -1,0 +1,45 @@
+"""The few-rows CPU path of ``scratch_gpt.linear`` equals ``F.linear`` in value, shape and gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratch_gpt.linear import FEW_ROWS, Linear, linear
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 4), (8, 1), (4, 16), (1, FEW_ROWS + 1)])
+@pytest.mark.parametrize("features", [(32, 96), (32, 32), (96, 32)])  # in, out: wide, square, narrow
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_equals_f_linear(shape, features, bias):
+    torch.manual_seed(0)
+    in_f, out_f = features
+    x = torch.randn(*shape, in_f, requires_grad=True)
+    weight = torch.randn(out_f, in_f, requires_grad=True)
+    b = torch.randn(out_f, requires_grad=True) if bias else None
+    got = linear(x, weight, b)
+    want = F.linear(x, weight, b)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    grad_out = torch.randn_like(want)
+    got_grads = torch.autograd.grad(got, [x, weight] + ([b] if bias else []), grad_out)
+    want_grads = torch.autograd.grad(want, [x, weight] + ([b] if bias else []), grad_out)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def test_linear_module_is_an_nn_linear_with_the_same_state_dict():
+    torch.manual_seed(0)
+    ours = Linear(16, 48)
+    plain = torch.nn.Linear(16, 48)
+    plain.load_state_dict(ours.state_dict())
+    assert isinstance(ours, torch.nn.Linear)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(ours(x), plain(x), atol=1e-6, rtol=1e-6)
+
+
+def test_other_dtypes_fall_back_to_f_linear():
+    x = torch.randn(2, 16, dtype=torch.float64)
+    weight = torch.randn(48, 16, dtype=torch.float64)
+    assert torch.equal(linear(x, weight), F.linear(x, weight))
