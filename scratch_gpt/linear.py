@@ -1,14 +1,15 @@
-"""``nn.Linear`` with a faster few-rows path on CPU (the decoding step).
+"""``nn.Linear`` with a faster few-rows inference path on CPU (the decoding step).
 
-Decoding multiplies a handful of rows (one per sequence) by every weight matrix; on CPU that is memory-bound,
-so what matters is how fast the BLAS streams the weight. ``x @ W.T`` with few rows goes to a GEMV-like kernel
-that, measured on the 2-core AMD EPYC this project is developed on (torch 2.13, MKL), streams a cold
-``(out, in)`` weight at 4-7 GB/s; the same product written the other way round, ``(W @ x.T).T``, is a GEMM
-with a long M and streams it at 9-14 GB/s: 1.2-4x faster per call at 1-64 rows whenever ``out >= in``
-(qkv, MLP up-projection, LM head; square too), and no faster for tall-input weights such as the MLP
-down-projection. A single row is duplicated first, because a one-column product falls back to GEMV.
-The path is taken only on CPU, in float32, outside ``torch.compile``, for at most
-:data:`FEW_ROWS` rows; everything else is ``F.linear``. Results equal ``F.linear`` up to float rounding.
+Decoding multiplies a handful of rows (one per sequence) by every weight matrix. On CPU that is memory-bound:
+what matters is how fast the BLAS streams the weight. Measured on the 2-core AMD EPYC this project is developed
+on (torch 2.13, MKL; ``benchmarks/bench_model.py`` shows the end-to-end effect), ``F.linear`` streams a cold
+weight at 4-10 GB/s for 1-64 rows, while the same product written the other way round, ``(W @ x.T).T``,
+reaches 9-14 GB/s (a GEMM with a long M instead of a GEMV-like kernel), and for a single row a batched
+product over four row blocks of ``W`` (one per thread) does best: 1.2-4x faster per call overall.
+
+The path is taken only without autograd, on CPU, in float32, for contiguous weights, outside
+``torch.compile``, and for at most :data:`FEW_ROWS` rows; everything else is ``F.linear``. Results equal
+``F.linear`` up to float rounding.
 """
 
 from __future__ import annotations
@@ -18,29 +19,48 @@ import torch.nn.functional as F
 from torch import nn
 
 FEW_ROWS = 64
+_ROW_BLOCKS = 4
+
+
+def _few_rows_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> bool:
+    if not 0 < rows <= FEW_ROWS or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous():
+        return False
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return False  # training keeps autograd's own linear
+    return bias is None or bias.dtype == torch.float32
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, computed as ``(weight @ x.T).T`` for a few float32 rows on CPU."""
+    """``F.linear(x, weight, bias)``, computed for few float32 rows on CPU as ``W @ x.T`` (see module doc)."""
     out_features, in_features = weight.shape
     rows = x.numel() // in_features if in_features else 0
-    if (
-        x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or weight.dtype != torch.float32
-        or not 0 < rows <= FEW_ROWS
-        or out_features < in_features
-        or torch.compiler.is_compiling()
-    ):
+    if not _few_rows_eligible(x, weight, bias, rows):
         return F.linear(x, weight, bias)
-    flat = x.reshape(rows, in_features)
+    xt = x.reshape(rows, in_features).t()  # (in, rows)
     if rows == 1:
-        flat = flat.repeat(2, 1)  # a one-column product would take the GEMV path again
-    if bias is None:
-        out = torch.mm(weight, flat.t())
+        result = x.new_empty(out_features)
+        main = out_features - out_features % _ROW_BLOCKS
+        if main:
+            block = main // _ROW_BLOCKS
+            torch.bmm(
+                weight[:main].view(_ROW_BLOCKS, block, in_features),
+                xt.expand(_ROW_BLOCKS, in_features, 1),
+                out=result[:main].view(_ROW_BLOCKS, block, 1),
+            )
+        if main < out_features:
+            torch.mv(weight[main:], xt[:, 0], out=result[main:])
+        out = result.view(1, out_features)
+        if bias is not None:
+            out += bias
+    elif bias is None:
+        out = torch.mm(weight, xt).t().contiguous()
     else:
-        out = torch.addmm(bias.unsqueeze(1), weight, flat.t())  # (out, rows)
-    return out.t()[:rows].contiguous().view(*x.shape[:-1], out_features)
+        out = torch.addmm(bias.unsqueeze(1), weight, xt).t().contiguous()  # (out, rows) -> (rows, out)
+    return out.view(*x.shape[:-1], out_features)
 
 
 class Linear(nn.Linear):

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-_CHUNK_ELEMENTS = 1 << 23  # ~32 MiB of fp32 logits per chunk (measured: smaller chunks cost speed at vocab 50k)
+_CHUNK_ELEMENTS = 1 << 25  # 128 MiB of fp32 logits per chunk: a second chunk re-reads and re-writes the whole
+# (vocab, hidden) weight gradient, which cost 5-25% of the loss time at vocab 50k (measured: benchmarks/bench_model.py)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -27,31 +28,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
         chunk = max(1, _CHUNK_ELEMENTS // vocab)
         w = weight.to(compute_dtype)
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        one_chunk = n <= chunk
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
+        if needs_grad:  # a single chunk writes it whole: no zero-filling, no accumulation
+            grad_weight = torch.empty if one_chunk and compute_dtype == torch.float32 else torch.zeros
+            grad_weight = grad_weight(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, n, chunk):
             h = hidden[start : start + chunk].to(compute_dtype)  # (c, h)
             y = targets[start : start + chunk]
             valid = y != IGNORE_INDEX
             y_safe = y.clamp(min=0)
-            logits = (h @ w.t()).float()  # (c, v)
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, y_safe[:, None]).squeeze(1)
-            total += ((lse - picked) * valid).sum()
-            if needs_grad:
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                probs[torch.arange(len(y), device=y.device), y_safe] -= 1.0
-                probs *= (valid.float() / divisor)[:, None]
-                g = probs.to(compute_dtype)
-                if compute_dtype == grad_hidden.dtype:
-                    torch.mm(g, w, out=grad_hidden[start : start + chunk])
-                else:
-                    grad_hidden[start : start + chunk] = (g @ w).to(hidden.dtype)
-                if compute_dtype == torch.float32:
-                    grad_weight.addmm_(g.t(), h)  # accumulate inside the GEMM, no (vocab, hidden) temporary
-                else:
-                    grad_weight += (g.t() @ h).float()
+            logp = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)  # (c, v), one fused kernel
+            total -= (logp.gather(1, y_safe[:, None]).squeeze(1) * valid).sum()
+            if not needs_grad:
+                continue
+            probs = logp.exp_()  # softmax, in place
+            probs[torch.arange(len(y), device=y.device), y_safe] -= 1.0  # d(loss)/d(logits), unscaled
+            g = probs.to(compute_dtype)
+            # Ignored rows and 1/divisor are applied on the narrow (c, h) side, never on (c, v).
+            row_scale = (valid.float() / divisor)[:, None]
+            gh = grad_hidden[start : start + chunk]
+            if compute_dtype == grad_hidden.dtype:
+                torch.mm(g, w, out=gh)
+                gh.mul_(row_scale)
+            else:
+                gh.copy_((g @ w).float() * row_scale)
+            h_scaled = h * row_scale.to(compute_dtype)
+            if one_chunk and compute_dtype == torch.float32:
+                torch.mm(g.t(), h_scaled, out=grad_weight)
+            elif compute_dtype == torch.float32:
+                grad_weight.addmm_(g.t(), h_scaled)  # accumulate inside the GEMM, no (vocab, hidden) temporary
+            else:
+                grad_weight += (g.t() @ h_scaled).float()
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total / divisor
@@ -59,6 +68,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_output.device.type == "cpu" and grad_output.item() == 1.0:  # the usual case: skip two passes
+            return grad_hidden, grad_weight, None, None, None
         return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
 
 

@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import scratch_gpt.linear as linear_module
 from scratch_gpt.linear import FEW_ROWS, Linear, linear
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 4), (8, 1), (4, 16), (1, FEW_ROWS + 1)])
-@pytest.mark.parametrize("features", [(32, 96), (32, 32), (96, 32)])  # in, out: wide, square, narrow
+@pytest.mark.parametrize("features", [(32, 96), (32, 32), (96, 30), (16, 3)])  # in, out: out % 4 != 0 too
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_equals_f_linear(shape, features, bias):
+def test_linear_equals_f_linear_without_autograd(monkeypatch, shape, features, bias):
     torch.manual_seed(0)
     in_f, out_f = features
-    x = torch.randn(*shape, in_f, requires_grad=True)
+    x = torch.randn(*shape, in_f)
+    weight = torch.randn(out_f, in_f)
+    b = torch.randn(out_f) if bias else None
+    want = F.linear(x, weight, b)
+    few_rows = x.numel() // in_f <= FEW_ROWS
+    if few_rows:  # prove the few-rows path ran: F.linear is not reachable from it
+        monkeypatch.setattr(linear_module, "F", types.SimpleNamespace(linear=None))
+    with torch.no_grad():
+        got = linear(x, weight, b)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_keeps_autograd(bias):
+    torch.manual_seed(0)
+    in_f, out_f = 32, 96
+    x = torch.randn(2, in_f, requires_grad=True)
     weight = torch.randn(out_f, in_f, requires_grad=True)
     b = torch.randn(out_f, requires_grad=True) if bias else None
     got = linear(x, weight, b)
     want = F.linear(x, weight, b)
-    assert got.shape == want.shape and got.is_contiguous()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     grad_out = torch.randn_like(want)
     got_grads = torch.autograd.grad(got, [x, weight] + ([b] if bias else []), grad_out)
@@ -36,7 +55,8 @@ def test_linear_module_is_an_nn_linear_with_the_same_state_dict():
     plain.load_state_dict(ours.state_dict())
     assert isinstance(ours, torch.nn.Linear)
     x = torch.randn(3, 16)
-    torch.testing.assert_close(ours(x), plain(x), atol=1e-6, rtol=1e-6)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), plain(x), atol=1e-6, rtol=1e-6)
 
 
 def test_other_dtypes_fall_back_to_f_linear():

@@ -294,3 +294,40 @@ def test_fused_loss_is_not_used_where_logits_are_wanted():
     model.loss_function = lambda logits, labels, vocab_size, **kw: logits.sum() * 0  # a custom loss is honoured
     out = model(ids, labels=ids)
     assert out.logits is not None and out.loss.item() == 0
+
+
+@pytest.mark.parametrize("chunk_elements", [3000 * 7, 1 << 25])  # seven rows per chunk, or one chunk
+@pytest.mark.parametrize("loss_scale", [1.0, 0.25])  # the backward skips its multiply only at 1
+def test_fused_loss_chunks_and_scaled_backward_match_plain_cross_entropy(monkeypatch, chunk_elements, loss_scale):
+    from scratch_gpt import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 20, 16, requires_grad=True)
+    weight = (0.3 * torch.randn(3000, 16)).requires_grad_()
+    labels = torch.randint(0, 3000, (2, 20))
+    labels[0, 3:9] = -100
+    fused = loss_module.fused_causal_lm_loss(hidden, weight, labels) * loss_scale
+    fused_grads = torch.autograd.grad(fused, [hidden, weight])
+    logits = hidden @ weight.t()
+    plain = F.cross_entropy(logits[:, :-1].reshape(-1, 3000), labels[:, 1:].reshape(-1)) * loss_scale
+    plain_grads = torch.autograd.grad(plain, [hidden, weight])
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    for got, want in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_fused_loss_under_bf16_autocast_matches_plain_within_bf16_precision():
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(make_tiny_config()).train()
+    ids = torch.randint(2, 320, (2, 24))
+    results = {}
+    for fused in (False, True):
+        model.config.fused_lm_loss = fused
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, labels=ids)
+        out.loss.backward()
+        results[fused] = (out.loss.detach(), model.lm_head.weight.grad.clone())
+    torch.testing.assert_close(results[True][0], results[False][0], atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(results[True][1], results[False][1], atol=2e-3, rtol=5e-2)
