@@ -1,12 +1,14 @@
 """ScratchGPTForCausalLM vs transformers' GPT2LMHeadModel of the same shape and the same weights.
 
-Measured in one process, interleaved (ours, GPT-2, ours, GPT-2, ...), medians over repetitions:
-training tokens/s (forward + backward + AdamW step; fp32 and bf16 autocast), generation tokens/s with the
-KV cache (greedy; batch 1 and 8; 32-token prompt), time to first token, and peak training memory (each model
-in a fresh subprocess: peak RSS minus the RSS after imports). Prints one JSON object.
+Measured in one process, interleaved (ours, GPT-2, GPT-2, ours, ...), medians over repetitions:
+training tokens/s (forward + backward + AdamW step; fp32 and bf16 autocast; interleaved step by step, so
+the machine's drift hits both alike; `paired_ratio` is the median of the per-step ratios), generation
+tokens/s with the KV cache (greedy; batch 1 and 8; 32-token prompt), time to first token, and peak
+training memory (each model in a fresh subprocess: peak RSS minus the RSS after imports). Prints one JSON
+object.
 
     python benchmarks/bench_model.py --shape tiny
-    python benchmarks/bench_model.py --shape gpt2-124m --reps 3 --new-tokens 64
+    python benchmarks/bench_model.py --shape gpt2-124m --reps 3 --train-steps 7 --skip bf16
 
 For speed, start Python with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 (see DESIGN.md section 6);
 the ratios are what matter: both models run under the same allocator in the same process.
@@ -87,11 +89,40 @@ def generate_time(model, batch: int, prompt: int, new_tokens: int, vocab: int) -
     return elapsed
 
 
+def train_interleaved(models: dict, batch: int, seq: int, vocab: int, steps: int, bf16: bool) -> dict:
+    """Seconds per optimizer step for each model, stepping the models alternately (after a warm-up step)."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=gen)
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+
+    def step(name):
+        model = models[name]
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
+
+    names = list(models)
+    for name in names:
+        step(name)
+    times = {name: [] for name in names}
+    for i in range(steps):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            step(name)
+            times[name].append(time.perf_counter() - start)
+    print(f"  train (bf16={bf16}): {times}", file=sys.stderr, flush=True)
+    return times
+
+
 def interleaved(models: dict, fn, reps: int) -> dict[str, list[float]]:
     times = {name: [] for name in models}
-    for _ in range(reps):
-        for name, model in models.items():
-            times[name].append(fn(model))
+    names = list(models)
+    for rep in range(reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            times[name].append(fn(models[name]))
     print(f"  {fn.__name__ if hasattr(fn, '__name__') else fn}: {times}", file=sys.stderr, flush=True)
     return times
 
@@ -102,6 +133,7 @@ def summarise(times: dict[str, list[float]], work: float, unit: str) -> dict:
         f"scratch_gpt_{unit}": round(work / med["scratch_gpt"], 2),
         f"gpt2_{unit}": round(work / med["gpt2"], 2),
         "ratio": round(med["gpt2"] / med["scratch_gpt"], 3),
+        "paired_ratio": round(statistics.median(g / o for g, o in zip(times["gpt2"], times["scratch_gpt"])), 3),
         "runs": {name: [round(x, 4) for x in t] for name, t in times.items()},
     }
 
@@ -140,7 +172,7 @@ def peak_memory(shape: str, steps: int) -> dict:
     result = {}
     for which in ("scratch_gpt", "gpt2"):
         out = subprocess.run(
-            [sys.executable, __file__, "--shape", shape, "--memory-child", which, "--train-steps", str(steps)],
+            [sys.executable, __file__, "--shape", shape, "--memory-child", which, "--memory-steps", str(steps)],
             capture_output=True,
             text=True,
             check=True,
@@ -155,18 +187,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model shape to compare")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per measurement")
-    parser.add_argument("--train-steps", type=int, default=3, help="optimizer steps per timed repetition")
-    parser.add_argument("--new-tokens", type=int, default=256, help="tokens generated per generation run")
+    parser.add_argument("--train-steps", type=int, default=15, help="timed fp32 optimizer steps per model")
+    parser.add_argument("--bf16-steps", type=int, default=3, help="timed bf16-autocast steps per model")
+    parser.add_argument("--memory-steps", type=int, default=3, help="optimizer steps in the memory run")
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        default=None,
+        help="tokens generated per generation run (default: 256, capped so that prompt + new fits the context)",
+    )
     parser.add_argument("--prompt", type=int, default=32, help="prompt length for generation")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: train,bf16,generate,memory")
     parser.add_argument("--memory-child", choices=["scratch_gpt", "gpt2"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        peak_memory_child(args.shape, args.memory_child, args.train_steps)
+        peak_memory_child(args.shape, args.memory_child, args.memory_steps)
         return
 
     skip = set(filter(None, args.skip.split(",")))
     cfg = SHAPES[args.shape]
+    if args.new_tokens is None:
+        args.new_tokens = min(256, cfg["n_positions"] - args.prompt)
     models = build_models(args.shape)
     batch, seq, vocab = TRAIN_BATCH[args.shape], cfg["n_positions"], cfg["vocab_size"]
     report = {
@@ -174,19 +215,16 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "malloc_tuned": os.environ.get("MALLOC_MMAP_MAX_") == "0",
+        "generation": {"prompt": args.prompt, "new_tokens": args.new_tokens},
     }
-    tokens = batch * seq * args.train_steps
+    tokens = batch * seq
     if "train" not in skip:
         report["train_fp32"] = summarise(
-            interleaved(models, lambda m: train_steps(m, batch, seq, vocab, args.train_steps, False), args.reps),
-            tokens,
-            "tokens_per_s",
+            train_interleaved(models, batch, seq, vocab, args.train_steps, False), tokens, "tokens_per_s"
         )
     if "bf16" not in skip:
         report["train_bf16_autocast"] = summarise(
-            interleaved(models, lambda m: train_steps(m, batch, seq, vocab, args.train_steps, True), args.reps),
-            tokens,
-            "tokens_per_s",
+            train_interleaved(models, batch, seq, vocab, args.bf16_steps, True), tokens, "tokens_per_s"
         )
     if "generate" not in skip:
         for gen_batch in (1, 8):
@@ -202,7 +240,7 @@ def main() -> None:
             name: round(1000 * statistics.median(t), 2) for name, t in ttft.items()
         } | {"ratio": round(statistics.median(ttft["gpt2"]) / statistics.median(ttft["scratch_gpt"]), 3)}
     if "memory" not in skip:
-        report["peak_train_memory"] = peak_memory(args.shape, args.train_steps)
+        report["peak_train_memory"] = peak_memory(args.shape, args.memory_steps)
     print(json.dumps(report, indent=1))
 
 

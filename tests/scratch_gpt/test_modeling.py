@@ -331,3 +331,26 @@ def test_fused_loss_under_bf16_autocast_matches_plain_within_bf16_precision():
         results[fused] = (out.loss.detach(), model.lm_head.weight.grad.clone())
     torch.testing.assert_close(results[True][0], results[False][0], atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(results[True][1], results[False][1], atol=2e-3, rtol=5e-2)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fused_loss_head_precision_under_cpu_autocast_follows_the_hardware(monkeypatch, native):
+    from scratch_gpt import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "_cpu_has_native_matmul", lambda dtype: native)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 12, 16, requires_grad=True)
+    weight = (0.3 * torch.randn(500, 16)).requires_grad_()
+    labels = torch.randint(0, 500, (2, 12))
+    exact = loss_module.fused_causal_lm_loss(hidden, weight, labels)
+    exact_grad = torch.autograd.grad(exact, weight)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss_module.fused_causal_lm_loss(hidden, weight, labels)
+    mixed_grad = torch.autograd.grad(mixed, weight)[0]
+    if native:  # bf16 GEMMs: close to, but not equal to, the fp32 result
+        assert not torch.equal(mixed, exact)
+        torch.testing.assert_close(mixed, exact, atol=5e-2, rtol=1e-2)
+        torch.testing.assert_close(mixed_grad, exact_grad, atol=5e-3, rtol=5e-2)
+    else:  # emulated bf16: the head stays in fp32
+        torch.testing.assert_close(mixed, exact, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(mixed_grad, exact_grad, atol=1e-7, rtol=1e-5)
