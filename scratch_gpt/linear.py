@@ -1,4 +1,4 @@
-"""``nn.Linear`` with a faster few-rows inference path on CPU (the decoding step).
+"""``nn.Linear`` with faster float32 CPU paths: few-row inference (decoding) and oneDNN for the rest.
 
 Decoding multiplies a handful of rows (one per sequence) by every weight matrix. On CPU that is memory-bound:
 what matters is how fast the BLAS streams the weight. Measured on the 2-core AMD EPYC this project is developed
@@ -8,8 +8,13 @@ reaches 9-14 GB/s (a GEMM with a long M instead of a GEMV-like kernel), and for 
 product over four row blocks of ``W`` (one per thread) does best: 1.2-4x faster per call overall.
 
 The path is taken only without autograd, on CPU, in float32, for contiguous weights, outside
-``torch.compile``, and for at most :data:`FEW_ROWS` rows; everything else is ``F.linear``. Results equal
-``F.linear`` up to float rounding.
+``torch.compile``, and for at most :data:`FEW_ROWS` rows.
+
+Everything else in float32 on CPU (training, prefill) runs its forward through oneDNN's linear
+(``torch.ops.mkldnn._linear_pointwise``, the kernel torch's inductor uses on CPU): MKL's ``x @ W.T`` reached
+66-91 GF/s at GPT-2's shapes here, oneDNN 97-136; the backward stays on ``grad @ W`` and ``grad.T @ x``,
+where MKL is the faster of the two. Autocast, other dtypes and devices, and builds without oneDNN use
+``F.linear``. Results equal ``F.linear`` up to float rounding.
 """
 
 from __future__ import annotations
@@ -34,11 +39,60 @@ def _few_rows_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return bias is None or bias.dtype == torch.float32
 
 
+def _onednn_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN = _onednn_available()
+
+
+def onednn_matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b.T (+ bias)`` for 2D float32 CPU tensors through oneDNN (no autograd)."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+def onednn_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`onednn_matmul_nt` may compute ``F.linear(x, weight, bias)``: float32 on CPU, no autocast."""
+    return (
+        _ONEDNN
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and weight.is_contiguous()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """Forward through oneDNN (faster than MKL's ``x @ W.T`` here); backward through the usual matmuls."""
+
+    @staticmethod
+    def forward(ctx, x2d, weight, bias):
+        ctx.save_for_backward(x2d, weight)
+        ctx.has_bias = bias is not None
+        return onednn_matmul_nt(x2d, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2d, weight = ctx.saved_tensors
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_w = grad.t() @ x2d if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, computed for few float32 rows on CPU as ``W @ x.T`` (see module doc)."""
+    """``F.linear(x, weight, bias)``, with faster CPU float32 paths (see module doc)."""
     out_features, in_features = weight.shape
     rows = x.numel() // in_features if in_features else 0
     if not _few_rows_eligible(x, weight, bias, rows):
+        if rows and onednn_eligible(x, weight, bias):
+            out = _OneDNNLinear.apply(x.reshape(rows, in_features), weight, bias)
+            return out.view(*x.shape[:-1], out_features)
         return F.linear(x, weight, bias)
     xt = x.reshape(rows, in_features).t()  # (in, rows)
     if rows == 1:
@@ -70,4 +124,4 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-__all__ = ["FEW_ROWS", "Linear", "linear"]
+__all__ = ["FEW_ROWS", "Linear", "linear", "onednn_eligible", "onednn_matmul_nt"]

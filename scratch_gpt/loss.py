@@ -18,6 +18,8 @@ import platform
 import torch
 import torch.nn.functional as F
 
+from .linear import onednn_eligible, onednn_matmul_nt
+
 IGNORE_INDEX = -100
 _CHUNK_ELEMENTS = 1 << 25  # 128 MiB of fp32 logits per chunk: a second chunk re-reads and re-writes the whole
 # (vocab, hidden) weight gradient, which cost 5-25% of the loss time at vocab 50k (measured: benchmarks/bench_model.py)
@@ -37,12 +39,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_weight = torch.empty if one_chunk and compute_dtype == torch.float32 else torch.zeros
             grad_weight = grad_weight(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        use_onednn = compute_dtype == torch.float32 and w.is_contiguous() and onednn_eligible(hidden, w, None)
         for start in range(0, n, chunk):
             h = hidden[start : start + chunk].to(compute_dtype)  # (c, h)
             y = targets[start : start + chunk]
             valid = y != IGNORE_INDEX
             y_safe = y.clamp(min=0)
-            logp = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)  # (c, v), one fused kernel
+            logits = (onednn_matmul_nt(h, w) if use_onednn else h @ w.t()).float()  # (c, v); no-op cast in fp32
+            logp = torch.log_softmax(logits, dim=-1, out=logits)  # in place: one (c, v) buffer per chunk
             total -= (logp.gather(1, y_safe[:, None]).squeeze(1) * valid).sum()
             if not needs_grad:
                 continue

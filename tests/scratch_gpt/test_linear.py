@@ -63,3 +63,32 @@ def test_other_dtypes_fall_back_to_f_linear():
     x = torch.randn(2, 16, dtype=torch.float64)
     weight = torch.randn(48, 16, dtype=torch.float64)
     assert torch.equal(linear(x, weight), F.linear(x, weight))
+
+
+@pytest.mark.skipif(not linear_module._ONEDNN, reason="this torch build has no oneDNN")
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_path_matches_f_linear_in_value_and_gradients(monkeypatch, bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, FEW_ROWS, 32, requires_grad=True)  # more than FEW_ROWS rows, with autograd
+    weight = torch.randn(96, 32, requires_grad=True)
+    b = torch.randn(96, requires_grad=True) if bias else None
+    want = F.linear(x, weight, b)
+    grad_out = torch.randn_like(want)
+    inputs = [x, weight] + ([b] if bias else [])
+    want_grads = torch.autograd.grad(want, inputs, grad_out)
+    monkeypatch.setattr(linear_module, "F", types.SimpleNamespace(linear=None))  # the oneDNN path must run
+    got = linear(x, weight, b)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip(torch.autograd.grad(got, inputs, grad_out), want_grads):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def test_autocast_keeps_f_linear_and_its_dtype():
+    x = torch.randn(80, 32)
+    weight = torch.randn(96, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear(x, weight)
+        want = F.linear(x, weight)
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(got, want)
