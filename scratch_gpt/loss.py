@@ -1,11 +1,12 @@
-"""A fused, chunked LM-head cross-entropy that never materialises the full ``(tokens, vocab)`` logits.
+"""A fused LM-head cross-entropy that keeps no ``(tokens, vocab)`` tensor for backward.
 
 The usual causal-LM loss builds fp32 logits for every position, a log-softmax of them, and in backward a
 gradient of the same size: three ``tokens x vocab`` tensors, the largest activations of a small GPT. Here the
-head and the loss run together over chunks of positions; each chunk's gradient with respect to its logits
-(``softmax - onehot``) is turned at once into gradients for the hidden states and the head weight, and only
-those (``tokens x hidden`` and ``vocab x hidden``) are kept for backward. Same matmuls as the plain path, no
-recomputation, a fraction of the memory. Semantics equal transformers' ``ForCausalLMLoss``: labels are shifted
+head and the loss run together over chunks of positions (at most ``_CHUNK_ELEMENTS`` logits each); one buffer
+per chunk holds the logits, then in place their log-softmax and their gradient (``softmax - onehot``), which
+is turned at once into gradients for the hidden states and the head weight; only those (``tokens x hidden``
+and ``vocab x hidden``) are kept for backward. Same matmuls as the plain path, no recomputation, a fraction
+of the memory. Semantics equal transformers' ``ForCausalLMLoss``: labels are shifted
 inside, ``-100`` is ignored, the sum is divided by ``num_items_in_batch`` when given, else by the number of
 real targets.
 """
