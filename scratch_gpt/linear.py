@@ -91,7 +91,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // in_features if in_features else 0
     if not _few_rows_eligible(x, weight, bias, rows):
         if rows and onednn_eligible(x, weight, bias):
-            out = _OneDNNLinear.apply(x.reshape(rows, in_features), weight, bias)
+            out = _OneDNNLinear.apply(x.reshape(rows, in_features).contiguous(), weight, bias)
             return out.view(*x.shape[:-1], out_features)
         return F.linear(x, weight, bias)
     xt = x.reshape(rows, in_features).t()  # (in, rows)

@@ -84,6 +84,16 @@ def test_onednn_path_matches_f_linear_in_value_and_gradients(monkeypatch, bias):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 
+def test_strided_input_takes_either_path_correctly():
+    torch.manual_seed(0)
+    weight = torch.randn(48, 16)
+    for rows in (3, FEW_ROWS + 6):
+        x = torch.randn(rows, 32)[:, ::2]  # non-contiguous (rows, 16)
+        torch.testing.assert_close(linear(x, weight), F.linear(x, weight), atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            torch.testing.assert_close(linear(x, weight), F.linear(x, weight), atol=1e-5, rtol=1e-5)
+
+
 def test_autocast_keeps_f_linear_and_its_dtype():
     x = torch.randn(80, 32)
     weight = torch.randn(96, 32)
