@@ -7,8 +7,8 @@ weight at 4-10 GB/s for 1-64 rows, while the same product written the other way 
 reaches 9-14 GB/s (a GEMM with a long M instead of a GEMV-like kernel), and for a single row a batched
 product over four row blocks of ``W`` (one per thread) does best: 1.2-4x faster per call overall.
 
-The path is taken only without autograd, on CPU, in float32, for contiguous weights, outside
-``torch.compile``, and for at most :data:`FEW_ROWS` rows.
+The path is taken only without autograd, on CPU, in float32 without autocast, for contiguous weights,
+outside ``torch.compile``, and for at most :data:`FEW_ROWS` rows.
 
 Everything else in float32 on CPU (training, prefill) runs its forward through oneDNN's linear
 (``torch.ops.mkldnn._linear_pointwise``, the kernel torch's inductor uses on CPU): MKL's ``x @ W.T`` reached
@@ -27,16 +27,23 @@ FEW_ROWS = 64
 _ROW_BLOCKS = 4
 
 
+def _cpu_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """The condition both fast paths share: float32 on CPU, contiguous weight, no autocast, not compiling."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and weight.is_contiguous()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
 def _few_rows_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> bool:
-    if not 0 < rows <= FEW_ROWS or x.device.type != "cpu" or torch.compiler.is_compiling():
+    if not 0 < rows <= FEW_ROWS or not _cpu_float32(x, weight, bias):
         return False
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous():
-        return False
-    if torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return False  # training keeps autograd's own linear
-    return bias is None or bias.dtype == torch.float32
+    needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    return not (torch.is_grad_enabled() and needs_grad)  # training keeps autograd's own linear
 
 
 def _onednn_available() -> bool:
@@ -56,15 +63,7 @@ def onednn_matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None
 
 def onednn_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether :func:`onednn_matmul_nt` may compute ``F.linear(x, weight, bias)``: float32 on CPU, no autocast."""
-    return (
-        _ONEDNN
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and (bias is None or bias.dtype == torch.float32)
-        and weight.is_contiguous()
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-    )
+    return _ONEDNN and _cpu_float32(x, weight, bias)
 
 
 class _OneDNNLinear(torch.autograd.Function):

@@ -94,10 +94,11 @@ def test_strided_input_takes_either_path_correctly():
             torch.testing.assert_close(linear(x, weight), F.linear(x, weight), atol=1e-5, rtol=1e-5)
 
 
-def test_autocast_keeps_f_linear_and_its_dtype():
-    x = torch.randn(80, 32)
+@pytest.mark.parametrize("rows", [1, 3, 80])  # the few-rows path and the oneDNN path both yield to autocast
+def test_autocast_keeps_f_linear_and_its_dtype(rows):
+    x = torch.randn(rows, 32)
     weight = torch.randn(96, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         got = linear(x, weight)
         want = F.linear(x, weight)
     assert got.dtype == want.dtype == torch.bfloat16
