@@ -34,13 +34,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         chunk = max(1, _CHUNK_ELEMENTS // vocab)
         w = weight.to(compute_dtype)
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        one_chunk = n <= chunk
+        fp32 = compute_dtype == torch.float32
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        if needs_grad:  # a single chunk writes it whole: no zero-filling, no accumulation
-            grad_weight = torch.empty if one_chunk and compute_dtype == torch.float32 else torch.zeros
-            grad_weight = grad_weight(weight.shape, dtype=torch.float32, device=weight.device)
+        if needs_grad:  # in fp32 the first chunk's GEMM overwrites it (beta=0): no zero-filling
+            alloc = torch.empty if fp32 else torch.zeros
+            grad_weight = alloc(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        use_onednn = compute_dtype == torch.float32 and w.is_contiguous() and onednn_eligible(hidden, w, None)
+        use_onednn = onednn_eligible(hidden, w, None)  # float32 hidden and head, CPU
         for start in range(0, n, chunk):
             h = hidden[start : start + chunk].to(compute_dtype)  # (c, h)
             y = targets[start : start + chunk]
@@ -63,10 +63,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             else:
                 gh.copy_((g @ w).float() * row_scale)
             h_scaled = h * row_scale.to(compute_dtype)
-            if one_chunk and compute_dtype == torch.float32:
-                torch.mm(g.t(), h_scaled, out=grad_weight)
-            elif compute_dtype == torch.float32:
-                grad_weight.addmm_(g.t(), h_scaled)  # accumulate inside the GEMM, no (vocab, hidden) temporary
+            if fp32:  # accumulate inside the GEMM, no (vocab, hidden) temporary
+                grad_weight.addmm_(g.t(), h_scaled, beta=0.0 if start == 0 else 1.0)
             else:
                 grad_weight += (g.t() @ h_scaled).float()
         if needs_grad:
