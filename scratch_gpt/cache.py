@@ -50,7 +50,7 @@ class AppendKVLayer(DynamicLayer):
 
     def _reallocate(self, needed: int, key_states: torch.Tensor, value_states: torch.Tensor, past: int) -> None:
         old = self._key_buffer.shape[-2] if self._key_buffer is not None else 0
-        capacity = max(needed, self.capacity or 0, 2 * old if old else 0)
+        capacity = max(needed, self.capacity or 0, 2 * old)
         batch, heads, _, _ = key_states.shape
         kb = key_states.new_empty(batch, heads, capacity, key_states.shape[-1])
         vb = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])
@@ -77,7 +77,7 @@ class AppendKVLayer(DynamicLayer):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder the batch for beam search, in place in the buffers when possible."""
-        if self.get_seq_length() > 0 and self._key_buffer is not None and self._owns_current(self.keys):
+        if self.get_seq_length() > 0 and self._owns_current(self.keys):
             end = self.keys.shape[-2]
             beam_idx = beam_idx.to(self.keys.device)
             self._key_buffer[:, :, :end] = self.keys.index_select(0, beam_idx)
