@@ -48,24 +48,33 @@ def build_models(shape: str):
     return {"scratch_gpt": ours, "gpt2": gpt2}
 
 
-def train_steps(model, batch: int, seq: int, vocab: int, steps: int, bf16: bool) -> float:
-    """Seconds for `steps` optimizer steps (after one warm-up step)."""
-    model.train()
+def make_train_step(model, batch: int, seq: int, vocab: int, bf16: bool):
+    """A closure running one optimizer step (forward + backward + AdamW) of ``model`` on a fixed batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq), generator=gen)
 
     def step():
+        model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
+    return step
+
+
+def train_steps(model, batch: int, seq: int, vocab: int, steps: int, bf16: bool) -> None:
+    """One warm-up step, then ``steps`` optimizer steps (the memory run)."""
+    step = make_train_step(model, batch, seq, vocab, bf16)
+    for _ in range(steps + 1):
         step()
+
+
+def seconds(step) -> float:
+    start = time.perf_counter()
+    step()
     return time.perf_counter() - start
 
 
@@ -91,30 +100,10 @@ def generate_time(model, batch: int, prompt: int, new_tokens: int, vocab: int) -
 
 def train_interleaved(models: dict, batch: int, seq: int, vocab: int, steps: int, bf16: bool) -> dict:
     """Seconds per optimizer step for each model, stepping the models alternately (after a warm-up step)."""
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, seq), generator=gen)
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
-
-    def step(name):
-        model = models[name]
-        model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizers[name].step()
-        optimizers[name].zero_grad(set_to_none=True)
-
-    names = list(models)
-    for name in names:
-        step(name)
-    times = {name: [] for name in names}
-    for i in range(steps):
-        for name in names if i % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            step(name)
-            times[name].append(time.perf_counter() - start)
-    print(f"  train (bf16={bf16}): {times}", file=sys.stderr, flush=True)
-    return times
+    train_step = {name: make_train_step(model, batch, seq, vocab, bf16) for name, model in models.items()}
+    for step in train_step.values():
+        step()
+    return interleaved(train_step, seconds, steps)
 
 
 def interleaved(models: dict, fn, reps: int) -> dict[str, list[float]]:
