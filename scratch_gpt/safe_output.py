@@ -1,0 +1,237 @@
+"""All-or-nothing outputs: validate, stage beside the target, fsync, swap in with one rename.
+
+Every command that writes a folder or a file uses :func:`staged_output`::
+
+    with staged_output(out_dir, overwrite=args.overwrite, inputs=[args.model, args.dataset]) as stage:
+        model.save_pretrained(stage)        # write everything into the staging folder
+    # here out_dir is the new complete result; before, it was the old complete result (or absent)
+
+Before anything is written it checks that the target may be replaced (``--overwrite``), that it overlaps no
+input (an output inside an input, or an input inside the output, would destroy the input), and that its
+parent folder is writable. The staging folder ``.NAME.staging-PID`` lives beside the target (same file
+system, so the swap is a rename). On success its files are fsynced and it is exchanged with the target in one
+atomic ``renameat2(RENAME_EXCHANGE)`` where Linux offers it (two renames elsewhere); the old result is deleted
+only after that. On failure the staging folder is removed and the target is untouched. Staging folders left by
+a killed process are removed by the next run.
+
+``SCRATCH_GPT_CRASH_AT=<point>`` kills the process with SIGKILL at a named point (:func:`crash_point`), which
+is how the crash tests inject a kill in the middle of a write.
+
+Standard library only (shared by ``training`` and ``hub_export``; never shipped as remote code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CRASH_ENV = "SCRATCH_GPT_CRASH_AT"
+_STAGING_TAG = ".staging-"
+_OLD_TAG = ".old-"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL when ``SCRATCH_GPT_CRASH_AT`` names ``name`` (crash tests only)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- validation -----------------------------------------------------------------------------------------
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_no_overlap(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Raise ``ValueError`` when ``output`` is, contains, or lies inside any existing local input path."""
+    out = _resolved(output)
+    for item in inputs:
+        if item is None or not os.path.exists(item):
+            continue  # Hub ids and built-in names are not local paths
+        src = _resolved(item)
+        if _is_within(out, src) or _is_within(src, out):
+            relation = "is" if out == src else ("is inside" if _is_within(out, src) else "contains")
+            raise ValueError(
+                f"output {output} {relation} the input {item}; writing it would destroy the input: "
+                "choose an output folder outside every input"
+            )
+
+
+def check_target(target: str | os.PathLike, overwrite: bool) -> None:
+    """Raise when ``target`` exists without ``overwrite``, or its parent cannot be created or written."""
+    path = Path(target)
+    if path.exists() and not overwrite:
+        kind = "folder" if path.is_dir() else "file"
+        raise FileExistsError(f"{target} already exists ({kind}); pass --overwrite to replace it or choose another output")
+    parent = _resolved(path).parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot create {target}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {target}: no write permission on {existing}; choose another output")
+
+
+def check_output(
+    target: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+) -> None:
+    """Every check :func:`staged_output` makes before it writes anything (call it early to fail fast)."""
+    check_no_overlap(target, inputs)
+    check_target(target, overwrite)
+
+
+# -- fsync and swap -------------------------------------------------------------------------------------
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsync every file under ``path`` (or the file itself), then the folders, so renames publish durable data."""
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    for item in files:
+        with open(item, "rb") as fh:
+            os.fsync(fh.fileno())
+    folders = [path] if path.is_dir() else []
+    folders += [p for p in path.rglob("*") if p.is_dir()] if path.is_dir() else []
+    for folder in folders + [path.parent]:
+        fsync_dir(folder)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a folder's entry list (makes a rename inside it durable); a no-op where unsupported."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths with Linux's renameat2; False where the call is unavailable."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    func = getattr(libc, "renameat2", None)
+    if func is None:
+        return False
+    res = func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if res == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: file system without exchange support
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_in(stage: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put ``stage`` at ``target`` atomically; an old ``target`` is removed only once the new one is in place."""
+    stage, target = Path(stage), Path(target)
+    if not target.exists():
+        os.replace(stage, target)
+    elif stage.is_dir() != target.is_dir():
+        raise IsADirectoryError(f"cannot replace {target} with a {'folder' if stage.is_dir() else 'file'}")
+    elif stage.is_file():
+        os.replace(stage, target)  # atomic for files
+    elif _renameat2_exchange(stage, target):
+        crash_point("after-swap")
+        shutil.rmtree(stage)  # the old result, now at the staging name
+    else:
+        old = target.with_name(f".{target.name}{_OLD_TAG}{os.getpid()}")
+        os.replace(target, old)
+        os.replace(stage, target)
+        shutil.rmtree(old)
+    fsync_dir(target.parent)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(target: str | os.PathLike) -> None:
+    """Remove staging/old leftovers of ``target`` whose owning process is gone (a crash or SIGKILL)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for item in target.parent.glob(f".{target.name}.*-*"):
+        tag, _, pid = item.name[len(target.name) + 1 :].rpartition("-")
+        if f"{tag}-" in (_STAGING_TAG, _OLD_TAG) and pid.isdigit() and not _pid_alive(int(pid)):
+            logger.info("removing %s left by an interrupted run", item)
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+
+
+def carry_over(old: Path, stage: Path, names: Iterable[str]) -> None:
+    """Hard-link (copy where links fail) ``names`` from an existing result into the staging folder."""
+    for name in names:
+        src = old / name
+        if not src.exists() or (stage / name).exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, stage / name, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(src, stage / name)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@contextlib.contextmanager
+def staged_output(
+    target: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    is_dir: bool = True,
+    carry: Iterable[str] = (),
+) -> Iterator[Path]:
+    """Validate, then yield a staging path beside ``target``; on success swap it in, on failure remove it.
+
+    ``carry`` names entries of an existing ``target`` (for example ``checkpoints``) that the new result keeps:
+    they are hard-linked into the staging folder before the swap, so nothing is lost if the swap never happens.
+    """
+    target = Path(target)
+    check_output(target, overwrite=overwrite, inputs=inputs)
+    clean_stale(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = target.with_name(f".{target.name}{_STAGING_TAG}{os.getpid()}")
+    if stage.exists():
+        shutil.rmtree(stage) if stage.is_dir() else stage.unlink()
+    if is_dir:
+        stage.mkdir()
+    try:
+        yield stage
+        if target.is_dir() and is_dir:
+            carry_over(target, stage, carry)
+        crash_point("before-fsync")
+        fsync_tree(stage)
+        crash_point("before-swap")
+        swap_in(stage, target)
+    except BaseException:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True) if stage.is_dir() else stage.unlink()
+        raise
