@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path("/work/shared/data/the-verdict.txt")
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "the-verdict.txt"  # ../shared beside the project
 
 
 def _rss_mb(field: str = "VmRSS") -> float:
