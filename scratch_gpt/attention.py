@@ -1,24 +1,27 @@
-"""The attention math, written out, behind one function signature.
+"""The attention math, written out, behind transformers' attention-function signature.
 
-Every implementation takes ``(module, query, key, value, attention_mask, dropout, scaling, is_causal)`` with
+Every implementation takes ``(module, query, key, value, attention_mask, dropout=, scaling=, **kwargs)`` with
 query/key/value shaped ``(batch, heads, seq, head_dim)`` and returns ``(output, weights)`` where ``output`` is
-``(batch, seq, heads, head_dim)`` and ``weights`` is ``(batch, heads, q_len, kv_len)`` or ``None``.
+``(batch, seq, heads, head_dim)`` and ``weights`` is ``(batch, heads, q_len, kv_len)`` or ``None``: the
+signature of transformers' ``AttentionInterface``, so any function registered there (paged attention for
+continuous batching, flex/flash attention, a serving engine's own) can take the place of ours.
 
-``attention_mask`` is ``None`` (plain causal attention over a full, unpadded sequence: ``is_causal`` tells the
-implementation to build the triangle itself, so no mask is ever materialised on the fast path) or a boolean
-``(batch, 1, q_len, kv_len)`` tensor, ``True`` where a query may attend to a key. :func:`build_attention_mask`
-makes that tensor from a 2D padding mask and the number of cached positions.
+``attention_mask`` is ``None`` (plain causal attention: ``is_causal`` tells the implementation to build the
+triangle itself, so no mask is materialised on the fast path), a boolean ``(batch, 1, q_len, kv_len)`` tensor
+(``True`` where a query may attend to a key; :func:`build_attention_mask` makes it), or an additive float mask
+of that shape (0 where attending is allowed), as transformers' mask functions and continuous batching pass.
 
-Implementations are picked by ``config._attn_implementation`` (``"eager"`` or ``"sdpa"``), so
-``from_pretrained(..., attn_implementation="eager")`` works as it does for transformers' own models.
+:data:`ATTENTION_FUNCTIONS` is a model-local ``AttentionInterface``: the standard names ``"eager"`` and
+``"sdpa"`` resolve to the two functions below; every other name (``"paged|eager"``, ``"flex_attention"``,
+``"flash_attention_2"``, anything registered with ``AttentionInterface.register``) to transformers' registry.
+See docs/backends.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
+from transformers.modeling_utils import AttentionInterface
 
 
 def build_attention_mask(
@@ -55,32 +58,57 @@ def build_attention_mask(
     return _unmask_empty_rows(mask)
 
 
+def packed_sequence_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """A block-diagonal causal mask ``(1, 1, t, t)`` for one row packing several sequences, else ``None``.
+
+    Packed requests (vLLM, ``DataCollatorWithFlattening``) restart their ``position_ids`` at 0; each token may
+    see only the earlier tokens of its own sequence. A single row whose positions never restart needs no mask.
+    """
+    if position_ids.shape[0] != 1 or position_ids.shape[-1] < 2:
+        return None
+    positions = position_ids[0]
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[1:] = positions[1:] != positions[:-1] + 1
+    if not bool(starts[1:].any()):
+        return None
+    sequence = starts.cumsum(0)  # (t,) which packed sequence each token belongs to
+    same = sequence[:, None] == sequence[None, :]
+    return (same & torch.ones_like(same).tril())[None, None]
+
+
 def _unmask_empty_rows(mask: torch.Tensor) -> torch.Tensor:
     # A padding query in a left-padded row sees nothing; let it see everything instead of producing NaN.
     # Its output is never used (its own position is masked for every later query).
     return mask | ~mask.any(dim=-1, keepdim=True)
 
 
+def _is_causal(module: torch.nn.Module | None, is_causal: bool | None) -> bool:
+    # As transformers' sdpa: an explicit `is_causal` kwarg wins, then the module's attribute.
+    return is_causal if is_causal is not None else getattr(module, "is_causal", True)
+
+
 def eager_attention(
-    module: torch.nn.Module,
+    module: torch.nn.Module | None,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
-    is_causal: bool = True,
+    is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention written out: scores, scale, mask, softmax, dropout, weighted sum."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (b, h, q, kv)
-    if attention_mask is None and is_causal:
+    if attention_mask is None and _is_causal(module, is_causal):
         q_len, kv_len = scores.shape[-2:]
         attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=scores.device).tril(kv_len - q_len)
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:  # additive float mask
+        scores = scores + attention_mask[..., : scores.shape[-1]]
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     weights = F.dropout(weights, p=dropout, training=dropout > 0)
     output = torch.matmul(weights, value)  # (b, h, q, d)
@@ -88,43 +116,62 @@ def eager_attention(
 
 
 def sdpa_attention(
-    module: torch.nn.Module,
+    module: torch.nn.Module | None,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
-    is_causal: bool = True,
+    is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """The same math through ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, no weights)."""
+    if attention_mask is not None:
+        attention_mask = attention_mask[..., : key.shape[-2]]
     output = F.scaled_dot_product_attention(
         query,
         key,
         value,
         attn_mask=attention_mask,
         dropout_p=dropout,
-        is_causal=attention_mask is None and is_causal and query.shape[-2] > 1,
+        is_causal=attention_mask is None and query.shape[-2] > 1 and _is_causal(module, is_causal),
         scale=scaling,
     )  # (b, h, q, d)
     return output.transpose(1, 2), None  # (b, q, h, d)
 
 
-ATTENTION_FUNCTIONS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] = {
-    "eager": eager_attention,
-    "sdpa": sdpa_attention,
-}
+OURS = {"eager": eager_attention, "sdpa": sdpa_attention}
+
+# Model-local registry: our two functions under the standard names, transformers' global registry for the rest
+# (an AttentionInterface instance's local entries shadow the global ones; see transformers' AttentionInterface).
+ATTENTION_FUNCTIONS = AttentionInterface()
+for _name, _function in OURS.items():
+    ATTENTION_FUNCTIONS[_name] = _function
 
 
-def get_attention_function(name: str | None) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
-    """The implementation registered under ``name`` (``None`` means ``"sdpa"``)."""
-    name = name or "sdpa"
-    if name not in ATTENTION_FUNCTIONS:
+def is_ours(name: str | None) -> bool:
+    """Whether ``name`` resolves to one of our implementations (so our own masks apply)."""
+    return (name or "sdpa") in OURS
+
+
+def get_attention_function(name: str | None):
+    """The implementation registered under ``name`` (``None`` means ``"sdpa"``); one clear error if unknown."""
+    try:
+        return ATTENTION_FUNCTIONS.get_interface(name or "sdpa", eager_attention)
+    except KeyError:
         raise ValueError(
-            f"attn_implementation {name!r} is not supported by ScratchGPT; use one of {sorted(ATTENTION_FUNCTIONS)}."
-        )
-    return ATTENTION_FUNCTIONS[name]
+            f"attn_implementation {name!r} is not registered; use one of {sorted(ATTENTION_FUNCTIONS)} or "
+            "register it with transformers.AttentionInterface.register(name, function)."
+        ) from None
 
 
-__all__ = ["ATTENTION_FUNCTIONS", "build_attention_mask", "eager_attention", "get_attention_function", "sdpa_attention"]
+__all__ = [
+    "ATTENTION_FUNCTIONS",
+    "build_attention_mask",
+    "eager_attention",
+    "get_attention_function",
+    "is_ours",
+    "packed_sequence_mask",
+    "sdpa_attention",
+]

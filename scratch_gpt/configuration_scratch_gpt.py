@@ -36,9 +36,26 @@ class ScratchGPTConfig(PretrainedConfig):
         fused_lm_loss: in training mode with labels, compute the LM head and the loss together chunk by chunk
             (no full ``(tokens, vocab)`` logits: less memory, a bit faster; ``outputs.logits`` is then ``None``).
             Evaluation and generation always return logits. Set False to get training logits back.
+        cpu_fast_paths: use the float32 CPU kernels of ``linear.py`` (few-rows decoding, oneDNN), the fused
+            loss's CPU branches and the 64-byte-aligned weight copy after ``from_pretrained``. They give the same
+            results up to float rounding; False uses only public torch ops (see docs/backends.md).
     """
 
     model_type = "scratch_gpt"
+    # Tensor parallelism (transformers' tp_plan, vLLM's transformers backend). The fused qkv projection packs
+    # q, k and v one after the other, so a plain column split would hand a rank parts of q and k: it is
+    # gathered (replicated output) and the output projection splits its input, as Phi-3 does.
+    base_model_tp_plan = {
+        "h.*.attn.c_attn": "colwise_gather_output",
+        "h.*.attn.c_proj": "rowwise_split_input",
+        "h.*.mlp.c_fc": "colwise",
+        "h.*.mlp.c_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "wte": (["input_ids"], ["inputs_embeds"]),
+        "h": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "ln_f": (["hidden_states"], ["hidden_states"]),
+    }
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
     attribute_map = {
         # GPT-2 names
@@ -76,6 +93,7 @@ class ScratchGPTConfig(PretrainedConfig):
     qkv_bias: bool = True
     tie_word_embeddings: bool = True
     fused_lm_loss: bool = True
+    cpu_fast_paths: bool = True
     use_cache: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None

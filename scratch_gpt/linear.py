@@ -1,20 +1,18 @@
 """``nn.Linear`` with faster float32 CPU paths: few-row inference (decoding) and oneDNN for the rest.
 
 Decoding multiplies a handful of rows (one per sequence) by every weight matrix. On CPU that is memory-bound:
-what matters is how fast the BLAS streams the weight. Measured on the 2-core AMD EPYC this project is developed
-on (torch 2.13, MKL; ``benchmarks/bench_model.py`` shows the end-to-end effect), ``F.linear`` streams a cold
-weight at 4-10 GB/s for 1-64 rows, while the same product written the other way round, ``(W @ x.T).T``,
-reaches 9-14 GB/s (a GEMM with a long M instead of a GEMV-like kernel), and for a single row a batched
-product over four row blocks of ``W`` (one per thread) does best: 1.2-4x faster per call overall.
+what matters is how fast the BLAS streams the weight. ``F.linear`` takes a GEMV-like kernel for a few rows;
+the same product written the other way round, ``(W @ x.T).T``, is a GEMM with a long M, and for a single row a
+batched product over four row blocks of ``W`` (one per thread) streams the weight faster still.
 
 The path is taken only without autograd, on CPU, in float32 without autocast, for contiguous weights,
 outside ``torch.compile``, and for at most :data:`FEW_ROWS` rows.
 
 Everything else in float32 on CPU (training, prefill) runs its forward through oneDNN's linear
-(``torch.ops.mkldnn._linear_pointwise``, the kernel torch's inductor uses on CPU): MKL's ``x @ W.T`` reached
-66-91 GF/s at GPT-2's shapes here, oneDNN 97-136; the backward stays on ``grad @ W`` and ``grad.T @ x``,
-where MKL is the faster of the two. Autocast, other dtypes and devices, and builds without oneDNN use
-``F.linear``. Results equal ``F.linear`` up to float rounding.
+(``torch.ops.mkldnn._linear_pointwise``, the kernel torch's inductor uses on CPU); the backward stays on
+``grad @ W`` and ``grad.T @ x``. Autocast, other dtypes and devices, builds without oneDNN, and layers built
+with ``cpu_fast_paths=False`` (``ScratchGPTConfig.cpu_fast_paths``) use ``F.linear``. Results equal
+``F.linear`` up to float rounding. Measured speed-ups per machine: docs/backends.md and benchmarks/bench_model.py.
 """
 
 from __future__ import annotations
@@ -47,6 +45,7 @@ def _few_rows_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def _onednn_available() -> bool:
+    # A private op: builds (or future torch versions) without it fall back to F.linear.
     try:
         return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     except (AttributeError, RuntimeError):
@@ -117,9 +116,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict, ``isinstance`` holds) using :func:`linear`."""
+    """``nn.Linear`` (same parameters, same state dict, ``isinstance`` holds) using :func:`linear`.
+
+    ``cpu_fast_paths=False`` makes it a plain ``nn.Linear`` (``F.linear``), for portability checks.
+    """
+
+    def __init__(self, *args, cpu_fast_paths: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cpu_fast_paths = cpu_fast_paths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cpu_fast_paths:
+            return F.linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias)
 
 

@@ -23,12 +23,12 @@ from .linear import onednn_eligible, onednn_matmul_nt
 
 IGNORE_INDEX = -100
 _CHUNK_ELEMENTS = 1 << 25  # 128 MiB of fp32 logits per chunk: a second chunk re-reads and re-writes the whole
-# (vocab, hidden) weight gradient, which cost 5-25% of the loss time at vocab 50k (measured: benchmarks/bench_model.py)
+# (vocab, hidden) weight gradient (see docs/backends.md)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, divisor, compute_dtype):
+    def forward(ctx, hidden, weight, targets, divisor, compute_dtype, cpu_fast_paths=True):
         # hidden (n, h), weight (v, h), targets (n,), divisor: 0-dim float tensor
         n, vocab = hidden.shape[0], weight.shape[0]
         chunk = max(1, _CHUNK_ELEMENTS // vocab)
@@ -40,7 +40,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             alloc = torch.empty if fp32 else torch.zeros
             grad_weight = alloc(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        use_onednn = onednn_eligible(hidden, w, None)  # float32 hidden and head, CPU
+        use_onednn = cpu_fast_paths and onednn_eligible(hidden, w, None)  # float32 hidden and head, CPU
         for start in range(0, n, chunk):
             h = hidden[start : start + chunk].to(compute_dtype)  # (c, h)
             y = targets[start : start + chunk]
@@ -75,26 +75,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
         if grad_output.device.type == "cpu" and grad_output.item() == 1.0:  # the usual case: skip two passes
-            return grad_hidden, grad_weight, None, None, None
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
+            return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None
 
 
 @functools.cache
 def _cpu_has_native_matmul(dtype: torch.dtype) -> bool:
     """Whether this CPU multiplies ``dtype`` matrices in hardware (AVX512-BF16 / AMX), not by emulation.
 
-    On an x86 CPU without it, oneDNN emulates bf16/fp16 GEMMs: measured on the development machine (AVX2 AMD
-    EPYC) a bf16 GEMM runs ~25x slower than fp32. The LM head is the largest GEMM of a small GPT, so under
+    On an x86 CPU without it, oneDNN emulates bf16/fp16 GEMMs, many times slower than fp32 (figures in
+    docs/backends.md). The LM head is the largest GEMM of a small GPT, so under
     CPU autocast on such a CPU the fused loss keeps its head in the weight's precision, which is also the
     more accurate choice (logits and their gradients in fp32). Other CPUs and GPUs keep the autocast dtype.
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
-    if dtype == torch.bfloat16:
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if dtype == torch.float16:
-        return torch.cpu._is_amx_fp16_supported()
-    return True
+    probes = {  # private torch probes: where one is missing, assume native (the plain autocast behaviour)
+        torch.bfloat16: ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+        torch.float16: ("_is_amx_fp16_supported",),
+    }.get(dtype)
+    if probes is None or not all(hasattr(torch.cpu, name) for name in probes):
+        return True
+    return any(getattr(torch.cpu, name)() for name in probes)
 
 
 def fused_causal_lm_loss(
@@ -102,17 +104,19 @@ def fused_causal_lm_loss(
     weight: torch.Tensor,
     labels: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | None = None,
+    cpu_fast_paths: bool = True,
 ) -> torch.Tensor:
     """Shifted cross-entropy of ``hidden_states @ weight.T`` against ``labels`` without full logits.
 
     ``hidden_states`` is ``(batch, seq, hidden)`` (the final-norm output), ``weight`` the LM head ``(vocab, hidden)``,
     ``labels`` ``(batch, seq)`` with ``-100`` for ignored positions. Under autocast the matmuls run in the
     autocast dtype and the softmax in fp32, like the plain path, except on a CPU that would emulate that dtype
-    (see :func:`_cpu_has_native_matmul`).
+    (see :func:`_cpu_has_native_matmul`). ``cpu_fast_paths=False`` skips that CPU branch and oneDNN.
     """
     device_type = hidden_states.device.type
     compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
-    if device_type == "cpu" and compute_dtype != weight.dtype and not _cpu_has_native_matmul(compute_dtype):
+    emulated = cpu_fast_paths and device_type == "cpu" and not _cpu_has_native_matmul(compute_dtype)
+    if compute_dtype != weight.dtype and emulated:
         compute_dtype = weight.dtype  # emulated low precision: fp32 is both faster and exact (see below)
     targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1).to(hidden_states.device)
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
@@ -121,7 +125,7 @@ def fused_causal_lm_loss(
     else:
         divisor = torch.as_tensor(num_items_in_batch, device=hidden.device).float()
     with torch.autocast(device_type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, divisor, compute_dtype)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, divisor, compute_dtype, cpu_fast_paths)
 
 
 __all__ = ["fused_causal_lm_loss"]

@@ -31,16 +31,19 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
     SequenceClassifierOutputWithPast,
 )
-from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import logging
+from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
+from transformers.utils import can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .attention import build_attention_mask, get_attention_function
+from .attention import ATTENTION_FUNCTIONS, build_attention_mask, eager_attention, is_ours, packed_sequence_mask
 from .cache import use_append_layers
 from .linear import Linear
 from .configuration_scratch_gpt import ScratchGPTConfig
@@ -66,25 +69,14 @@ def _activation(name: str) -> nn.Module:
     return ACT2FN["gelu_pytorch_tanh" if name == "gelu_new" else name]
 
 
-def _pop_legacy_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
-    """Accept transformers 4.x's ``past_key_values=`` as a deprecated alias of ``cache=``."""
-    legacy = kwargs.pop("past_key_values", None)
-    if legacy is None:
-        return cache
-    if cache is not None:
-        raise ValueError("Pass the KV cache as `cache=` only; `past_key_values=` is its deprecated alias.")
-    logger.warning_once("`past_key_values=` is deprecated in transformers 5.x; pass the KV cache as `cache=`.")
-    return legacy
-
-
 class ScratchGPTMLP(nn.Module):
     """Position-wise feed-forward: expand, activate, project back."""
 
     def __init__(self, config: ScratchGPTConfig, layer_idx: int | None = None):
         super().__init__()
-        self.c_fc = Linear(config.hidden_size, config.intermediate_size)
+        self.c_fc = Linear(config.hidden_size, config.intermediate_size, cpu_fast_paths=config.cpu_fast_paths)
         self.act = _activation(config.hidden_act)
-        self.c_proj = Linear(config.intermediate_size, config.hidden_size)
+        self.c_proj = Linear(config.intermediate_size, config.hidden_size, cpu_fast_paths=config.cpu_fast_paths)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.dropout = _dropout(config.resid_dropout)
 
@@ -93,17 +85,19 @@ class ScratchGPTMLP(nn.Module):
 
 
 class ScratchGPTAttention(nn.Module):
-    """Multi-head causal self-attention: fused qkv projection, KV cache, pluggable attention math."""
+    """Multi-head causal self-attention: fused qkv projection, KV cache, attention through the interface."""
 
     def __init__(self, config: ScratchGPTConfig, layer_idx: int):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
+        self.is_causal = True
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
-        self.c_attn = Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.c_proj = Linear(config.hidden_size, config.hidden_size)
+        fast = config.cpu_fast_paths
+        self.c_attn = Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias, cpu_fast_paths=fast)
+        self.c_proj = Linear(config.hidden_size, config.hidden_size, cpu_fast_paths=fast)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.resid_dropout = _dropout(config.resid_dropout)
 
@@ -112,19 +106,22 @@ class ScratchGPTAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-        output_attentions: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, seq, width = hidden_states.shape
-        qkv = self.c_attn(hidden_states).view(batch, seq, 3, self.num_heads, self.head_dim)
+        batch, seq, _ = hidden_states.shape
+        # Heads as -1: under tensor parallelism a rank holds only its share of them.
+        qkv = self.c_attn(hidden_states).view(batch, seq, 3, -1, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (b, h, t, d)
         if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)  # (b, h, past + t, d)
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (b, h, past + t, d)
 
         implementation = self.config._attn_implementation
-        if output_attentions and implementation != "eager":
+        want_weights = kwargs.pop("output_attentions", None)
+        if (self.config.output_attentions if want_weights is None else want_weights) and implementation == "sdpa":
             logger.warning_once("output_attentions=True needs attention weights: using the eager attention for it.")
             implementation = "eager"
-        attn_output, attn_weights = get_attention_function(implementation)(
+        attention = ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
+        attn_output, attn_weights = attention(
             self,
             query,
             key,
@@ -132,9 +129,9 @@ class ScratchGPTAttention(nn.Module):
             attention_mask,
             dropout=self.config.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
-            is_causal=True,
+            **kwargs,
         )
-        attn_output = attn_output.reshape(batch, seq, width)  # (b, t, h * d)
+        attn_output = attn_output.reshape(batch, seq, -1)  # (b, t, h * d)
         return self.resid_dropout(self.c_proj(attn_output)), attn_weights
 
 
@@ -153,18 +150,15 @@ class ScratchGPTBlock(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, attn_weights = self.attn(
-            self.ln_1(hidden_states), attention_mask, cache=cache, output_attentions=output_attentions
-        )
+        **kwargs,
+    ) -> torch.Tensor:
+        attn_output, _ = self.attn(self.ln_1(hidden_states), attention_mask, cache=cache, **kwargs)
         hidden_states = hidden_states + attn_output
-        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
-        return hidden_states, attn_weights
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
 
 
 class ScratchGPTPreTrainedModel(PreTrainedModel):
-    """Weight init, loading and the capabilities transformers checks for."""
+    """Weight init, loading and the capabilities transformers and serving engines read."""
 
     config_class = ScratchGPTConfig
     config: ScratchGPTConfig
@@ -172,10 +166,14 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ScratchGPTBlock"]
     _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = False
-    _can_compile_fullgraph = False
+    _supports_flash_attn = True  # through the interface: the kernels need a GPU (see docs/backends.md)
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {
+        "hidden_states": ScratchGPTBlock,
+        "attentions": OutputRecorder(ScratchGPTAttention, index=1),
+    }
     # Old GPT-2 checkpoints carry a causal-mask buffer; we never persist one.
     _keys_to_ignore_on_load_unexpected = [r"\.attn\.bias$", r"\.attn\.masked_bias$"]
 
@@ -189,14 +187,17 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, then CPU weights moved to 64-byte-aligned memory.
+        """``PreTrainedModel.from_pretrained``, then (with ``config.cpu_fast_paths``) CPU weights moved to
+        64-byte-aligned memory.
 
         safetensors weights are memory-mapped at 8-byte alignment. BLAS kernels pick their code path (and so
         their rounding) by operand alignment, so without this a model's logits would change in the last bit
-        with the file layout (sharded or not) and tall matmuls run up to 2x slower. One copy at load time.
+        with the file layout (sharded or not) and tall matmuls run slower. One copy at load time.
         """
         loaded = super().from_pretrained(*args, **kwargs)
-        _align_cpu_parameters(loaded[0] if isinstance(loaded, tuple) else loaded)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if model.config.cpu_fast_paths:
+            _align_cpu_parameters(model)
         return loaded
 
 
@@ -205,6 +206,22 @@ def _align_cpu_parameters(model: nn.Module, alignment: int = 64) -> None:
         for tensor in [*model.parameters(), *model.buffers()]:  # parameters() lists a tied weight once
             if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % alignment:
                 tensor.data = tensor.data.clone()
+
+
+def _drop_all_ones(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    # An all-ones 2D mask is no mask: decide that once (one device sync per step, not two). Not while tracing.
+    if attention_mask is not None and attention_mask.dim() == 2 and not torch.compiler.is_compiling():
+        if bool(attention_mask.all()):
+            return None
+    return attention_mask
+
+
+def _default_positions(attention_mask: torch.Tensor | None, past_len: int, embeds: torch.Tensor) -> torch.Tensor:
+    seq = embeds.shape[1]
+    if attention_mask is not None and attention_mask.dim() == 2:
+        # Left padding: each row counts positions from its first real token.
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+    return torch.arange(past_len, past_len + seq, device=embeds.device)[None]
 
 
 class ScratchGPTModel(ScratchGPTPreTrainedModel):
@@ -226,6 +243,8 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
     def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
         self.wte = new_embeddings
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -234,85 +253,94 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast | tuple:
-        cache = _pop_legacy_cache(cache, kwargs)
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
-        if self.gradient_checkpointing and self.training and use_cache:
-            use_cache = False  # the replayed forward would write the cache twice
-
+    ) -> BaseModelOutputWithPast:
+        r"""``position_ids`` are always used as given (packed requests restart them at 0); without them they
+        follow the attention mask (left padding) or the cache length. ``**kwargs`` reach the attention function."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
-        batch, seq = inputs_embeds.shape[:2]
-
+        use_cache = self._use_cache(use_cache)
         if use_cache and cache is None:
             cache = use_append_layers(DynamicCache(config=self.config))
-        past_len = cache.get_seq_length() if cache is not None else 0
-        if past_len + seq > self.config.max_position_embeddings:
+        attention_mask = _drop_all_ones(attention_mask)
+        past_len = self._past_length(cache, attention_mask, position_ids, inputs_embeds.shape[1])
+        packed = attention_mask is None and past_len == 0 and position_ids is not None
+        if position_ids is None:
+            position_ids = _default_positions(attention_mask, past_len, inputs_embeds)
+        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (b, t, h)
+
+        mask = self._attention_mask(attention_mask, inputs_embeds, cache, position_ids, past_len, packed)
+        kwargs.pop("output_hidden_states", None)  # captured by the hooks (_can_record_outputs)
+        for block in self.h:
+            hidden_states = block(hidden_states, mask, cache=cache, position_ids=position_ids, **kwargs)
+        hidden_states = self.ln_f(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+
+    def _use_cache(self, use_cache: bool | None) -> bool:
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        # The replayed forward of gradient checkpointing would write the cache twice.
+        return bool(use_cache) and not (self.gradient_checkpointing and self.training)
+
+    def _past_length(self, cache, attention_mask, position_ids, seq: int) -> int:
+        """Cached positions, checked against the context; 0 where the caller brought positions and a 4D mask
+        (static-cache ``generate``, compiled) or the cache is not a transformers ``Cache`` (continuous batching)."""
+        if not isinstance(cache, Cache):
+            past_len = 0
+        elif position_ids is not None and attention_mask is not None and attention_mask.dim() == 4:
+            return 0
+        else:
+            past_len = cache.get_seq_length()
+        if not torch.compiler.is_compiling() and past_len + seq > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence length {past_len + seq} (cached {past_len} + new {seq}) exceeds "
                 f"max_position_embeddings={self.config.max_position_embeddings}. Truncate the input "
                 f"(e.g. tokenizer(..., truncation=True, max_length={self.config.max_position_embeddings})) "
                 "or generate fewer new tokens."
             )
+        return past_len
 
-        # An all-ones 2D mask is no mask: decide that once (one device sync per step, not two).
-        if attention_mask is not None and attention_mask.dim() == 2 and bool(attention_mask.all()):
-            attention_mask = None
-        if position_ids is None:
-            if attention_mask is not None and attention_mask.dim() == 2:
-                # Left padding: each row counts positions from its first real token.
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
-            else:
-                position_ids = torch.arange(past_len, past_len + seq, device=inputs_embeds.device)[None]
-        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (b, t, h)
+    def _attention_mask(self, attention_mask, inputs_embeds, cache, position_ids, past_len: int, packed: bool):
+        """The mask the configured attention function expects.
 
+        Ours (``eager``/``sdpa``): a boolean mask, or ``None`` on the unpadded fast path. Any other
+        implementation (and anything traced by ``torch.compile``): transformers' ``create_causal_mask``, which
+        builds the right kind (flex ``BlockMask``, flash: none, paged: none) or passes a 4D mask through.
+        """
+        if not is_ours(self.config._attn_implementation) or torch.compiler.is_compiling():
+            return create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=cache if isinstance(cache, Cache) else None,
+                position_ids=position_ids,
+            )
+        if not isinstance(cache, Cache) and attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask  # e.g. continuous batching: already the right shape for the paged keys
+        if packed:
+            block_diagonal = packed_sequence_mask(position_ids)
+            if block_diagonal is not None:
+                return block_diagonal
+        seq = inputs_embeds.shape[1]
         kv_len = past_len + seq
-        if cache is not None and cache.get_max_length() > 0:  # static cache: keys span the whole buffer
+        if isinstance(cache, Cache) and cache.get_max_length() > 0:  # static cache: keys span the whole buffer
             kv_len = cache.get_max_length()
-        mask = build_attention_mask(attention_mask, seq, kv_len, past_len, inputs_embeds.device)
-
-        all_hidden_states = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for block in self.h:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            hidden_states, attn_weights = block(hidden_states, mask, cache=cache, output_attentions=output_attentions)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        hidden_states = self.ln_f(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            cache=cache if use_cache else None,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        return build_attention_mask(attention_mask, seq, kv_len, past_len, inputs_embeds.device)
 
 
 class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
     """ScratchGPT with a language-modelling head tied to the token embedding."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: ScratchGPTConfig):
         super().__init__(config)
         self.transformer = ScratchGPTModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, cpu_fast_paths=config.cpu_fast_paths)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -334,6 +362,8 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             use_append_layers(cache, capacity if isinstance(capacity, int) else None)
         return result
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -343,16 +373,11 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast | tuple:
+    ) -> CausalLMOutputWithPast:
         r"""``labels`` are the input ids (shifted inside); ``-100`` is ignored. ``logits_to_keep=n`` computes
         logits for the last ``n`` positions only (0 = all), which is what ``generate()`` uses."""
-        cache = _pop_legacy_cache(cache, kwargs)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -360,39 +385,29 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        loss = logits = None
         if labels is not None and self._can_fuse_loss(logits_to_keep, kwargs):
             loss = fused_causal_lm_loss(
-                hidden_states, self.lm_head.weight, labels, num_items_in_batch=kwargs.get("num_items_in_batch")
+                hidden_states,
+                self.lm_head.weight,
+                labels,
+                num_items_in_batch=kwargs.get("num_items_in_batch"),
+                cpu_fast_paths=self.config.cpu_fast_paths,
             )
-            output = CausalLMOutputWithPast(
-                loss=loss, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-            )
-            return output if return_dict else output.to_tuple()
-
-        if isinstance(logits_to_keep, int):
-            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
         else:
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)  # (b, t, vocab)
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-
-        output = CausalLMOutputWithPast(
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (b, t, vocab)
+            if labels is not None:
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
-
 
     def _can_fuse_loss(self, logits_to_keep: int | torch.Tensor, kwargs: dict) -> bool:
         # Only where nobody can want the logits (training with grads) and the plain head/loss would be used.
@@ -409,6 +424,21 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         )
 
 
+def _last_real_token(logits, attention_mask, input_ids, inputs_embeds, pad_token_id) -> torch.Tensor:
+    """Index of the rightmost real token of each row: from the attention mask when given (left or right
+    padding alike), else from the pad id, else the last position."""
+    batch, seq = logits.shape[:2]
+    if attention_mask is not None and attention_mask.dim() == 2:
+        real = attention_mask.to(logits.device, torch.int32)
+    elif input_ids is not None and pad_token_id is not None:
+        real = (input_ids != pad_token_id).to(logits.device, torch.int32)
+    else:
+        if batch > 1 and pad_token_id is None and inputs_embeds is None:
+            raise ValueError("Batches of several sequences need an attention_mask or config.pad_token_id.")
+        real = torch.ones(batch, seq, dtype=torch.int32, device=logits.device)
+    return (torch.arange(seq, device=logits.device, dtype=torch.int32) * real).argmax(-1)
+
+
 class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
     """ScratchGPT with a linear classifier on the last real (non-padding) token of each sequence."""
 
@@ -419,6 +449,8 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -428,15 +460,10 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutputWithPast | tuple:
+    ) -> SequenceClassifierOutputWithPast:
         r"""``labels``: class ids (single-label), float multi-hot rows (multi-label) or floats (regression,
         ``num_labels == 1``); the problem type is inferred as transformers does, or read from the config."""
-        cache = _pop_legacy_cache(cache, kwargs)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -444,38 +471,21 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            **kwargs,
         )
         logits = self.score(outputs.last_hidden_state)  # (b, t, labels)
-        batch, seq = logits.shape[:2]
-
-        # The rightmost real token: from the attention mask when given (left or right padding alike),
-        # else from the pad id, else the last position.
-        if attention_mask is not None and attention_mask.dim() == 2:
-            real = attention_mask.to(logits.device, torch.int32)
-        elif input_ids is not None and self.config.pad_token_id is not None:
-            real = (input_ids != self.config.pad_token_id).to(logits.device, torch.int32)
-        else:
-            if batch > 1 and self.config.pad_token_id is None and inputs_embeds is None:
-                raise ValueError("Batches of several sequences need an attention_mask or config.pad_token_id.")
-            real = torch.ones(batch, seq, dtype=torch.int32, device=logits.device)
-        last = (torch.arange(seq, device=logits.device, dtype=torch.int32) * real).argmax(-1)
-        pooled_logits = logits[torch.arange(batch, device=logits.device), last]  # (b, labels)
-
+        last = _last_real_token(logits, attention_mask, input_ids, inputs_embeds, self.config.pad_token_id)
+        pooled_logits = logits[torch.arange(logits.shape[0], device=logits.device), last]  # (b, labels)
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=pooled_logits, config=self.config)
-
-        output = SequenceClassifierOutputWithPast(
+        return SequenceClassifierOutputWithPast(
             loss=loss,
             logits=pooled_logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [
