@@ -8,9 +8,9 @@ dropped or left at its random init.
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 
 import torch
@@ -27,6 +27,8 @@ from transformers.utils import logging
 
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .modeling_scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification, ScratchGPTModel
+from .run_folder import has_weights
+from .safe_output import check_output, staged_output
 
 logger = logging.get_logger(__name__)
 
@@ -192,6 +194,110 @@ def _load_tokenizer_if_any(src: str | os.PathLike, revision: str | None):
     return tokenizer if len(tokenizer.get_vocab()) > len(tokenizer.all_special_tokens) else None
 
 
+# -- checking a checkpoint before converting it -----------------------------------------------------------
+
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_GPT2_INT_KEYS = ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions")
+_EXPECTED = "expected a GPT-2 checkpoint folder (config.json with model_type 'gpt2' + model.safetensors) or a Hub id"
+
+
+def _read_config_json(folder: Path) -> dict:
+    """``folder/config.json`` as a dict; ValueError naming the file when it is missing, not JSON or not GPT-2."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{folder} has no config.json, so it is not a model folder; {_EXPECTED}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); repair or re-download it") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not an object; repair or re-download it")
+    return config
+
+
+def _check_gpt2_config(folder: Path, config: dict) -> None:
+    model_type = config.get("model_type")
+    if model_type == "scratch_gpt":
+        raise ValueError(f"{folder} is already a scratch-gpt model (model_type 'scratch_gpt'): use it as it is")
+    if model_type != "gpt2":
+        raise ValueError(f"{folder} holds a {model_type!r} model, not GPT-2; convert-gpt2 converts GPT-2 only")
+    for key in _GPT2_INT_KEYS:
+        value = config.get(key)
+        if key in config and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(
+                f"{folder / 'config.json'}: {key} must be a positive integer, got {value!r}; repair the file"
+            )
+
+
+def check_gpt2_source(src: str | os.PathLike) -> Path | None:
+    """Validate a conversion source before loading it: the local folder (checked), or ``None`` for a Hub id.
+
+    Errors name the source and the fix: a path that does not exist, a file, an empty folder, a folder without
+    config.json or weights, a scratch-gpt or other non-GPT-2 model, or config values of the wrong type.
+    """
+    text = str(src)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID_RE.match(text):
+            raise FileNotFoundError(f"{text} does not exist; {_EXPECTED}")
+        return None
+    if not path.is_dir():
+        raise ValueError(f"{text} is a file, not a folder; {_EXPECTED}")
+    if not any(path.iterdir()):
+        raise ValueError(f"{text} is an empty folder; {_EXPECTED}")
+    _check_gpt2_config(path, _read_config_json(path))
+    if not has_weights(path):
+        raise ValueError(f"{text} has no weights (model.safetensors or pytorch_model.bin); {_EXPECTED}")
+    return path
+
+
+def _gpt2_class(src: str, revision: str | None) -> type[PreTrainedModel]:
+    config = GPT2Config.from_pretrained(src, revision=revision)
+    archs = getattr(config, "architectures", None) or []
+    return GPT2ForSequenceClassification if "GPT2ForSequenceClassification" in archs else GPT2LMHeadModel
+
+
+def _fetch_gpt2(src: str, revision: str | None, local: bool) -> PreTrainedModel:
+    """``from_pretrained`` with every failure turned into one line naming the source."""
+    try:
+        cls = _gpt2_class(src, revision)
+        return cls.from_pretrained(src, revision=revision, output_loading_info=True)
+    except OSError as err:
+        if local:
+            raise
+        raise ConnectionError(
+            f"cannot fetch the Hub model {src!r} ({' '.join(str(err).split())[:300]}); check the id and your "
+            "connection, or pass a local GPT-2 folder (offline, only models already in the Hub cache load)"
+        ) from err
+    except RuntimeError as err:  # size mismatches between config and weights
+        raise ValueError(f"{src}: the weights do not match config.json ({' '.join(str(err).split())[:300]})") from err
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{src}: cannot read the weights ({err}); the file is truncated or corrupt") from err
+
+
+def load_gpt2_strict(src: str | os.PathLike, revision: str | None = None) -> PreTrainedModel:
+    """Load a GPT-2 checkpoint, refusing one whose weights file lacks or adds weights (no random init).
+
+    ``from_pretrained`` fills a weight absent from the file with random values and only logs it; here any
+    missing, unexpected (other than GPT-2's old mask buffers) or mismatched key is a ValueError naming it.
+    """
+    local = check_gpt2_source(src) is not None
+    model, info = _fetch_gpt2(str(src), revision, local)
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not k.endswith(_GPT2_BUFFER_SUFFIXES))
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{src}: the checkpoint does not hold exactly the weights of its config (missing {missing}, unexpected "
+            f"{unexpected}, wrong shape {mismatched}); re-download or re-save it, nothing was converted"
+        )
+    if model.config.model_type != "gpt2":
+        raise ValueError(f"{src} is a {model.config.model_type!r} model, not GPT-2.")
+    return model
+
+
 def convert_gpt2_checkpoint(
     src: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -200,39 +306,29 @@ def convert_gpt2_checkpoint(
 ) -> Path:
     """Convert a GPT-2 checkpoint (local folder or Hub id) into a ScratchGPT model folder.
 
-    Writes config.json, model.safetensors, generation_config.json and the source's tokenizer files (when it has
-    them) into a temporary folder beside ``out_dir`` and renames it into place, so ``out_dir`` only ever appears
-    complete.
+    Checks the output first (``--overwrite``, not overlapping the source, writable), then loads the source
+    strictly (:func:`load_gpt2_strict`), then writes config.json, model.safetensors, generation_config.json and
+    the source's tokenizer files (when it has them) through :func:`staged_output`: ``out_dir`` is either the old
+    complete folder or the new complete one, never a mix.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; choose another folder or pass overwrite=True (--overwrite).")
-    source = GPT2LMHeadModel.from_pretrained(str(src), revision=revision)
-    if source.config.model_type != "gpt2":
-        raise ValueError(f"{src} is a {source.config.model_type!r} model, not GPT-2.")
-    model = gpt2_to_scratch(source)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer = _load_tokenizer_if_any(src, revision)
+    check_output(out_dir, overwrite=overwrite, inputs=[src])
+    model = gpt2_to_scratch(load_gpt2_strict(src, revision))
+    tokenizer = _load_tokenizer_if_any(src, revision)
+    with staged_output(out_dir, overwrite=overwrite, inputs=[src]) as stage:
+        model.save_pretrained(stage)
         if tokenizer is None:
             logger.warning("No tokenizer found in %s; add one to %s before training or generating.", src, out_dir)
         else:
-            tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            tokenizer.save_pretrained(stage)
     logger.info("Converted %s -> %s", src, out_dir)
     return out_dir
 
 
 __all__ = [
+    "check_gpt2_source",
     "convert_gpt2_checkpoint",
+    "load_gpt2_strict",
     "gpt2_config_from_scratch",
     "gpt2_state_dict_to_scratch",
     "gpt2_to_scratch",
