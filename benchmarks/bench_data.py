@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import datasets
 
-    from training.data import DataArguments, load_text_splits
-    from training.packing import pack_with_stats
-    from training.tokenizer import load_tokenizer, train_tokenizer
+    from training.data.corpus import DataArguments, load_text_splits
+    from training.data.packing import pack_with_stats
+    from training.data.tokenizer import load_tokenizer, train_tokenizer
 
     datasets.disable_progress_bars()
     cache = tempfile.mkdtemp(prefix="bench_data_cache_")

@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import scratch_gpt  # noqa: F401
     from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
-    from training.finetune_classify import finetune_classifier
-    from training.finetune_common import TrainerOptions, load_tokenizer_for, resolve_model_source
+    from training.finetune.classify import finetune_classifier
+    from training.finetune.common import TrainerOptions, load_tokenizer_for, resolve_model_source
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from training.finetune_common import TrainerOptions
-    from training.finetune_instruct import ANSWERS_NAME, finetune_instruct
-    from training.lora import LoraOptions
+    from training.finetune.common import TrainerOptions
+    from training.finetune.instruct import ANSWERS_NAME, finetune_instruct
+    from training.finetune.lora import LoraOptions
 
     if args.threads:
         torch.set_num_threads(args.threads)

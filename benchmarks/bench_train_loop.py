@@ -6,7 +6,7 @@ logging and the progress bar). Interleaved repeats, medians, ratio. Target: rati
 
 ``--part gpt2``: ScratchGPT and transformers' ``GPT2LMHeadModel`` of the same shape trained by the same loop
 (same data, same seed, same steps and settings); compares final validation loss (target: within 2%) and
-throughput. Data: python-stdlib through training.data (or synthetic blocks with ``--synthetic``).
+throughput. Data: python-stdlib through training.data.corpus (or synthetic blocks with ``--synthetic``).
 
 Run with the allocator tuning the CLI uses, e.g.:
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 python benchmarks/bench_train_loop.py --part all
@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.presets import resolve_arguments  # noqa: E402
-from training.pretrain import build_model, param_groups, read_metrics, train  # noqa: E402
+from training.pretrain.arguments import resolve_arguments  # noqa: E402
+from training.pretrain.loop import build_model, param_groups, read_metrics, train  # noqa: E402
 
 
 def synthetic_blocks(n_train: int, n_val: int, block: int, vocab: int, seed: int = 0):
@@ -126,7 +126,7 @@ def part_gpt2(ns) -> dict:
         tok = _Tok(args0.vocab_size)
         blocks = synthetic_blocks(4096, 256, args0.block_size, args0.vocab_size)
     else:
-        from training.data import DataArguments, prepare_datasets
+        from training.data.corpus import DataArguments, prepare_datasets
 
         blocks, tok, _ = prepare_datasets(DataArguments(dataset="python-stdlib", seed=0), args0.block_size,
                                           vocab_size=args0.vocab_size)

@@ -23,7 +23,7 @@ TINY_TEXTS = [
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE tokenizer (vocab ~300) trained on a few lines; ids 0 = <|endoftext|>, 1 = <|pad|>."""
-    from training.tokenizer import train_tokenizer
+    from training.data.tokenizer import train_tokenizer
 
     tok = train_tokenizer(TINY_TEXTS, vocab_size=320, min_frequency=2, model_max_length=64)
     return tok

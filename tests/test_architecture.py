@@ -22,14 +22,14 @@ def _imports(path: Path):
 
 
 def _files(package: str):
-    files = sorted((ROOT / package).glob("*.py"))
+    files = sorted((ROOT / package).rglob("*.py"))
     assert files, f"no sources found in {package}/"
     return files
 
 
 def test_model_package_imports_only_stdlib_torch_transformers_and_siblings():
     problems = []
-    for path in _files("scratch_gpt"):
+    for path in sorted((ROOT / "scratch_gpt").glob("*.py")):
         for top, level, names, line in _imports(path):
             where = f"{path.name}:{line}"
             if level > 1:
@@ -45,10 +45,40 @@ def test_model_package_imports_only_stdlib_torch_transformers_and_siblings():
     assert not problems, "\n".join(problems)
 
 
+# Shared by `training` and `hub_export` (the run-folder contract, all-or-nothing outputs), never by the model.
+SHARED_STDLIB_MODULES = ("run_folder", "safe_output")
+
+
+@pytest.mark.parametrize("module", SHARED_STDLIB_MODULES)
+def test_shared_foundations_are_stdlib_only_and_not_model_code(module):
+    path = ROOT / "scratch_gpt" / f"{module}.py"
+    foreign = [
+        f"{path.name}:{line}: {top or names}"
+        for top, level, names, line in _imports(path)
+        if level > 0 or top not in sys.stdlib_module_names
+    ]
+    assert not foreign, f"{module} must import only the standard library: {foreign}"
+    users = [
+        f"{other.name}:{line}"
+        for other in sorted((ROOT / "scratch_gpt").glob("*.py"))
+        if other.stem not in SHARED_STDLIB_MODULES
+        for top, level, names, line in _imports(other)
+        if top == module or module in names
+    ]
+    assert not users, f"model code imports {module} (the exported remote code must not need it): {users}"
+
+
+def test_training_is_split_into_stage_packages():
+    stages = {p.parent.name for p in (ROOT / "training").glob("*/__init__.py")}
+    assert {"data", "pretrain", "generate", "finetune"} <= stages
+    flat = [p.name for p in (ROOT / "training").glob("*.py") if p.name != "__init__.py"]
+    assert not flat, f"training/ holds modules outside a stage package: {flat}"
+
+
 @pytest.mark.parametrize("package, forbidden", [("training", "hub_export"), ("hub_export", "training")])
 def test_stages_never_import_each_other(package, forbidden):
     offenders = [
-        f"{path.name}:{line}"
+        f"{path.relative_to(ROOT)}:{line}"
         for path in _files(package)
         for top, level, _, line in _imports(path)
         if level == 0 and top in (forbidden, "scratch_gpt_cli")

@@ -23,7 +23,7 @@ def tiny_docs() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from training.tokenizer import train_tokenizer
+    from training.data.tokenizer import train_tokenizer
 
     return train_tokenizer(TINY_DOCS, vocab_size=400, min_frequency=2)
 

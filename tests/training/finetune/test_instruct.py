@@ -10,8 +10,8 @@ import torch
 
 import scratch_gpt  # noqa: F401  (registers the Auto classes)
 import scratch_gpt_cli
-from tests.training._finetune_fixtures import color_records, make_model_dir, make_tokenizer, write_json
-from training.finetune_instruct import (
+from tests.training.finetune.fixtures import color_records, make_model_dir, make_tokenizer, write_json
+from training.finetune.instruct import (
     ALPACA_CHAT_TEMPLATE,
     ANSWERS_NAME,
     IGNORE_INDEX,
@@ -93,7 +93,7 @@ def test_over_long_records_are_truncated_with_a_counting_warning(tok, records, c
     long_one = dict(recs[0], output="The sky is blue. " * 40)
     too_long_prompt = dict(recs[1], instruction="What colour is the sky? " * 40)
     limit = max(len(encode_example(r, tok, 10_000)[0]["input_ids"]) for r in recs)  # the others fit exactly
-    with caplog.at_level(logging.WARNING, logger="training.finetune_instruct"):
+    with caplog.at_level(logging.WARNING, logger="training.finetune.instruct"):
         ds, stats = encode_records([long_one, too_long_prompt, *recs[2:]], tok, max_length=limit)
     assert stats.truncated == 1 and stats.dropped == 1 and len(ds) == 9
     assert max(len(x) for x in ds["input_ids"]) == limit
@@ -125,7 +125,7 @@ def test_records_missing_fields_name_the_record_index():
 
 
 def test_dataset_folder_splits_are_used_and_the_missing_one_carved(tmp_path):
-    from training.finetune_instruct import _complete_splits, load_instruction_records
+    from training.finetune.instruct import _complete_splits, load_instruction_records
 
     recs = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(40)]
     folder = tmp_path / "ds"

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .finetune_common import (
+from .common import (
     CONVERTED_BASE_SUBDIR,
     REPORT_NAME,  # noqa: F401  (re-exported: the CLI and tests read it from here)
     TrainerOptions,

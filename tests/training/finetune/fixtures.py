@@ -60,7 +60,7 @@ def write_json(path: str, obj) -> str:
 
 def make_tokenizer(texts: list[str], vocab_size: int = 400, model_max_length: int = 128):
     """A byte-level BPE trained by the project's tokenizer trainer on ``texts``."""
-    from training.tokenizer import train_tokenizer
+    from training.data.tokenizer import train_tokenizer
 
     return train_tokenizer(texts, vocab_size=vocab_size, min_frequency=1, model_max_length=model_max_length)
 
@@ -99,7 +99,7 @@ def make_gpt2_dir(path: str, tokenizer, hidden: int = 32, layers: int = 2, heads
 
 def fast_options(**overrides):
     """Trainer options for seconds-long CPU runs in tests."""
-    from training.finetune_common import TrainerOptions
+    from training.finetune.common import TrainerOptions
 
     kw = dict(epochs=1.0, learning_rate=3e-3, batch_size=16, warmup=0, weight_decay=0.0, eval_strategy="no",
               save_strategy="no", logging_steps=5, seed=0, use_cpu=True, disable_tqdm=True)

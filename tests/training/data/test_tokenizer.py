@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from training.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer, special_token_ids, train_tokenizer
+from training.data.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer, special_token_ids, train_tokenizer
 
 ROUND_TRIP = [
     "",

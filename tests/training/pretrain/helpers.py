@@ -1,6 +1,6 @@
 """Shared pieces for the pretraining tests, also runnable as a training child process.
 
-``python -m tests.training.pretrain_helpers --out DIR [...]`` trains the tiny test model on synthetic blocks;
+``python -m tests.training.pretrain.helpers --out DIR [...]`` trains the tiny test model on synthetic blocks;
 the SIGKILL and ``accelerate launch`` tests run it in a subprocess so that a kill or a second process is real.
 """
 
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 VOCAB = 300
 BLOCK = 32
 
@@ -22,7 +22,7 @@ TEXTS = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n\nclass C{i}:\n    pass\
 
 @functools.lru_cache(maxsize=1)
 def make_tokenizer():
-    from training.tokenizer import train_tokenizer
+    from training.data.tokenizer import train_tokenizer
 
     return train_tokenizer(TEXTS, vocab_size=VOCAB, model_max_length=BLOCK)
 
@@ -50,7 +50,7 @@ def make_blocks(n_train: int = 96, n_val: int = 16, block: int = BLOCK, seed: in
 
 
 def tiny_args(out_dir, **overrides):
-    from training.presets import resolve_arguments
+    from training.pretrain.arguments import resolve_arguments
 
     values = dict(
         hidden_size=32,
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from training.pretrain import train
+    from training.pretrain.loop import train
 
     args = tiny_args(
         ns.out, max_steps=ns.steps, per_device_batch_size=ns.batch, checkpoint_every=ns.checkpoint_every,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, DatasetDict
 
-from training.data import (
+from training.data.corpus import (
     DataArguments,
     add_data_arguments,
     data_arguments_from_namespace,

@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from tests.training.pretrain_helpers import REPO_ROOT, child_env, make_blocks, make_tokenizer, tiny_args
-from training.pretrain import list_checkpoints, read_metrics, train
+from tests.training.pretrain.helpers import REPO_ROOT, child_env, make_blocks, make_tokenizer, tiny_args
+from training.pretrain.loop import list_checkpoints, read_metrics, train
 
 
 def _weights(run_dir):
@@ -34,7 +34,7 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, cap
                  datasets=make_blocks(), tokenizer=make_tokenizer())
 
     part = tmp_path / "part"
-    cmd = [sys.executable, "-m", "tests.training.pretrain_helpers", "--out", str(part), "--steps", str(steps),
+    cmd = [sys.executable, "-m", "tests.training.pretrain.helpers", "--out", str(part), "--steps", str(steps),
            "--checkpoint-every", str(every), "--hang-after", "7"]
     child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -60,7 +60,7 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, cap
     (ckpts / "checkpoint-00000008").mkdir()
     (ckpts / "checkpoint-00000008" / "model.safetensors").write_bytes(b"half")
 
-    caplog.set_level(logging.WARNING, logger="training.pretrain")
+    caplog.set_level(logging.WARNING, logger="training.pretrain.loop")
     train(tiny_args(part, max_steps=steps, checkpoint_every=every, resume=True),
           datasets=make_blocks(), tokenizer=make_tokenizer())
     warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -86,7 +86,7 @@ def test_two_processes_match_one_with_same_global_batch(tmp_path):
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "tests.training.pretrain_helpers", "--out", str(two), "--steps", str(steps), "--batch", "4"]
+           "-m", "tests.training.pretrain.helpers", "--out", str(two), "--steps", str(steps), "--batch", "4"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((two / "train_results.json").read_text())

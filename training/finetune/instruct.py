@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .finetune_common import (
+from .common import (
     REPORT_NAME,  # noqa: F401  (re-exported: the CLI and tests read it from here)
     TrainerOptions,
     check_vocab,

@@ -1,6 +1,6 @@
-"""`scratch-gpt train` and `scratch-gpt generate`.
+"""`scratch-gpt train`.
 
-``train`` builds its options from :class:`training.presets.TrainArguments`, so every option of the loop is on
+``train`` builds its options from :class:`training.pretrain.arguments.TrainArguments`, so every option of the loop is on
 the command line with its help text; values layer as defaults < ``--preset`` < ``--config FILE`` < flags.
 
 Allocator tuning: glibc returns large freed blocks (the logits) to the OS every step and the page faults cost
@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from .presets import PRESETS, TrainArguments, _base_type, _field_types, coerce_value
+from .arguments import PRESETS, TrainArguments, _base_type, _field_types, coerce_value
 
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 _REEXEC_GUARD = "SCRATCH_GPT_REEXECED"
@@ -26,7 +26,7 @@ _CLI_SCRIPTS = {"scratch-gpt", "scratch_gpt_cli.py"}
 
 _GROUP_TITLES = {
     "model": "model",
-    "data": "data (see training.data)",
+    "data": "data (see training.data.corpus)",
     "optim": "optimisation and stopping",
     "eval": "evaluation and logging",
     "output": "run folder and checkpoints",
@@ -74,7 +74,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``train`` and ``generate``."""
+    """Add ``train``."""
     p = subparsers.add_parser(
         "train",
         help="Pretrain a GPT from scratch (default: the tiny preset on the Python standard library, CPU minutes).",
@@ -94,28 +94,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
-
-    g = subparsers.add_parser(
-        "generate",
-        help="Sample text from a trained model folder (or Hub id), streaming tokens to the terminal.",
-        description="Generate continuations of a prompt with a causal LM saved by save_pretrained.",
-    )
-    g.add_argument("model", metavar="MODEL", help="model folder (e.g. runs/tiny) or Hub id")
-    g.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>)")
-    g.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per sample (default: 100)")
-    g.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature; 0 means greedy (default: 0.8)"
-    )
-    g.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens; 0 = all (default: 50)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability mass (default: 1.0 = off)")
-    g.add_argument("--num-samples", type=int, default=1, help="number of continuations (default: 1)")
-    g.add_argument("--seed", type=int, default=0, help="random seed; sample i uses seed+i (default: 0)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    g.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
-    g.add_argument(
-        "--trust-remote-code", action="store_true", help="allow model code from the folder/repo (exported models)"
-    )
-    g.set_defaults(func=cmd_generate)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -139,7 +117,7 @@ def _maybe_reexec_with_malloc_tuning(ns: argparse.Namespace) -> None:
 
 def resolve_from_namespace(ns: argparse.Namespace) -> TrainArguments:
     """TrainArguments from parsed flags (only those given) + ``--config``."""
-    from .presets import resolve_arguments
+    from .arguments import resolve_arguments
 
     names = {f.name for f in dataclasses.fields(TrainArguments)}
     overrides = {k: v for k, v in vars(ns).items() if k in names}
@@ -156,7 +134,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     _maybe_reexec_with_malloc_tuning(ns)
     import logging
 
-    from .pretrain import TrainingDivergedError, train
+    from .loop import TrainingDivergedError, train
 
     if not getattr(ns, "verbose", False):  # Accelerate logs every file of every checkpoint at INFO
         logging.getLogger("accelerate").setLevel(logging.WARNING)
@@ -181,66 +159,4 @@ def cmd_train(ns: argparse.Namespace) -> int:
             print("sample:\n" + sample)
     print(f"model, tokenizer, metrics.jsonl and loss.png in {run_dir}")
     print(f"try: scratch-gpt generate {run_dir} --prompt 'def '")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------------------
-# generate
-
-
-def _check_generate_args(ns: argparse.Namespace) -> None:
-    if ns.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {ns.max_new_tokens}")
-    if ns.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {ns.temperature}")
-    if ns.top_k < 0:
-        raise ValueError(f"--top-k must be >= 0, got {ns.top_k}")
-    if not 0 < ns.top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {ns.top_p}")
-    if ns.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {ns.num_samples}")
-
-
-def cmd_generate(ns: argparse.Namespace) -> int:
-    _check_generate_args(ns)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
-
-    import scratch_gpt  # noqa: F401  (registers the architecture with the Auto classes)
-
-    device = ns.device if ns.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(ns.model, trust_remote_code=ns.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(ns.model, trust_remote_code=ns.trust_remote_code).to(device)
-    model.eval()
-    ids = tokenizer(ns.prompt, return_tensors="pt").input_ids if ns.prompt else None
-    if ids is None or ids.shape[1] == 0:
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        ids = torch.tensor([[start]])
-    ids = ids.to(device)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and ids.shape[1] + ns.max_new_tokens > limit:
-        raise ValueError(
-            f"prompt ({ids.shape[1]} tokens) + --max-new-tokens {ns.max_new_tokens} exceeds the model's context "
-            f"of {limit} tokens; shorten the prompt or lower --max-new-tokens"
-        )
-    sampling = ns.temperature > 0
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": ns.max_new_tokens,
-        "do_sample": sampling,
-        "attention_mask": torch.ones_like(ids),
-        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    }
-    if sampling:
-        kwargs.update(temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p)
-    else:
-        kwargs.update(temperature=None, top_k=None, top_p=None)
-    for i in range(ns.num_samples):
-        if ns.num_samples > 1:
-            print(f"--- sample {i + 1} ---", flush=True)
-        torch.manual_seed(ns.seed + i)
-        streamer = None if ns.no_stream else TextStreamer(tokenizer, skip_special_tokens=True)
-        with torch.no_grad():
-            out = model.generate(ids, streamer=streamer, **kwargs)
-        if ns.no_stream:
-            print(tokenizer.decode(out[0], skip_special_tokens=True), flush=True)
     return 0

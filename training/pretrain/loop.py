@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .presets import PRESETS, TrainArguments, parse_duration, resolve_arguments
+from .arguments import PRESETS, TrainArguments, parse_duration, resolve_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -301,8 +301,8 @@ def build_model(args: TrainArguments, tokenizer) -> torch.nn.Module:
 
 def _prepare_data(args: TrainArguments, accelerator, run_dir: Path):
     """Tokenizer + packed blocks; the main process builds (and caches) them first, the others reuse them."""
-    from training.data import DataArguments, prepare_datasets
-    from training.tokenizer import load_tokenizer
+    from training.data.corpus import DataArguments, prepare_datasets
+    from training.data.tokenizer import load_tokenizer
 
     data_args = DataArguments(
         dataset=args.dataset,

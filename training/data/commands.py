@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 
-from .data import add_data_arguments, data_arguments_from_namespace
+from .corpus import add_data_arguments, data_arguments_from_namespace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,7 +77,7 @@ def _bytes_per_token(tokenizer, texts: list[str]) -> float | None:
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
-    from .data import load_text_splits
+    from .corpus import load_text_splits
     from .tokenizer import train_tokenizer
 
     data_args = data_arguments_from_namespace(args)
@@ -110,7 +110,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus_stats(args: argparse.Namespace) -> int:
-    from .data import prepare_datasets
+    from .corpus import prepare_datasets
     from .tokenizer import load_tokenizer
 
     data_args = data_arguments_from_namespace(args)

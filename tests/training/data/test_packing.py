@@ -9,8 +9,8 @@ import pytest
 from datasets import Dataset
 
 from tests.training.conftest import reference_stream
-from training.data import DataArguments, prepare_datasets
-from training.packing import block_starts, check_tokenizer_fits, pack_dataset, pack_with_stats
+from training.data.corpus import DataArguments, prepare_datasets
+from training.data.packing import block_starts, check_tokenizer_fits, pack_dataset, pack_with_stats
 
 DOCS = [f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(60)] + ["", "héllo 😀 日本"]
 
@@ -205,8 +205,8 @@ def test_short_validation_split_suggests_the_fraction(tmp_path, tiny_tokenizer):
 
 
 def test_cache_key_ignores_padding_state_and_survives_a_reload(tmp_path, tiny_tokenizer):
-    from training.packing import _tokenizer_hash
-    from training.tokenizer import load_tokenizer
+    from training.data.packing import _tokenizer_hash
+    from training.data.tokenizer import load_tokenizer
 
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     reloaded = load_tokenizer(str(tmp_path / "tok"))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import scratch_gpt  # noqa: F401  (registers the Auto classes)
 import scratch_gpt_cli
-from tests.training._finetune_fixtures import (
+from tests.training.finetune.fixtures import (
     KEYWORD,
     fast_options,
     keyword_rows,
@@ -22,7 +22,7 @@ from tests.training._finetune_fixtures import (
     write_json,
     write_sms,
 )
-from training.finetune_classify import (
+from training.finetune.classify import (
     REPORT_NAME,
     build_label_maps,
     classification_metrics,

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import scratch_gpt  # noqa: F401  (registers the Auto classes)
 import scratch_gpt_cli
-from tests.training._finetune_fixtures import (
+from tests.training.finetune.fixtures import (
     color_records,
     fast_options,
     keyword_rows,
@@ -21,8 +21,8 @@ from tests.training._finetune_fixtures import (
     write_json,
     write_sms,
 )
-from training.finetune_instruct import format_prompt
-from training.lora import DEFAULT_TARGET_MODULES, LoraOptions, apply_lora, merge
+from training.finetune.instruct import format_prompt
+from training.finetune.lora import DEFAULT_TARGET_MODULES, LoraOptions, apply_lora, merge
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -179,7 +179,7 @@ def test_cli_classify_lora_adapter_from_gpt2_reloads_with_labels(setup, tmp_path
 
 
 def test_lora_and_train_last_blocks_exclude_each_other(setup, tmp_path):
-    from training.finetune_classify import finetune_classifier
+    from training.finetune.classify import finetune_classifier
 
     d, _ = setup
     with pytest.raises(ValueError, match="exclude each other"):

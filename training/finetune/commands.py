@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .finetune_common import TrainerOptions, add_dataclass_arguments, dataclass_from_args
+from .common import TrainerOptions, add_dataclass_arguments, dataclass_from_args
 from .lora import LoraOptions
 
 
@@ -133,7 +133,7 @@ def _summary(report: dict, keys: tuple[str, ...]) -> str:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from .finetune_classify import REPORT_NAME, finetune_classifier
+    from .classify import REPORT_NAME, finetune_classifier
 
     report = finetune_classifier(
         **_common_kwargs(args),
@@ -154,7 +154,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_instruct(args: argparse.Namespace) -> int:
-    from .finetune_instruct import REPORT_NAME, finetune_instruct
+    from .instruct import REPORT_NAME, finetune_instruct
 
     report = finetune_instruct(
         **_common_kwargs(args),

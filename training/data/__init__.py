@@ -1,0 +1,2 @@
+"""Corpus to packed blocks: loading (`corpus`), BPE tokenizer training (`tokenizer`), packing (`packing`),
+and the `train-tokenizer` / `corpus-stats` commands (`commands`)."""

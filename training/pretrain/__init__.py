@@ -1,0 +1,1 @@
+"""Pretraining: options and presets (`arguments`), the Accelerate loop (`loop`), the `train` command (`commands`)."""
