@@ -82,6 +82,15 @@ def _unmask_empty_rows(mask: torch.Tensor) -> torch.Tensor:
     return mask | ~mask.any(dim=-1, keepdim=True)
 
 
+def repeat_kv(states: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Repeat each of the ``(b, kv, t, d)`` grouped key/value heads for the query heads it serves."""
+    batch, kv_heads, seq, dim = states.shape
+    if kv_heads == num_heads:
+        return states
+    groups = num_heads // kv_heads
+    return states[:, :, None].expand(batch, kv_heads, groups, seq, dim).reshape(batch, num_heads, seq, dim)
+
+
 def _is_causal(module: torch.nn.Module | None, is_causal: bool | None) -> bool:
     # As transformers' sdpa: an explicit `is_causal` kwarg wins, then the module's attribute.
     return is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -101,6 +110,7 @@ def eager_attention(
     """Scaled dot-product attention written out: scores, scale, mask, softmax, dropout, weighted sum."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
+    key, value = repeat_kv(key, query.shape[1]), repeat_kv(value, query.shape[1])  # grouped-query attention
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (b, h, q, kv)
     if attention_mask is None and _is_causal(module, is_causal):
         q_len, kv_len = scores.shape[-2:]
@@ -129,6 +139,7 @@ def sdpa_attention(
     """The same math through ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, no weights)."""
     if attention_mask is not None:
         attention_mask = attention_mask[..., : key.shape[-2]]
+    key, value = repeat_kv(key, query.shape[1]), repeat_kv(value, query.shape[1])  # grouped-query attention
     output = F.scaled_dot_product_attention(
         query,
         key,

@@ -11,7 +11,11 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
+from .mlp import MLP_TYPES
+from .positions import SUPPORTED_ROPE_TYPES
+
 NORM_TYPES = ("layernorm", "rmsnorm")
+POSITION_EMBEDDING_TYPES = ("learned", "rope")
 
 
 class ScratchGPTConfig(PretrainedConfig):
@@ -33,6 +37,22 @@ class ScratchGPTConfig(PretrainedConfig):
         initializer_range: std of the normal init; residual projections get ``std / sqrt(2 * layers)``.
         qkv_bias: bias on the fused query/key/value projection (GPT-2: True; the book's from-scratch default: False).
         tie_word_embeddings: share the token embedding with the LM head.
+        position_embedding_type: ``"learned"`` (GPT-2's absolute position table ``wpe``) or ``"rope"`` (rotary
+            embeddings on queries and keys, Llama/Qwen; no position table). See docs/family.md.
+        rope_parameters: transformers' standard RoPE dict for ``"rope"``: ``rope_theta`` and ``rope_type``
+            (``default``, ``linear``, ``llama3``, ``yarn``) with that type's fields (``factor``, ...). Legacy
+            ``rope_theta=`` / ``rope_scaling=`` keyword arguments are folded in. ``None`` for learned positions.
+        num_key_value_heads: key/value heads; ``num_attention_heads`` (default) is multi-head attention, fewer is
+            grouped-query attention, 1 is multi-query. Must divide ``num_attention_heads``. The KV cache stores
+            these grouped heads.
+        head_dim: width of one head; ``None`` means ``hidden_size // num_attention_heads``. Given explicitly it
+            may differ from that (Qwen3): queries are ``num_attention_heads * head_dim`` wide.
+        mlp_type: ``"gelu"`` (GPT-2's ``c_proj(act(c_fc(x)))``, any ``hidden_act``) or ``"swiglu"`` (the gated
+            ``c_proj(act(gate) * up)`` of Llama/Qwen; ``hidden_act="silu"`` makes it SwiGLU).
+        attention_bias: bias on the attention output projection ``c_proj`` (GPT-2: True; Llama/Qwen: False).
+            ``qkv_bias`` covers the query/key/value projection.
+        mlp_bias: bias on the MLP projections (GPT-2: True; Llama/Qwen: False).
+        qk_norm: RMSNorm over each head of the queries and keys before RoPE (Qwen3).
         fused_lm_loss: in training mode with labels, compute the LM head and the loss together chunk by chunk
             (no full ``(tokens, vocab)`` logits: less memory, a bit faster; ``outputs.logits`` is then ``None``).
             Evaluation and generation always return logits. Set False to get training logits back.
@@ -75,6 +95,8 @@ class ScratchGPTConfig(PretrainedConfig):
         "n_heads": "num_attention_heads",
         "context_length": "max_position_embeddings",
         "drop_rate": "resid_dropout",
+        # Llama/Qwen names
+        "rms_norm_eps": "layer_norm_eps",
     }
 
     vocab_size: int = 50257
@@ -92,6 +114,14 @@ class ScratchGPTConfig(PretrainedConfig):
     initializer_range: float = 0.02
     qkv_bias: bool = True
     tie_word_embeddings: bool = True
+    position_embedding_type: str = "learned"
+    rope_parameters: dict | None = None
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    mlp_type: str = "gelu"
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    qk_norm: bool = False
     fused_lm_loss: bool = True
     cpu_fast_paths: bool = True
     use_cache: bool = True
@@ -107,12 +137,17 @@ class ScratchGPTConfig(PretrainedConfig):
         super().__post_init__(**kwargs)  # applies GPT-2 / book aliases given as keyword arguments
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
+        self._derive_attention_shape()
+        if self.position_embedding_type == "learned":
+            self.rope_parameters = None  # transformers' RoPE handling fills in a default dict for every config
         self.validate_architecture()
 
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.hidden_size // self.num_attention_heads
+    def _derive_attention_shape(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        heads = self.num_attention_heads
+        if self.head_dim is None and isinstance(heads, int) and heads > 0 and self.hidden_size % heads == 0:
+            self.head_dim = self.hidden_size // heads
 
     def validate_architecture(self) -> None:
         """Raise ``ValueError`` naming the field and the numbers for any invalid value."""
@@ -123,16 +158,18 @@ class ScratchGPTConfig(PretrainedConfig):
             "num_attention_heads",
             "intermediate_size",
             "max_position_embeddings",
+            "num_key_value_heads",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ScratchGPTConfig.{name} must be a positive integer, got {value!r}.")
-        if self.hidden_size % self.num_attention_heads != 0:
+        if self.head_dim is None:  # not given, and the heads do not divide the width
             raise ValueError(
                 f"ScratchGPTConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}); {self.hidden_size} / {self.num_attention_heads} = "
                 f"{self.hidden_size / self.num_attention_heads:.3g}. Pick a head count that divides the width."
             )
+        self._validate_family_switches()
         for name in ("attention_dropout", "resid_dropout", "embd_dropout"):
             value = getattr(self, name)
             if not 0.0 <= float(value) < 1.0:
@@ -148,6 +185,44 @@ class ScratchGPTConfig(PretrainedConfig):
             raise ValueError(f"ScratchGPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
         if not self.initializer_range >= 0:
             raise ValueError(f"ScratchGPTConfig.initializer_range must be >= 0, got {self.initializer_range!r}.")
+
+
+    def _validate_family_switches(self) -> None:
+        """The Llama/Qwen switches: head shapes, MLP kind, biases, position embeddings and RoPE parameters."""
+        if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim <= 0:
+            raise ValueError(f"ScratchGPTConfig.head_dim must be a positive integer, got {self.head_dim!r}.")
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"ScratchGPTConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads}): each key/value head serves a whole group of "
+                "query heads. Pick a divisor, e.g. 1 (multi-query) or num_attention_heads (multi-head)."
+            )
+        if self.mlp_type not in MLP_TYPES:
+            raise ValueError(f"ScratchGPTConfig.mlp_type must be one of {MLP_TYPES}, got {self.mlp_type!r}.")
+        for name in ("attention_bias", "mlp_bias", "qk_norm", "qkv_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ScratchGPTConfig.{name} must be True or False, got {getattr(self, name)!r}.")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"ScratchGPTConfig.position_embedding_type must be one of {POSITION_EMBEDDING_TYPES}, "
+                f"got {self.position_embedding_type!r}."
+            )
+        if self.position_embedding_type == "rope":
+            self._validate_rope_parameters()
+
+    def _validate_rope_parameters(self) -> None:
+        rope_type = self.rope_parameters.get("rope_type")
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ValueError(
+                f"ScratchGPTConfig.rope_parameters has rope_type={rope_type!r}, which ScratchGPT does not "
+                f"implement; use one of {SUPPORTED_ROPE_TYPES}."
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"RoPE rotates pairs of dimensions: head_dim must be even, got {self.head_dim}.")
+        try:
+            self.validate_rope()  # transformers' own checks of the fields each rope_type needs
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"ScratchGPTConfig.rope_parameters {self.rope_parameters!r} are invalid: {error}") from None
 
 
 __all__ = ["ScratchGPTConfig"]

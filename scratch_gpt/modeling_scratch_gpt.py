@@ -48,6 +48,8 @@ from .cache import use_append_layers
 from .linear import Linear
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .loss import fused_causal_lm_loss
+from .mlp import ScratchGPTGatedMLP
+from .positions import ScratchGPTRotaryEmbedding, apply_rotary
 
 logger = logging.get_logger(__name__)
 
@@ -74,9 +76,10 @@ class ScratchGPTMLP(nn.Module):
 
     def __init__(self, config: ScratchGPTConfig, layer_idx: int | None = None):
         super().__init__()
-        self.c_fc = Linear(config.hidden_size, config.intermediate_size, cpu_fast_paths=config.cpu_fast_paths)
+        fast, bias = config.cpu_fast_paths, config.mlp_bias
+        self.c_fc = Linear(config.hidden_size, config.intermediate_size, bias=bias, cpu_fast_paths=fast)
         self.act = _activation(config.hidden_act)
-        self.c_proj = Linear(config.intermediate_size, config.hidden_size, cpu_fast_paths=config.cpu_fast_paths)
+        self.c_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias, cpu_fast_paths=fast)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.dropout = _dropout(config.resid_dropout)
 
@@ -93,11 +96,19 @@ class ScratchGPTAttention(nn.Module):
         self.layer_idx = layer_idx
         self.is_causal = True
         self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads  # < num_heads: grouped-query attention
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.head_dim = config.head_dim
         self.scaling = self.head_dim**-0.5
-        fast = config.cpu_fast_paths
-        self.c_attn = Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias, cpu_fast_paths=fast)
-        self.c_proj = Linear(config.hidden_size, config.hidden_size, cpu_fast_paths=fast)
+        fast, width = config.cpu_fast_paths, (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim
+        self.c_attn = Linear(config.hidden_size, width, bias=config.qkv_bias, cpu_fast_paths=fast)
+        self.c_proj = Linear(
+            self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_bias, cpu_fast_paths=fast
+        )
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:  # Qwen3: RMSNorm over each head of the queries and keys
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.resid_dropout = _dropout(config.resid_dropout)
 
@@ -109,9 +120,15 @@ class ScratchGPTAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq, _ = hidden_states.shape
+        position_embeddings = kwargs.pop("position_embeddings", None)
         # Heads as -1: under tensor parallelism a rank holds only its share of them.
-        qkv = self.c_attn(hidden_states).view(batch, seq, 3, -1, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (b, h, t, d)
+        qkv = self.c_attn(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)  # (b, h + 2kv, t, d)
+        kv_heads = qkv.shape[1] * self.num_key_value_heads // (self.num_heads + 2 * self.num_key_value_heads)
+        query, key, value = qkv.split((qkv.shape[1] - 2 * kv_heads, kv_heads, kv_heads), dim=1)  # q: (b, h, t, d)
+        if self.qk_norm:
+            query, key = self.q_norm(query), self.k_norm(key)
+        if position_embeddings is not None:  # RoPE (learned positions were added to the embeddings)
+            query, key = apply_rotary(query, key, *position_embeddings)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (b, h, past + t, d)
 
@@ -143,7 +160,7 @@ class ScratchGPTBlock(GradientCheckpointingLayer):
         self.ln_1 = _make_norm(config)
         self.attn = ScratchGPTAttention(config, layer_idx)
         self.ln_2 = _make_norm(config)
-        self.mlp = ScratchGPTMLP(config, layer_idx)
+        self.mlp = (ScratchGPTGatedMLP if config.mlp_type == "swiglu" else ScratchGPTMLP)(config, layer_idx)
 
     def forward(
         self,
@@ -230,7 +247,9 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
     def __init__(self, config: ScratchGPTConfig):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        learned = config.position_embedding_type == "learned"
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size) if learned else None
+        self.rotary_emb = None if learned else ScratchGPTRotaryEmbedding(config)
         self.drop = _dropout(config.embd_dropout)
         self.h = nn.ModuleList([ScratchGPTBlock(config, i) for i in range(config.num_hidden_layers)])
         self.ln_f = _make_norm(config)
@@ -269,7 +288,11 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         packed = attention_mask is None and past_len == 0 and position_ids is not None
         if position_ids is None:
             position_ids = _default_positions(attention_mask, past_len, inputs_embeds)
-        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (b, t, h)
+        if self.wpe is not None:
+            hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (b, t, h)
+        else:  # RoPE: every attention layer rotates its queries and keys by these (cos, sin)
+            hidden_states = self.drop(inputs_embeds)
+            kwargs["position_embeddings"] = self.rotary_emb(hidden_states, position_ids)  # 2 x (b, t, d)
 
         mask = self._attention_mask(attention_mask, inputs_embeds, cache, position_ids, past_len, packed)
         kwargs.pop("output_hidden_states", None)  # captured by the hooks (_can_record_outputs)

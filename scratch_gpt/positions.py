@@ -1,0 +1,71 @@
+"""Rotary position embeddings (RoPE), the Llama/Qwen3 alternative to GPT-2's learned positions.
+
+The inverse frequencies come from transformers' own RoPE helpers (``ROPE_INIT_FUNCTIONS``: ``linear``,
+``llama3``, ``yarn``; ``default`` is the plain ``1 / theta^(2i/d)``), driven by the config's standard
+``rope_parameters`` dict (``rope_type``, ``rope_theta``, ``factor``, ...). The module follows transformers'
+rotary-embedding contract (``inv_freq``/``original_inv_freq`` buffers, ``rope_type``, ``config``,
+``compute_default_rope_parameters``), so ``from_pretrained`` re-creates the buffers the way it does for Llama.
+
+The model computes ``(cos, sin)`` once per forward from the ``position_ids`` and every attention layer rotates
+its queries and keys with :func:`apply_rotary` (the half-split rotation of GPT-NeoX/Llama, not interleaved
+pairs). The learned-position path never builds this module.
+
+Reference: Su et al. 2021, "RoFormer"; transformers' ``models/llama/modeling_llama.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+class ScratchGPTRotaryEmbedding(nn.Module):
+    """``(cos, sin)`` of shape ``(batch, seq, head_dim)`` for given ``position_ids``."""
+
+    def __init__(self, config, device: torch.device | None = None):
+        super().__init__()
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        init_fn = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = init_fn(config, device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config, device: torch.device | None = None, **kwargs) -> tuple[torch.Tensor, float]:
+        """Plain RoPE: ``inv_freq[i] = 1 / theta^(2i / head_dim)``, no attention scaling."""
+        base = config.rope_parameters["rope_theta"]
+        dim = config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
+        return inv_freq, 1.0
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Angles in float32 whatever the autocast state: positions in the thousands need the precision.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (b, t, d)
+            cos = emb.cos() * self.attention_scaling
+            sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``(x1, x2) -> (-x2, x1)`` over the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(
+    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate ``(b, h, t, d)`` queries and keys by the ``(b, t, d)`` angles of their positions."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (b, 1, t, d): broadcast over heads
+    return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+
+
+__all__ = ["SUPPORTED_ROPE_TYPES", "ScratchGPTRotaryEmbedding", "apply_rotary", "rotate_half"]
