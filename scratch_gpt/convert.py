@@ -87,6 +87,7 @@ def gpt2_config_from_scratch(config: ScratchGPTConfig) -> GPT2Config:
             f"GPT-2 cannot express norm_type={config.norm_type!r}: GPT-2 uses LayerNorm with a bias. "
             "Export this model in the remote-code format instead."
         )
+    _check_gpt2_switches(config)
     kwargs = {key: getattr(config, key) for key in _SHARED_CONFIG_KEYS if getattr(config, key, None) is not None}
     return GPT2Config(
         vocab_size=config.vocab_size,
@@ -103,6 +104,19 @@ def gpt2_config_from_scratch(config: ScratchGPTConfig) -> GPT2Config:
         initializer_range=config.initializer_range,
         **kwargs,
     )
+
+
+def _check_gpt2_switches(config: ScratchGPTConfig) -> None:
+    """ValueError naming every Llama/Qwen switch (docs/family.md) set to a value GPT-2 cannot express."""
+    gpt2_values = {"position_embedding_type": "learned", "mlp_type": "gelu", "attention_bias": True,
+                   "mlp_bias": True, "qk_norm": False, "num_key_value_heads": config.num_attention_heads,
+                   "head_dim": config.hidden_size // config.num_attention_heads}
+    wrong = [f"{key}={getattr(config, key)!r}" for key, value in gpt2_values.items() if getattr(config, key) != value]
+    if wrong:
+        raise ValueError(
+            f"GPT-2 cannot express {', '.join(wrong)}. Export this model with --format llama or qwen3 (where "
+            "they fit) or in the remote-code format instead."
+        )
 
 
 def _is_conv1d_key(key: str) -> bool:

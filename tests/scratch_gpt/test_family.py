@@ -1,0 +1,267 @@
+"""The Llama/Qwen switches of ScratchGPTConfig: validation, the RoPE and gated-MLP modules against
+transformers' own, and the model tests GPT-2 shapes pass (eager = sdpa, cached = uncached, static cache,
+grouped KV cache, gradient checkpointing, resize_token_embeddings, Trainer accumulation, PEFT LoRA,
+remote-code export loaded where scratch_gpt is absent)."""
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRotaryEmbedding
+
+from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+from scratch_gpt.convert import gpt2_config_from_scratch
+from scratch_gpt.mlp import ScratchGPTGatedMLP
+from scratch_gpt.positions import ScratchGPTRotaryEmbedding
+from tests.conftest import make_tiny_config
+
+_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+FAMILY = {
+    "llama-gqa": dict(position_embedding_type="rope", rope_parameters=_ROPE, norm_type="rmsnorm", mlp_type="swiglu",
+                      hidden_act="silu", num_key_value_heads=2, qkv_bias=False, attention_bias=False, mlp_bias=False),
+    "qwen3-mqa": dict(position_embedding_type="rope", rope_parameters=_ROPE, norm_type="rmsnorm", mlp_type="swiglu",
+                      hidden_act="silu", num_key_value_heads=1, head_dim=16, qk_norm=True, tie_word_embeddings=False,
+                      attention_bias=False, mlp_bias=False),
+    "gpt2-with-gqa-and-biases": dict(num_key_value_heads=2, qkv_bias=True, intermediate_size=48),
+}
+
+
+def _family(name, **overrides):
+    return make_tiny_config(**{**FAMILY[name], **overrides})
+
+
+@pytest.fixture(params=sorted(FAMILY))
+def family_model(request):
+    torch.manual_seed(0)
+    return ScratchGPTForCausalLM(_family(request.param)).eval()
+
+
+# -- config -----------------------------------------------------------------------------------------------
+
+
+def test_gpt2_defaults_build_no_family_modules():
+    config = ScratchGPTConfig()
+    assert (config.position_embedding_type, config.mlp_type, config.rope_parameters) == ("learned", "gelu", None)
+    assert (config.num_key_value_heads, config.head_dim, config.qk_norm) == (12, 64, False)
+    model = ScratchGPTForCausalLM(make_tiny_config())
+    assert model.transformer.rotary_emb is None and model.transformer.wpe is not None
+    assert not any("norm" in name for name, _ in model.transformer.h[0].attn.named_modules())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_key_value_heads=3), r"num_attention_heads \(4\) must be a multiple of num_key_value_heads \(3\)"),
+        (dict(num_key_value_heads=0), "num_key_value_heads must be a positive integer"),
+        (dict(mlp_type="geglu"), "mlp_type must be one of"),
+        (dict(position_embedding_type="alibi"), "position_embedding_type must be one of"),
+        (dict(position_embedding_type="rope", rope_parameters={"rope_type": "dynamic", "factor": 2.0}),
+         "rope_type='dynamic'"),
+        (dict(position_embedding_type="rope", head_dim=7), "head_dim must be even"),
+        (dict(position_embedding_type="rope", rope_parameters={"rope_type": "llama3", "factor": 8.0}),
+         "rope_parameters .* are invalid"),
+        (dict(qk_norm="yes"), "qk_norm must be True or False"),
+        (dict(head_dim=0), "head_dim must be a positive integer"),
+    ],
+)
+def test_invalid_switches_raise_one_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_tiny_config(**overrides)
+
+
+def test_explicit_head_dim_lifts_the_divisibility_rule_and_legacy_rope_theta_folds_in(tmp_path):
+    config = make_tiny_config(hidden_size=30, num_attention_heads=4, head_dim=8, position_embedding_type="rope",
+                              rope_theta=500.0)
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 500.0}
+    with pytest.raises(ValueError, match="must be divisible by num_attention_heads"):
+        make_tiny_config(hidden_size=30, num_attention_heads=4)
+    config.save_pretrained(tmp_path)
+    again = ScratchGPTConfig.from_pretrained(tmp_path)
+    assert (again.head_dim, again.rope_parameters, again.rms_norm_eps) == (8, config.rope_parameters, 1e-5)
+
+
+def test_gpt2_export_names_every_switch_it_cannot_express():
+    with pytest.raises(ValueError, match="GPT-2 cannot express") as error:
+        gpt2_config_from_scratch(_family("qwen3-mqa", norm_type="layernorm"))
+    for name in ("position_embedding_type='rope'", "mlp_type='swiglu'", "qk_norm=True", "num_key_value_heads=1"):
+        assert name in str(error.value)
+    gpt2_config_from_scratch(make_tiny_config())  # GPT-2 shapes still export
+
+
+# -- the new modules against transformers' own ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "default", "rope_theta": 10000.0},
+        {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+        {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+         "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16},
+    ],
+    ids=lambda rope: rope["rope_type"],
+)
+def test_rotary_embedding_matches_llamas(rope):
+    ours = ScratchGPTRotaryEmbedding(make_tiny_config(position_embedding_type="rope", rope_parameters=dict(rope),
+                                                      head_dim=16))
+    theirs = LlamaRotaryEmbedding(LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=16,
+                                              max_position_embeddings=64, rope_parameters=dict(rope)))
+    x = torch.zeros(2, 5, 64)
+    positions = torch.tensor([[0, 1, 2, 3, 4], [7, 20, 33, 50, 63]])
+    for a, b in zip(ours(x, positions), theirs(x, positions)):
+        assert torch.equal(a, b)
+    assert ours.attention_scaling == theirs.attention_scaling
+
+
+def test_gated_mlp_matches_llama_mlp_with_copied_weights():
+    config = make_tiny_config(mlp_type="swiglu", hidden_act="silu", intermediate_size=40, mlp_bias=True)
+    torch.manual_seed(0)
+    ours = ScratchGPTGatedMLP(config)
+    torch.nn.init.normal_(ours.c_fc.bias)
+    theirs = LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=40, hidden_act="silu", mlp_bias=True))
+    gate, up = ours.c_fc.weight.split(40), ours.c_fc.bias.split(40)
+    theirs.load_state_dict({"gate_proj.weight": gate[0], "up_proj.weight": gate[1], "gate_proj.bias": up[0],
+                            "up_proj.bias": up[1], "down_proj.weight": ours.c_proj.weight,
+                            "down_proj.bias": ours.c_proj.bias})
+    x = torch.randn(2, 6, 32)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=0)
+
+
+# -- the model tests, on the family switches -----------------------------------------------------------
+
+
+def _left_padded(rows, pad_id=1):
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def test_eager_equals_sdpa_with_and_without_padding(family_model):
+    ids, mask = _left_padded([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]])
+    with torch.no_grad():
+        family_model.config._attn_implementation = "sdpa"
+        sdpa = family_model(ids, attention_mask=mask).logits, family_model(ids).logits
+        family_model.config._attn_implementation = "eager"
+        eager = family_model(ids, attention_mask=mask).logits, family_model(ids).logits
+    torch.testing.assert_close(sdpa[0][mask.bool()], eager[0][mask.bool()], atol=1e-5, rtol=0)
+    torch.testing.assert_close(sdpa[1], eager[1], atol=1e-5, rtol=0)
+
+
+def _manual_greedy(model, row, new_tokens):
+    seq = torch.tensor([row])
+    for _ in range(new_tokens):
+        with torch.no_grad():
+            logits = model(seq, use_cache=False).logits[:, -1]
+        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+    return seq[0, len(row) :].tolist()
+
+
+def test_cached_generation_equals_uncached_and_static_cache(family_model):
+    rows = [[5, 17, 99, 23, 42, 8, 7], [61, 3], [200, 201, 202, 203]]
+    ids, mask = _left_padded(rows)
+    kwargs = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=1)
+    dynamic = family_model.generate(ids, **kwargs)
+    for i, row in enumerate(rows):
+        assert dynamic[i, ids.shape[1] :].tolist() == _manual_greedy(family_model, row, 10)
+    assert torch.equal(family_model.generate(ids, cache_implementation="static", **kwargs), dynamic)
+
+
+def test_kv_cache_stores_the_grouped_heads(family_model):
+    config = family_model.config
+    out = family_model(torch.randint(2, 320, (2, 9)), use_cache=True)
+    keys = out.cache.layers[0].keys
+    assert keys.shape == (2, config.num_key_value_heads, 9, config.head_dim)
+    full = family_model(torch.randint(2, 320, (1, 12))).logits
+    assert full.shape == (1, 12, 320)
+
+
+def _grads(model, ids):
+    model.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(family_model):
+    family_model.train()
+    ids = torch.randint(2, 320, (2, 16))
+    plain = _grads(family_model, ids)
+    family_model.gradient_checkpointing_enable()
+    checkpointed = _grads(family_model, ids)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5)
+
+
+def test_resize_token_embeddings(family_model):
+    old = family_model.transformer.wte.weight.detach().clone()
+    family_model.resize_token_embeddings(333)
+    assert family_model.lm_head.weight.shape == (333, 32)
+    tied = family_model.lm_head.weight.data_ptr() == family_model.transformer.wte.weight.data_ptr()
+    assert tied == family_model.config.tie_word_embeddings
+    torch.testing.assert_close(family_model.transformer.wte.weight[:320], old)
+    assert family_model(torch.tensor([[332, 5]])).logits.shape == (1, 2, 333)
+
+
+def test_peft_lora_trains_and_generates(family_model):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(family_model, LoraConfig(r=4, target_modules=["c_attn", "c_proj", "c_fc"]))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    ids = torch.randint(2, 320, (2, 8))
+    peft_model.train()
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
+    peft_model.eval()
+    assert peft_model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, eos_token_id=None).shape == (2, 11)
+
+
+def test_trainer_gradient_accumulation_matches_one_big_batch(tmp_path):
+    from tests.scratch_gpt.test_integrations import _CaptureGrads
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    torch.manual_seed(0)
+    rows = []
+    for n_real in (16, 3, 9, 12):
+        ids = torch.randint(2, 320, (16,))
+        labels = ids.clone()
+        labels[n_real:] = -100
+        rows.append({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    data = Dataset.from_list(rows)
+    model = ScratchGPTForCausalLM(_family("qwen3-mqa"))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run(batch_size, accumulation):
+        model.load_state_dict(start)
+        _CaptureGrads.captured = None
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"run{batch_size}"), per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=1e-3, report_to=[], use_cpu=True,
+            save_strategy="no", logging_strategy="no", seed=0, data_seed=0,
+        )
+        _CaptureGrads(model=model, args=args, train_dataset=data).train()
+        return _CaptureGrads.captured
+
+    big, accumulated = run(4, 1), run(1, 4)
+    for name in big:
+        torch.testing.assert_close(accumulated[name], big[name], atol=1e-6, rtol=1e-4)
+
+
+def test_remote_code_export_loads_where_scratch_gpt_is_absent(tmp_path, tiny_tokenizer):
+    """hub_export's export reloads the folder in a fresh process that cannot import scratch_gpt and compares
+    logits and generations with the source: a family model must pass that check."""
+    from hub_export.export import export_model
+
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(_family("qwen3-mqa")).eval()
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    result = export_model(tmp_path / "model", tmp_path / "export")
+    assert result.export_format == "remote-code"
+    assert "positions.py" in result.files and "mlp.py" in result.files
+    assert result.verification
