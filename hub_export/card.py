@@ -1,13 +1,16 @@
 """The model card (README.md) of an exported Hub repository.
 
-The card is built with huggingface_hub's ``ModelCard`` / ``ModelCardData`` so the YAML header is exactly what
-the Hub indexes (``library_name``, ``pipeline_tag``, ``license``, ``tags``, ``datasets``, ``base_model``). The
-body is assembled from what the run directory holds, all read defensively because training runs differ:
+The card is built with huggingface_hub's ``ModelCard`` / ``ModelCardData``, so the YAML header is what the Hub
+indexes (``library_name``, ``pipeline_tag``, ``license``, ``tags``, ``datasets``, ``base_model``). The body is
+made from the run folder, read only through :mod:`scratch_gpt.run_folder`:
 
-- ``metrics.jsonl`` (one JSON object per line; the last record carrying an evaluation metric is "the last
-  evaluation"), or the ``log_history`` of a Trainer's ``trainer_state.json``;
-- a training-settings file (``training_args.json``, ``run_config.json``, ... JSON or YAML), if any;
-- a loss plot (``loss_plot.png``, else any ``*.png``).
+- the settings of the stage that made the model (``load_training_args``), published without local paths: a
+  Hub id stays, a local dataset shows only its base name, other local paths and machine settings are left out
+  (``--card-dataset`` publishes the text the user gives instead);
+- validation metrics (``eval`` results, else the last evaluation of ``log_history``) with the perplexity of a
+  language model, test metrics (``test`` results: accuracy, F1, ...), and lm-evaluation-harness scores (the
+  ``lm_eval`` key of the ``eval`` results) as a task / metric table;
+- the loss plot, embedded when the export carries it.
 """
 
 from __future__ import annotations
@@ -15,40 +18,34 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from scratch_gpt import run_folder
+
 logger = logging.getLogger(__name__)
 
-# Keys that mark a record of metrics.jsonl as an evaluation (val_* from our loop, eval_* from Trainer).
-_EVAL_PREFIXES = ("val_", "eval_", "validation_", "test_")
-# Files a training run may leave its settings in, in order of preference.
-_SETTINGS_FILES = (
-    "training_args.json",
-    "train_args.json",
-    "training_config.json",
-    "train_config.json",
-    "run_config.json",
-    "run_args.json",
-    "args.json",
-    "training_args.yaml",
-    "train_config.yaml",
-    "config.yaml",
-    "run_config.yaml",
-)
-# Settings that describe the machine the run happened on, not the model: left out of a public card.
-_PRIVATE_SETTINGS = {"output_dir", "logging_dir", "resume", "overwrite", "overwrite_output_dir", "report_to",
-                     "resume_from_checkpoint", "hub_token", "push_to_hub_token", "token"}
+# Settings that describe the machine or the session, not the model: never published.
+_PRIVATE_SETTINGS = {
+    "output_dir", "logging_dir", "resume", "overwrite", "overwrite_output_dir", "report_to", "cache_dir",
+    "resume_from_checkpoint", "hub_token", "push_to_hub_token", "token", "config", "device", "seed_dir",
+}
 _DATASET_KEYS = ("dataset", "dataset_name", "datasets", "train_file", "data", "corpus")
 _BASE_MODEL_KEYS = ("base_model", "model_name_or_path", "init_from", "pretrained_model", "model")
+_DATA_SUFFIXES = (".txt", ".md", ".py", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".gz", ".zip")
+# Metrics that measure the machine, not the model.
+_MACHINE_METRIC = re.compile(r"(runtime|_per_second|total_flos|memory)")
+MAX_SETTINGS_ROWS = 40
 
 
 @dataclass
 class CardOptions:
-    """What the user tells the card beyond what the run directory holds."""
+    """What the user tells the card beyond what the run folder holds."""
 
     license: str = "apache-2.0"
     datasets: list[str] = field(default_factory=list)  # Hub dataset ids for the YAML header
@@ -56,104 +53,24 @@ class CardOptions:
     base_model: str | None = None  # Hub id of the model this one was finetuned from
     repo_id: str | None = None  # used in the usage snippet; a placeholder when unknown
     language: list[str] | None = None
+    dataset_text: str | None = None  # --card-dataset: how to describe the training data, published verbatim
 
 
-# --------------------------------------------------------------------------------------------- run contents
+# --------------------------------------------------------------------------------------------- public values
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file; blank, broken or non-object lines are skipped with a warning."""
-    records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s:%d is not valid JSON; skipped", path, lineno)
-                continue
-            if isinstance(obj, dict):
-                records.append(obj)
-    return records
+def is_local_path(value: str) -> bool:
+    """Whether a setting names a local file or folder (never published) rather than a Hub id or a name."""
+    if value.startswith(("/", "./", "../", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value):
+        return True
+    if os.path.exists(value) or value.count("/") > 1 or "\\" in value:
+        return True
+    return "/" in value and value.lower().endswith(_DATA_SUFFIXES)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_eval_record(record: dict[str, Any]) -> bool:
-    return any(k.startswith(_EVAL_PREFIXES) and _is_number(v) for k, v in record.items())
-
-
-def last_evaluation(run_dir: Path | None) -> tuple[dict[str, Any] | None, str | None]:
-    """The last evaluation record of a run and the file it came from, or ``(None, None)``.
-
-    Reads ``metrics.jsonl`` (our pretraining loop) first, then ``trainer_state.json`` (transformers' Trainer).
-    Only numeric fields are kept.
-    """
-    if run_dir is None:
-        return None, None
-    metrics_file = run_dir / "metrics.jsonl"
-    if metrics_file.is_file():
-        evals = [r for r in read_jsonl(metrics_file) if _is_eval_record(r)]
-        if evals:
-            return {k: v for k, v in evals[-1].items() if _is_number(v)}, metrics_file.name
-    state_file = run_dir / "trainer_state.json"
-    if state_file.is_file():
-        try:
-            history = json.loads(state_file.read_text(encoding="utf-8")).get("log_history", [])
-        except (json.JSONDecodeError, AttributeError):
-            history = []
-        evals = [r for r in history if isinstance(r, dict) and _is_eval_record(r)]
-        if evals:
-            return {k: v for k, v in evals[-1].items() if _is_number(v)}, state_file.name
-    return None, None
-
-
-def find_loss_plot(run_dir: Path | None) -> Path | None:
-    """``loss_plot.png`` of the run, else its first ``*.png`` (sorted), else ``None``."""
-    if run_dir is None or not run_dir.is_dir():
-        return None
-    preferred = run_dir / "loss_plot.png"
-    if preferred.is_file():
-        return preferred
-    pngs = sorted(p for p in run_dir.glob("*.png") if p.is_file())
-    return pngs[0] if pngs else None
-
-
-def read_training_settings(run_dir: Path | None) -> tuple[dict[str, Any], str | None]:
-    """The run's training settings (flat scalars only) and the file they came from."""
-    if run_dir is None:
-        return {}, None
-    for name in _SETTINGS_FILES:
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        try:
-            if path.suffix == ".json":
-                data = json.loads(path.read_text(encoding="utf-8"))
-            else:
-                import yaml
-
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except Exception as err:  # a malformed settings file must not stop an export
-            logger.warning("could not read training settings from %s: %s", path, err)
-            continue
-        if isinstance(data, dict):
-            flat = {
-                k: v
-                for k, v in data.items()
-                if isinstance(v, (str, int, float, bool)) and k not in _PRIVATE_SETTINGS and not k.startswith("debug")
-            }
-            return flat, name
-    return {}, None
-
-
-def _looks_like_hub_id(value: Any) -> bool:
-    """``owner/name`` (or ``name``) that is not an existing local path."""
-    if not isinstance(value, str) or not value or Path(value).exists():
+def looks_like_hub_id(value: Any) -> bool:
+    """``owner/name`` as the Hub spells it, and not a local path."""
+    if not isinstance(value, str) or value.count("/") != 1 or is_local_path(value):
         return False
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -161,24 +78,125 @@ def _looks_like_hub_id(value: Any) -> bool:
         validate_repo_id(value)
     except HFValidationError:
         return False
-    return value.count("/") == 1
+    return True
+
+
+def public_dataset(value: str) -> str:
+    """A dataset as the card may show it: a Hub id or name as is, a local path reduced to its base name."""
+    return Path(value.rstrip("/\\")).name if is_local_path(value) else value
+
+
+def _flat_scalars(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings (composed argument groups) as ``group.key`` -> scalar; lists of scalars joined."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_scalars(value, f"{name}."))
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            flat[name] = ", ".join(str(v) for v in value) if value else None
+        elif isinstance(value, (str, int, float, bool)):
+            flat[name] = value
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+def public_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings a public card may show: no machine settings, no local paths (datasets by base name)."""
+    public: dict[str, Any] = {}
+    for key, value in _flat_scalars(settings or {}).items():
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in _PRIVATE_SETTINGS or leaf.startswith("debug"):
+            continue
+        if isinstance(value, str) and leaf in _DATASET_KEYS:
+            value = ", ".join(public_dataset(v.strip()) for v in value.split(","))
+        elif isinstance(value, str) and any(is_local_path(v.strip()) for v in value.split(",")):
+            continue
+        public[key] = value
+    return public
+
+
+def _setting(settings: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key, value in settings.items():
+        if key.rsplit(".", 1)[-1] in keys and isinstance(value, str) and value:
+            return value
+    return None
 
 
 def infer_base_model(settings: dict[str, Any]) -> str | None:
     """A Hub id the run was initialised from, if its settings name one."""
-    for key in _BASE_MODEL_KEYS:
-        if _looks_like_hub_id(settings.get(key)):
-            return settings[key]
-    return None
+    value = _setting({k: v for k, v in settings.items() if looks_like_hub_id(v)}, _BASE_MODEL_KEYS)
+    return value
 
 
 def infer_dataset(settings: dict[str, Any]) -> str | None:
-    """The dataset named by the run's settings (a Hub id, a local path or ``python-stdlib``)."""
-    for key in _DATASET_KEYS:
-        value = settings.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
+    """The dataset named by the run's (public) settings: a Hub id, a base name or ``python-stdlib``."""
+    return _setting(settings, _DATASET_KEYS)
+
+
+# --------------------------------------------------------------------------------------------- run records
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _model_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Numeric metrics about the model (step, machine timings and the ``lm_eval`` block left out)."""
+    return {k: v for k, v in metrics.items() if _is_number(v) and k != "step" and not _MACHINE_METRIC.search(k)}
+
+
+@dataclass
+class RunRecords:
+    """What the card shows of a run folder."""
+
+    settings: dict[str, Any] = field(default_factory=dict)  # public settings only
+    train: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, Any] = field(default_factory=dict)
+    lm_eval: Any = None
+    validation_step: Any = None
+
+
+def read_run_records(run_dir: Path | None) -> RunRecords:
+    """Settings, results and evaluation of the run in ``run_dir`` (empty records when there is none)."""
+    if run_dir is None or not Path(run_dir).is_dir():
+        return RunRecords()
+    results = run_folder.load_results(run_dir)
+    last_eval = run_folder.last_eval_metrics(run_dir)
+    validation = _model_metrics(results.get("eval", {})) or _model_metrics(last_eval)
+    return RunRecords(
+        settings=public_settings(run_folder.load_training_args(run_dir)),
+        train=_model_metrics(results.get("train", {})),
+        validation=validation,
+        test=_model_metrics(results.get("test", {})),
+        lm_eval=results.get("eval", {}).get(run_folder.LM_EVAL_KEY),
+        validation_step=last_eval.get("step") if last_eval else None,
+    )
+
+
+def with_perplexity(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Validation metrics of a language model with ``eval_perplexity`` = exp(``eval_loss``) when missing."""
+    loss = metrics.get("eval_loss")
+    if _is_number(loss) and "eval_perplexity" not in metrics and "perplexity" not in metrics:
+        return {**metrics, "eval_perplexity": math.exp(min(loss, 700.0))}
+    return metrics
+
+
+def lm_eval_rows(data: Any) -> list[tuple[str, str, str]]:
+    """(task, metric, value ± stderr) rows of lm-evaluation-harness results (``{"results": {task: {...}}}``)."""
+    results = data.get("results", data) if isinstance(data, dict) else {}
+    rows = []
+    for task, metrics in sorted(results.items()):
+        if not isinstance(metrics, dict):
+            continue
+        for key, value in metrics.items():
+            name, _, variant = key.partition(",")
+            if not _is_number(value) or name.endswith("_stderr"):
+                continue
+            stderr = metrics.get(f"{name}_stderr," + variant if variant else f"{name}_stderr")
+            shown = _fmt(value) + (f" ± {stderr:.4f}" if _is_number(stderr) else "")
+            rows.append((str(task), name, shown))
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- the card
@@ -186,19 +204,19 @@ def infer_dataset(settings: dict[str, Any]) -> str | None:
 
 def transformers_requirement() -> str:
     """The transformers version range our package declares (``>=5.0,<6`` when it cannot be read)."""
-    try:
-        from importlib.metadata import PackageNotFoundError, requires
+    from importlib.metadata import PackageNotFoundError, requires
 
-        for req in requires("scratch-gpt") or []:
-            name, _, rest = req.partition(";")
-            name = name.strip()
-            if name.startswith("transformers") and not rest.strip():
-                spec = name[len("transformers") :].strip()
-                # pip prints specifiers sorted by operator; show the lower bound first
-                parts = sorted(spec.split(","), key=lambda s: (not s.startswith(">"), s))
-                return ",".join(parts)
-    except (ImportError, PackageNotFoundError):
-        pass
+    try:
+        reqs = requires("scratch-gpt") or []
+    except PackageNotFoundError:
+        return ">=5.0,<6"
+    for req in reqs:
+        name, _, marker = req.partition(";")
+        name = name.strip()
+        if name.startswith("transformers") and not marker.strip():
+            spec = name[len("transformers") :].strip()
+            # pip prints specifiers sorted by operator; show the lower bound first
+            return ",".join(sorted(spec.split(","), key=lambda s: (not s.startswith(">"), s)))
     return ">=5.0,<6"
 
 
@@ -211,10 +229,44 @@ def _fmt(value: Any) -> str:
     return json.dumps(value)
 
 
-def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _metric_table(metrics: dict[str, Any], prefix: str) -> str:
+    """``eval_accuracy`` -> ``accuracy`` rows, values exactly as recorded."""
+    rows = [(k[len(prefix) :] if k.startswith(prefix) else k, _fmt(v)) for k, v in metrics.items()]
+    return _table(rows, ("metric", "value"))
+
+
+@dataclass
+class CardContext:
+    """Everything the card's sections are written from."""
+
+    config: dict[str, Any]
+    export_format: str
+    task: str
+    num_parameters: int
+    records: RunRecords
+    options: CardOptions
+    plot_name: str | None
+    has_tokenizer: bool
+    code_files: list[str]
+    base_model: str | None
+
+    @property
+    def remote(self) -> bool:
+        return self.export_format == "remote-code"
+
+    @property
+    def repo_id(self) -> str:
+        return self.options.repo_id or "YOUR-USERNAME/MODEL-NAME"
+
+    @property
+    def context_length(self) -> Any:
+        return self.config.get("max_position_embeddings", self.config.get("n_positions"))
 
 
 def build_model_card(
@@ -236,169 +288,153 @@ def build_model_card(
     ``code_files`` the Python files shipped as remote code.
     """
     options = options or CardOptions()
-    metrics, metrics_source = last_evaluation(run_dir)
-    settings, settings_source = read_training_settings(run_dir)
-    base_model = options.base_model or infer_base_model(settings)
-    dataset_desc = infer_dataset(settings)
-    datasets = list(options.datasets)
-    if not datasets and dataset_desc and _looks_like_hub_id(dataset_desc):
-        datasets = [dataset_desc]
+    records = read_run_records(run_dir)
+    ctx = CardContext(
+        config, export_format, task, num_parameters, records, options, plot_name, has_tokenizer,
+        list(code_files or []), options.base_model or infer_base_model(records.settings),
+    )
+    sections = [_intro(ctx), _architecture(ctx), _training(ctx), _evaluation(ctx), _usage(ctx), _limitations(ctx)]
+    return ModelCard(f"---\n{_card_data(ctx).to_yaml()}\n---\n\n" + "\n".join(sections))
 
-    remote = export_format == "remote-code"
-    tags = ["scratch-gpt", "gpt2", "pytorch", "safetensors"]
-    if remote:
-        tags.append("custom_code")
-    tags.append("causal-lm" if task == "text-generation" else "text-classification")
-    tags += [t for t in options.tags if t not in tags]
 
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag=task,
-        license=options.license,
-        tags=tags,
-        datasets=datasets or None,
-        base_model=base_model,
-        language=options.language,
+def _card_data(ctx: CardContext) -> ModelCardData:
+    tags = ["scratch-gpt", "gpt2", "pytorch", "safetensors"] + (["custom_code"] if ctx.remote else [])
+    tags.append("causal-lm" if ctx.task == "text-generation" else "text-classification")
+    tags += [t for t in ctx.options.tags if t not in tags]
+    datasets = list(ctx.options.datasets)
+    dataset = infer_dataset(ctx.records.settings)
+    if not datasets and looks_like_hub_id(dataset):
+        datasets = [dataset]
+    return ModelCardData(
+        library_name="transformers", pipeline_tag=ctx.task, license=ctx.options.license, tags=tags,
+        datasets=datasets or None, base_model=ctx.base_model, language=ctx.options.language,
     )
 
-    repo_id = options.repo_id or "YOUR-USERNAME/MODEL-NAME"
-    tf_range = transformers_requirement()
-    import transformers
 
-    arch = (config.get("architectures") or ["?"])[0]
-    context = config.get("max_position_embeddings", config.get("n_positions"))
-    hidden = config.get("hidden_size", config.get("n_embd"))
-    layers = config.get("num_hidden_layers", config.get("n_layer"))
-    heads = config.get("num_attention_heads", config.get("n_head"))
-    inner = config.get("intermediate_size", config.get("n_inner")) or (4 * hidden if hidden else None)
-    arch_rows = [
-        ("architecture", f"`{arch}` (`model_type: {config.get('model_type')}`)"),
-        ("parameters", f"{num_parameters:,} ({_human(num_parameters)})"),
-        ("layers", str(layers)),
-        ("hidden size", str(hidden)),
-        ("attention heads", str(heads)),
-        ("MLP size", str(inner)),
-        ("context length", str(context)),
-        ("vocabulary", str(config.get("vocab_size"))),
-        ("activation", str(config.get("hidden_act", config.get("activation_function")))),
-        ("normalisation", str(config.get("norm_type", "layernorm"))),
-        ("tied input/output embeddings", str(config.get("tie_word_embeddings", True))),
-        ("weights dtype", str(config.get("dtype", config.get("torch_dtype", "float32")))),
-    ]
-    if task == "text-classification" and config.get("id2label"):
-        labels = ", ".join(f"{k}: {v}" for k, v in config["id2label"].items())
-        arch_rows.append(("labels", labels))
-
-    title = repo_id.split("/")[-1] if options.repo_id else "scratch-gpt model"
-    parts: list[str] = [f"# {title}", ""]
-    if remote:
-        parts.append(
-            "A GPT-2-style decoder written from scratch (scratch-gpt) and shipped as "
-            "**remote code**: the modeling files are in this repository, so it loads with plain transformers "
-            "and `trust_remote_code=True` -- no extra package to install."
+def _intro(ctx: CardContext) -> str:
+    title = ctx.repo_id.split("/")[-1] if ctx.options.repo_id else "scratch-gpt model"
+    if ctx.remote:
+        text = (
+            "A GPT-2-style decoder written from scratch (scratch-gpt) and shipped as **remote code**: the modeling "
+            "files are in this repository, so it loads with plain transformers and `trust_remote_code=True` -- "
+            "no extra package to install."
         )
     else:
-        parts.append(
+        text = (
             "A GPT-2-style decoder trained with scratch-gpt and exported in the **plain GPT-2 format** "
             "(`model_type: gpt2`, Conv1D weight layout): it loads with `GPT2LMHeadModel` and every tool that "
             "reads GPT-2, with no remote code."
         )
-    if base_model:
-        parts.append(f"\nFinetuned from [`{base_model}`](https://huggingface.co/{base_model}).")
+    if ctx.base_model:
+        text += f"\n\nFinetuned from [`{ctx.base_model}`](https://huggingface.co/{ctx.base_model})."
+    return f"# {title}\n\n{text}\n"
 
-    parts += ["", "## Architecture", "", _table(arch_rows, ("", "")), ""]
 
-    # Training data and settings
-    parts += ["## Training data and settings", ""]
-    if dataset_desc or datasets:
-        shown = dataset_desc or ", ".join(datasets)
-        parts.append(f"- Dataset: `{shown}`")
-    else:
-        parts.append("- Dataset: not recorded in the run directory.")
+def _architecture(ctx: CardContext) -> str:
+    c = ctx.config
+    hidden = c.get("hidden_size", c.get("n_embd"))
+    rows = [
+        ("architecture", f"`{(c.get('architectures') or ['?'])[0]}` (`model_type: {c.get('model_type')}`)"),
+        ("parameters", f"{ctx.num_parameters:,} ({_human(ctx.num_parameters)})"),
+        ("layers", str(c.get("num_hidden_layers", c.get("n_layer")))),
+        ("hidden size", str(hidden)),
+        ("attention heads", str(c.get("num_attention_heads", c.get("n_head")))),
+        ("MLP size", str(c.get("intermediate_size", c.get("n_inner")) or (4 * hidden if hidden else None))),
+        ("context length", str(ctx.context_length)),
+        ("vocabulary", str(c.get("vocab_size"))),
+        ("activation", str(c.get("hidden_act", c.get("activation_function")))),
+        ("normalisation", str(c.get("norm_type", "layernorm"))),
+        ("tied input/output embeddings", str(c.get("tie_word_embeddings", True))),
+        ("weights dtype", str(c.get("dtype", c.get("torch_dtype", "float32")))),
+    ]
+    if ctx.task == "text-classification" and c.get("id2label"):
+        rows.append(("labels", ", ".join(f"{k}: {v}" for k, v in c["id2label"].items())))
+    return "## Architecture\n\n" + _table(rows, ("", "")) + "\n"
+
+
+def _training(ctx: CardContext) -> str:
+    settings = ctx.records.settings
+    dataset = ctx.options.dataset_text or infer_dataset(settings) or ", ".join(ctx.options.datasets)
+    lines = ["## Training data and settings", ""]
+    lines.append(f"- Dataset: `{dataset}`" if dataset else "- Dataset: not recorded in the run folder.")
+    if ctx.records.train:
+        lines.append("- Final training metrics: " + ", ".join(f"{k} {_fmt(v)}" for k, v in ctx.records.train.items()))
     if settings:
-        parts += ["", f"Settings (from `{settings_source}`):", ""]
-        rows = [(str(k), f"`{v}`") for k, v in list(settings.items())[:40]]
-        parts.append(_table(rows, ("setting", "value")))
+        rows = [(str(k), f"`{v}`") for k, v in list(settings.items())[:MAX_SETTINGS_ROWS]]
+        lines += ["", "Settings of the run (local paths are not published):", "", _table(rows, ("setting", "value"))]
     else:
-        parts.append("- Settings: not recorded in the run directory.")
-    parts.append("")
+        lines.append("- Settings: not recorded in the run folder.")
+    return "\n".join(lines) + "\n"
 
-    # Metrics
-    parts += ["## Evaluation", ""]
-    if metrics:
-        parts += [
-            f"Last evaluation of the run (from `{metrics_source}`):",
-            "",
-            _table([(k, _fmt(v)) for k, v in metrics.items()], ("metric", "value")),
-        ]
-    else:
-        parts.append("No evaluation metrics were recorded in the run directory.")
-    parts.append("")
-    if plot_name:
-        parts += ["### Loss curve", "", f"![loss curve]({plot_name})", ""]
 
-    # Usage
-    trust = ", trust_remote_code=True" if remote else ""
-    parts += ["## Usage", ""]
-    if task == "text-generation":
-        prompt_note = "" if has_tokenizer else (
-            "\n# This repository ships no tokenizer: pass `tokenizer=` to pipeline()."
-        )
-        parts += [
-            "```python",
-            "from transformers import pipeline" + prompt_note,
-            "",
-            f'generator = pipeline("text-generation", model="{repo_id}"{trust})',
-            'print(generator("Every effort moves you", max_new_tokens=40)[0]["generated_text"])',
-            "```",
-            "",
-            "Or with the Auto classes:",
-            "",
-            "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "",
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{trust})',
-            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{trust})',
-            'inputs = tokenizer("Every effort moves you", return_tensors="pt")',
-            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))",
-            "```",
+def _evaluation(ctx: CardContext) -> str:
+    records, parts = ctx.records, ["## Evaluation", ""]
+    validation = with_perplexity(records.validation) if ctx.task == "text-generation" else records.validation
+    if validation:
+        at = f" (last evaluation, step {records.validation_step})" if records.validation_step is not None else ""
+        parts += [f"Validation{at}:", "", _metric_table(validation, "eval_"), ""]
+    if records.test:
+        parts += ["Test (held-out split):", "", _metric_table(records.test, "test_"), ""]
+    rows = lm_eval_rows(records.lm_eval)
+    if rows:
+        parts += ["### Benchmarks (lm-evaluation-harness)", "", _table(rows, ("task", "metric", "value")), ""]
+    if not (validation or records.test or rows):
+        parts += ["No evaluation was recorded for this run.", ""]
+    if ctx.plot_name:
+        parts += ["### Loss curve", "", f"![loss curve]({ctx.plot_name})", ""]
+    return "\n".join(parts)
+
+
+def _usage_code(ctx: CardContext) -> list[str]:
+    trust = ", trust_remote_code=True" if ctx.remote else ""
+    if ctx.task != "text-generation":
+        return [
+            "```python", "from transformers import pipeline", "",
+            f'classifier = pipeline("text-classification", model="{ctx.repo_id}"{trust})',
+            'print(classifier("This is a great example."))', "```",
         ]
-    else:
-        parts += [
-            "```python",
-            "from transformers import pipeline",
-            "",
-            f'classifier = pipeline("text-classification", model="{repo_id}"{trust})',
-            'print(classifier("This is a great example."))',
-            "```",
-        ]
-    parts.append("")
-    if remote:
-        files = ", ".join(f"`{f}`" for f in (code_files or ["configuration_*.py", "modeling_*.py"]))
-        parts.append(
-            f"Supported versions: `transformers{tf_range}` with PyTorch (exported and verified with "
-            f"transformers {transformers.__version__}). `trust_remote_code=True` runs the Python files of this "
+    note = "" if ctx.has_tokenizer else "\n# This repository ships no tokenizer: pass `tokenizer=` to pipeline()."
+    return [
+        "```python", "from transformers import pipeline" + note, "",
+        f'generator = pipeline("text-generation", model="{ctx.repo_id}"{trust})',
+        'print(generator("Every effort moves you", max_new_tokens=40)[0]["generated_text"])', "```", "",
+        "Or with the Auto classes:", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{ctx.repo_id}"{trust})',
+        f'model = AutoModelForCausalLM.from_pretrained("{ctx.repo_id}"{trust})',
+        'inputs = tokenizer("Every effort moves you", return_tensors="pt")',
+        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))", "```",
+    ]
+
+
+def _usage(ctx: CardContext) -> str:
+    import transformers
+
+    if ctx.remote:
+        files = ", ".join(f"`{f}`" for f in (ctx.code_files or ["configuration_*.py", "modeling_*.py"]))
+        versions = (
+            f"Supported versions: `transformers{transformers_requirement()}` with PyTorch (exported and verified "
+            f"with transformers {transformers.__version__}). `trust_remote_code=True` runs the Python files of this "
             f"repository ({files}); read them first, or pin a `revision=` you have reviewed."
         )
     else:
-        parts.append(
-            f"Any transformers version that supports GPT-2 loads this repository (exported and verified with "
+        versions = (
+            "Any transformers version that supports GPT-2 loads this repository (exported and verified with "
             f"transformers {transformers.__version__})."
         )
-    parts.append("")
+    return "\n".join(["## Usage", "", *_usage_code(ctx), "", versions, ""])
 
-    parts += [
+
+def _limitations(ctx: CardContext) -> str:
+    lines = [
         "## Limitations",
         "",
-        f"- A small research/teaching model: {_human(num_parameters)} parameters trained on a limited corpus. "
+        f"- A small research/teaching model: {_human(ctx.num_parameters)} parameters trained on a limited corpus. "
         "Expect fluent-looking but often wrong, repetitive or nonsensical text; do not rely on it for facts "
         "or decisions.",
-        f"- It sees at most {context} tokens of context.",
+        f"- It sees at most {ctx.context_length} tokens of context.",
         "- It reproduces the biases and errors of its training data; no safety tuning was done.",
     ]
-    if not has_tokenizer:
-        parts.append("- No tokenizer is included: bring the tokenizer the model was trained with.")
-    parts.append("")
-
-    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(parts)
-    return ModelCard(content)
+    if not ctx.has_tokenizer:
+        lines.append("- No tokenizer is included: bring the tokenizer the model was trained with.")
+    return "\n".join(lines) + "\n"

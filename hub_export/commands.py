@@ -1,7 +1,9 @@
 """`scratch-gpt export` and `scratch-gpt push`.
 
 Heavy imports (torch, transformers, huggingface_hub) happen inside the command functions so that
-``scratch-gpt --help`` stays fast.
+``scratch-gpt --help`` stays fast. ``--format`` dispatches in :func:`_run_export`: the Hub-repo formats of
+:data:`hub_export.export.FORMATS` go through :func:`hub_export.export.export_model`; a format with a writer
+of its own is one more entry of :data:`EXPORT_FORMATS` and one more branch there.
 """
 
 from __future__ import annotations
@@ -9,46 +11,66 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
+
+# --format value -> help text (keep in step with hub_export.export.FORMATS, which is not imported for --help).
+EXPORT_FORMATS = {
+    "remote-code": "our modeling files + auto_map, loads with trust_remote_code=True (default)",
+    "gpt2": "plain GPT-2 repo loadable by GPT2LMHeadModel, refused for configs GPT-2 cannot express",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` and ``push`` subcommands."""
+    _register_export(subparsers)
+    _register_push(subparsers)
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="Export a model folder to a complete, self-verified Hugging Face Hub repository folder.",
         description="Write MODEL as a Hub repository folder at OUT_DIR: weights (safetensors), config, tokenizer, "
-        "generation config, loss plot and a README.md model card. remote-code (default) ships the scratch_gpt "
-        "modeling files with an auto_map (load with trust_remote_code=True); gpt2 writes a plain GPT-2 repo. "
-        "Before OUT_DIR appears, a fresh Python process that cannot import scratch_gpt loads the export and "
-        "its logits are compared with the source model.",
+        "generation config, loss plot, the run's metrics and a README.md model card. remote-code (default) ships "
+        "the scratch_gpt modeling files with an auto_map (load with trust_remote_code=True); gpt2 writes a plain "
+        "GPT-2 repo. The folder is staged beside OUT_DIR and appears only after a fresh Python process that "
+        "cannot import scratch_gpt has loaded it and matched the source model's logits.",
     )
-    p.add_argument("model", metavar="MODEL", help="scratch-gpt model folder (a run directory's final model, "
-                   "or any folder written by save_pretrained)")
+    p.add_argument("model", metavar="MODEL", help="scratch-gpt model folder (a run folder, or any folder written "
+                   "by save_pretrained)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the Hub repository into (must not exist "
-                   "unless --overwrite)")
-    p.add_argument("--format", dest="export_format", choices=("remote-code", "gpt2"), default="remote-code",
-                   help="remote-code: our modeling files + auto_map (default); gpt2: plain GPT-2 repo loadable "
-                   "by GPT2LMHeadModel, refused for configs GPT-2 cannot express")
+                   "unless --overwrite, and must not overlap MODEL)")
+    p.add_argument("--format", dest="export_format", choices=tuple(EXPORT_FORMATS), default="remote-code",
+                   help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()))
     p.add_argument("--max-shard-size", default="5GB",
                    help="split model.safetensors into shards above this size, e.g. 5GB, 500MB (default: 5GB)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace OUT_DIR if it exists (the old folder is removed only after the new one is verified)")
+                   help="replace OUT_DIR if it exists (the old folder is replaced only once the new one is verified)")
     p.add_argument("--require-tokenizer", action="store_true",
                    help="refuse to export a model folder without tokenizer files (default: export with a warning)")
     p.add_argument("--run-dir", default=None,
-                   help="run directory holding metrics.jsonl / trainer_state.json and the loss plot for the card "
-                   "(default: MODEL, or its parent when that has the metrics)")
+                   help="run folder holding the settings, results, log history and loss plot for the card "
+                   "(default: MODEL, or its parent when only that has them)")
+    _add_card_options(p)
+    p.set_defaults(func=_cmd_export)
+
+
+def _add_card_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--license", default="apache-2.0",
                    help="license id for the card's YAML header (default: apache-2.0)")
     p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="HUB_ID",
                    help="Hub dataset id the model was trained on, for the card's YAML header (repeatable)")
+    p.add_argument("--card-dataset", default=None, metavar="TEXT",
+                   help="how the card describes the training data, published as given (default: the dataset's "
+                   "Hub id or, for a local dataset, only its base name)")
     p.add_argument("--base-model", default=None,
                    help="Hub id of the model this one was finetuned from (card's base_model)")
     p.add_argument("--tag", dest="tags", action="append", default=[], help="extra card tag (repeatable)")
     p.add_argument("--repo-id", default=None,
                    help="OWNER/NAME the export will be pushed to, used in the card's usage snippet")
-    p.set_defaults(func=_cmd_export)
 
+
+def _register_push(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser(
         "push",
         help="Upload an export folder to the Hugging Face Hub (create_repo + upload_folder).",
@@ -68,36 +90,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_cmd_push)
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _card_options(args: argparse.Namespace) -> Any:
     from .card import CardOptions
-    from .export import export_model
-    from .verify import ExportVerificationError
 
     if args.repo_id:
         from .push import validate_repo_id
 
         validate_repo_id(args.repo_id)
-    options = CardOptions(
-        license=args.license,
-        datasets=list(args.datasets),
-        tags=list(args.tags),
-        base_model=args.base_model,
-        repo_id=args.repo_id,
+    return CardOptions(
+        license=args.license, datasets=list(args.datasets), tags=list(args.tags), base_model=args.base_model,
+        repo_id=args.repo_id, dataset_text=args.card_dataset,
     )
+
+
+def _run_export(args: argparse.Namespace) -> Any:
+    """Dispatch on ``--format``: every Hub-repo format goes through export_model."""
+    from .export import export_model
+
+    return export_model(
+        args.model, args.out_dir, export_format=args.export_format, max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite, require_tokenizer=args.require_tokenizer, run_dir=args.run_dir,
+        card_options=_card_options(args),
+    )
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .verify import ExportVerificationError
+
     try:
-        result = export_model(
-            args.model,
-            args.out_dir,
-            export_format=args.export_format,
-            max_shard_size=args.max_shard_size,
-            overwrite=args.overwrite,
-            require_tokenizer=args.require_tokenizer,
-            run_dir=args.run_dir,
-            card_options=options,
-        )
+        result = _run_export(args)
     except ExportVerificationError as err:
         print(f"scratch-gpt export: self-check failed, nothing written to {args.out_dir}: {err}", file=sys.stderr)
         return 1
+    _print_export(result)
+    return 0
+
+
+def _print_export(result: Any) -> None:
     v = result.verification
     print(f"exported {result.task} model ({result.num_parameters / 1e6:.2f}M parameters, format "
           f"{result.export_format}) to {result.out_dir}")
@@ -107,11 +136,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
           f"pipeline output {json.dumps(v['pipeline_output'])}")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    auto = "AutoModelForCausalLM" if result.task == "text-generation" else "AutoModelForSequenceClassification"
     trust = ", trust_remote_code=True" if result.export_format == "remote-code" else ""
-    print(f"load it: AutoModelForCausalLM.from_pretrained({str(result.out_dir)!r}{trust})"
-          if result.task == "text-generation"
-          else f"load it: AutoModelForSequenceClassification.from_pretrained({str(result.out_dir)!r}{trust})")
-    return 0
+    print(f"load it: {auto}.from_pretrained({str(result.out_dir)!r}{trust})")
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -119,12 +146,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
     try:
         url = push_folder(
-            args.out_dir,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            token=args.token,
+            args.out_dir, args.repo_id, private=args.private, revision=args.revision,
+            commit_message=args.commit_message, token=args.token,
         )
     except PushError as err:
         print(f"scratch-gpt push: error: {err}", file=sys.stderr)
@@ -136,10 +159,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _load_hint(folder: str, repo_id: str) -> str:
     """The from_pretrained call that loads the pushed repo (Auto class and trust_remote_code from its config)."""
-    from pathlib import Path
+    from scratch_gpt.run_folder import CONFIG_FILE, read_json
 
     try:
-        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        config = read_json(folder, CONFIG_FILE, {}) or {}
     except (OSError, ValueError):
         config = {}
     archs = config.get("architectures") or [""]

@@ -240,41 +240,59 @@ def verify_export(
     """
     import time
 
+    start = time.perf_counter()
+    report, logits = run_child(Path(folder), reference, export_format, timeout)
+    seconds = time.perf_counter() - start
+    check_isolation(report, export_format)
+    max_diff = compare_logits(logits, reference.outputs["logits"], atol)
+    strict = export_format == "remote-code"  # same code and weights: outputs must match exactly
+    generation_match = compare_generation(report, reference, strict)
+    pipeline_match = compare_pipeline(report, reference, strict)
+    logger.info("self-check passed: %s, max |logit diff| %.3g", report["model_class"], max_diff)
+    return VerificationResult(
+        max_abs_diff=max_diff,
+        model_class=report["model_class"],
+        generation_match=generation_match,
+        pipeline_output=report.get("pipeline"),
+        pipeline_match=pipeline_match,
+        seconds=seconds,
+        report=report,
+    )
+
+
+def _child_spec(folder: Path, reference: Reference, export_format: str, work: Path) -> dict[str, Any]:
     import torch
+
+    return {
+        "folder": str(folder.resolve()),
+        "format": export_format,
+        "task": reference.task,
+        "inputs": str(work / "inputs.safetensors"),
+        "logits_out": str(work / "logits.safetensors"),
+        "report_out": str(work / "report.json"),
+        "has_tokenizer": reference.has_tokenizer,
+        "prompt": PROMPTS[reference.task],
+        "new_tokens": reference.budget[0],
+        "pipeline_new_tokens": reference.budget[1],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_child(folder: Path, reference: Reference, export_format: str, timeout: float) -> tuple[dict[str, Any], Any]:
+    """Run the self-check program on ``folder`` in a fresh process; returns its report and its logits."""
     from safetensors.torch import load_file, save_file
 
-    folder = Path(folder)
-    task, inputs, source, budget = reference.task, reference.inputs, reference.outputs, reference.budget
-    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="scratch-gpt-verify-") as work:
         work_path = Path(work)
-        save_file({k: v.contiguous() for k, v in inputs.items()}, str(work_path / "inputs.safetensors"))
-        spec = {
-            "folder": str(folder.resolve()),
-            "format": export_format,
-            "task": task,
-            "inputs": str(work_path / "inputs.safetensors"),
-            "logits_out": str(work_path / "logits.safetensors"),
-            "report_out": str(work_path / "report.json"),
-            "has_tokenizer": reference.has_tokenizer,
-            "prompt": PROMPTS[task],
-            "new_tokens": budget[0],
-            "pipeline_new_tokens": budget[1],
-            "threads": torch.get_num_threads(),
-        }
-        (work_path / "spec.json").write_text(json.dumps(spec))
+        save_file({k: v.contiguous() for k, v in reference.inputs.items()}, str(work_path / "inputs.safetensors"))
+        (work_path / "spec.json").write_text(json.dumps(_child_spec(folder, reference, export_format, work_path)))
         (work_path / "modules").mkdir()
         cmd = [sys.executable, "-c", _CHILD, str(work_path / "spec.json"), json.dumps(BLOCKED_PACKAGES)]
         logger.info("self-check: loading %s in a fresh process without scratch_gpt", folder.name)
         try:
             proc = subprocess.run(
-                cmd,
-                cwd=work,
-                stdin=subprocess.DEVNULL,  # never wait for an interactive answer
-                env=child_env(str(work_path / "modules")),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
+                cmd, cwd=work, stdin=subprocess.DEVNULL,  # never wait for an interactive answer
+                env=child_env(str(work_path / "modules")), capture_output=True, text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired as err:
             raise ExportVerificationError(f"self-check did not finish within {timeout:.0f}s") from err
@@ -284,9 +302,11 @@ def verify_export(
                 f"the export does not load without scratch_gpt (self-check exited {proc.returncode}):\n{tail}"
             )
         report = json.loads((work_path / "report.json").read_text())
-        logits = load_file(str(work_path / "logits.safetensors"))["logits"]
-    seconds = time.perf_counter() - start
+        return report, load_file(str(work_path / "logits.safetensors"))["logits"]
 
+
+def check_isolation(report: dict[str, Any], export_format: str) -> None:
+    """The child could not import the project, and the model class came from the export itself."""
     if not report["blocked_ok"] or report["project_modules_loaded"]:
         raise ExportVerificationError(
             f"the self-check could import the project packages ({report['project_modules_loaded']}); "
@@ -296,54 +316,53 @@ def verify_export(
     if export_format == "remote-code":
         if not model_class.startswith("transformers_modules."):
             raise ExportVerificationError(f"expected the export's remote code to build the model, got {model_class}")
-    else:
-        if not model_class.endswith(".GPT2LMHeadModel") or not model_class.startswith("transformers.models.gpt2"):
-            raise ExportVerificationError(f"the gpt2 export loaded as {model_class}, not GPT2LMHeadModel")
-        if report["auto_map"]:
-            raise ExportVerificationError("the gpt2 export carries an auto_map (it must need no remote code)")
-        if report["model_type"] != "gpt2":
-            raise ExportVerificationError(f"the gpt2 export has model_type {report['model_type']!r}")
-    if logits.shape != source["logits"].shape:
+        return
+    if not model_class.endswith(".GPT2LMHeadModel") or not model_class.startswith("transformers.models.gpt2"):
+        raise ExportVerificationError(f"the gpt2 export loaded as {model_class}, not GPT2LMHeadModel")
+    if report["auto_map"]:
+        raise ExportVerificationError("the gpt2 export carries an auto_map (it must need no remote code)")
+    if report["model_type"] != "gpt2":
+        raise ExportVerificationError(f"the gpt2 export has model_type {report['model_type']!r}")
+
+
+def compare_logits(logits: Any, source: Any, atol: float) -> float:
+    """The largest absolute logit difference; raises when shapes differ or it exceeds ``atol``."""
+    if logits.shape != source.shape:
         raise ExportVerificationError(
-            f"logits shape differs: export {tuple(logits.shape)} vs source {tuple(source['logits'].shape)}"
+            f"logits shape differs: export {tuple(logits.shape)} vs source {tuple(source.shape)}"
         )
-    max_diff = float((logits - source["logits"]).abs().max())
+    max_diff = float((logits - source).abs().max())
     if not max_diff <= atol:  # also catches NaN
         raise ExportVerificationError(f"logits differ from the source by {max_diff:.3g} (tolerance {atol:g})")
+    return max_diff
 
-    strict = export_format == "remote-code"  # same code and weights: outputs must match exactly
-    generation_match = None
-    if "generated_ids" in source:
-        generation_match = report.get("generated_ids") == source["generated_ids"]
-        if strict and not generation_match:
-            raise ExportVerificationError(
-                f"greedy generation differs: export {report.get('generated_ids')} vs source {source['generated_ids']}"
-            )
-    pipeline_output = report.get("pipeline")
-    pipeline_match = None
-    if "pipeline" in source:
-        if task == "text-generation":
-            pipeline_match = pipeline_output == source["pipeline"]
-            if not (isinstance(pipeline_output, str) and pipeline_output.startswith(PROMPTS[task])):
-                raise ExportVerificationError(f"the text-generation pipeline returned {pipeline_output!r}")
-        else:
-            pipeline_match = (
-                pipeline_output["label"] == source["pipeline"]["label"]
-                and abs(pipeline_output["score"] - source["pipeline"]["score"]) <= 1e-5
-            )
-            if pipeline_output["label"] not in reference.labels:
-                raise ExportVerificationError(f"the classification pipeline returned {pipeline_output!r}")
-        if strict and not pipeline_match:
-            raise ExportVerificationError(
-                f"pipeline output differs: export {pipeline_output!r} vs source {source['pipeline']!r}"
-            )
-    logger.info("self-check passed: %s, max |logit diff| %.3g", model_class, max_diff)
-    return VerificationResult(
-        max_abs_diff=max_diff,
-        model_class=model_class,
-        generation_match=generation_match,
-        pipeline_output=pipeline_output,
-        pipeline_match=pipeline_match,
-        seconds=seconds,
-        report=report,
-    )
+
+def compare_generation(report: dict[str, Any], reference: Reference, strict: bool) -> bool | None:
+    """Whether greedy generation matches (``None`` when not checked); a mismatch raises when ``strict``."""
+    source = reference.outputs.get("generated_ids")
+    if source is None:
+        return None
+    match = report.get("generated_ids") == source
+    if strict and not match:
+        raise ExportVerificationError(
+            f"greedy generation differs: export {report.get('generated_ids')} vs source {source}"
+        )
+    return match
+
+
+def compare_pipeline(report: dict[str, Any], reference: Reference, strict: bool) -> bool | None:
+    """Whether the ``pipeline`` output matches (``None`` when not checked); a mismatch raises when ``strict``."""
+    if "pipeline" not in reference.outputs:
+        return None
+    source, output, task = reference.outputs["pipeline"], report.get("pipeline"), reference.task
+    if task == "text-generation":
+        match = output == source
+        if not (isinstance(output, str) and output.startswith(PROMPTS[task])):
+            raise ExportVerificationError(f"the text-generation pipeline returned {output!r}")
+    else:
+        match = output["label"] == source["label"] and abs(output["score"] - source["score"]) <= 1e-5
+        if output["label"] not in reference.labels:
+            raise ExportVerificationError(f"the classification pipeline returned {output!r}")
+    if strict and not match:
+        raise ExportVerificationError(f"pipeline output differs: export {output!r} vs source {source!r}")
+    return match

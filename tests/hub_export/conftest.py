@@ -6,7 +6,6 @@ hidden size 32. Exports are session-scoped because each one runs a self-check su
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,19 +14,31 @@ from typing import Any
 
 import pytest
 
+from scratch_gpt import run_folder
 from tests.conftest import make_tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TOKEN = "hf_TESTTOKEN_do_not_print_0123456789"
-# Records as the training loop writes them: train records, eval records, a train record after the last eval.
-METRICS = [
-    {"step": 10, "train_loss": 5.61, "lr": 0.0003, "tokens_per_s": 1234.5},
-    {"step": 10, "val_loss": 5.5512, "val_perplexity": 257.5},
-    {"step": 20, "train_loss": 4.92, "lr": 0.00025},
-    {"step": 20, "val_loss": 4.8763, "val_perplexity": 131.17, "epoch": 0.5},
-    {"step": 30, "train_loss": 4.31, "lr": 0.0002},
+# A pretraining run's log_history as trainer_state.json holds it: train records, evaluations, a train record after
+# the last evaluation.
+LOG_HISTORY = [
+    {"step": 10, "loss": 5.61, "learning_rate": 0.0003, "tokens_per_s": 1234.5},
+    {"step": 10, "eval_loss": 5.5512, "eval_perplexity": 257.5},
+    {"step": 20, "loss": 4.92, "learning_rate": 0.00025},
+    {"step": 20, "eval_loss": 4.8763, "eval_perplexity": 131.17, "epoch": 0.5},
+    {"step": 30, "loss": 4.31, "learning_rate": 0.0002},
 ]
+# lm-evaluation-harness output as the evaluate command stores it under eval_results.json's "lm_eval" key.
+LM_EVAL = {
+    "results": {
+        "hellaswag": {"alias": "hellaswag", "acc,none": 0.2625, "acc_stderr,none": 0.0139, "acc_norm,none": 0.27},
+        "arc_easy": {"alias": "arc_easy", "acc,none": 0.3125, "acc_stderr,none": 0.0164},
+    },
+    "config": {"model": "hf", "model_args": "pretrained=./some/local/model,trust_remote_code=True"},
+}
+CLS_EVAL = {"eval_loss": 0.6103, "eval_accuracy": 0.75, "eval_f1": 0.7333, "eval_runtime": 1.25, "epoch": 2.0}
+CLS_TEST = {"test_loss": 0.5521, "test_accuracy": 0.8125, "test_f1": 0.7857, "test_samples_per_second": 88.1}
 # A 1x1 PNG, so the "loss plot" is a real image file.
 PNG_1x1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -79,15 +90,26 @@ def make_model_dir(
 
 
 def write_run_files(run_dir: Path) -> None:
-    with open(run_dir / "metrics.jsonl", "w") as f:
-        for rec in METRICS:
-            f.write(json.dumps(rec) + "\n")
-        f.write("not json, a crashed write\n")
-    (run_dir / "loss_plot.png").write_bytes(PNG_1x1)
-    (run_dir / "training_args.json").write_text(
-        json.dumps({"dataset": "python-stdlib", "preset": "tiny", "learning_rate": 0.0003, "max_steps": 30,
-                    "nested": {"ignored": True}})
+    """The records a pretraining run leaves beside its final model, written through the run-folder contract."""
+    run_folder.save_training_args(
+        run_dir,
+        {"dataset": "python-stdlib", "preset": "tiny", "learning_rate": 0.0003, "max_steps": 30,
+         "output_dir": str(run_dir), "optim": {"warmup_steps": 5}},
     )
+    run_folder.save_log_history(run_dir, LOG_HISTORY, global_step=30)
+    run_folder.save_results(run_dir, "train", {"train_loss": 4.31, "train_runtime": 12.5, "epoch": 0.75})
+    run_folder.save_results(run_dir, "eval", {"eval_loss": 4.8763, "eval_perplexity": 131.17})
+    run_folder.save_results(run_dir, "eval", {run_folder.LM_EVAL_KEY: LM_EVAL})
+    run_folder.file(run_dir, run_folder.LOSS_PLOT_FILE).write_bytes(PNG_1x1)
+
+
+def write_classifier_records(run_dir: Path) -> None:
+    """The records a classification finetuning leaves: settings, validation and test results, log history."""
+    run_folder.save_training_args(run_dir, {"model_name_or_path": "owner/tiny-gpt", "dataset": "owner/sms-spam",
+                                            "text_column": "text", "label_column": "label", "num_train_epochs": 2})
+    run_folder.save_log_history(run_dir, [{"step": 4, "loss": 1.1}, {"step": 8, **CLS_EVAL}])
+    run_folder.save_results(run_dir, "eval", CLS_EVAL)
+    run_folder.save_results(run_dir, "test", CLS_TEST)
 
 
 def run_python(
@@ -110,7 +132,7 @@ def base_env(tmp: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory) -> Path:
-    """A run directory: final model + tokenizer + metrics.jsonl + loss plot + training settings."""
+    """A pretraining run folder: final model + tokenizer + settings, log history, results, lm-eval, loss plot."""
     path = make_model_dir(tmp_path_factory.mktemp("run") / "run")
     write_run_files(path)
     return path
@@ -133,7 +155,9 @@ def lm_export(run_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cls_dir(tmp_path_factory) -> Path:
-    return make_model_dir(tmp_path_factory.mktemp("cls") / "classifier", kind="cls", seed=1)
+    path = make_model_dir(tmp_path_factory.mktemp("cls") / "classifier", kind="cls", seed=1)
+    write_classifier_records(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,13 @@ import torch
 import scratch_gpt
 from hub_export.export import _check_remote_file, export_model, read_model_config
 from hub_export.verify import ExportVerificationError
+from scratch_gpt import run_folder
 
 from .conftest import LABELS, make_model_dir
 
 
 def _leftovers(parent: Path) -> list[str]:
-    return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    return [p.name for p in parent.iterdir() if any(tag in p.name for tag in (".tmp-", ".old-", ".staging-"))]
 
 
 def test_causal_lm_remote_code_export(lm_export, run_dir):
@@ -29,9 +30,10 @@ def test_causal_lm_remote_code_export(lm_export, run_dir):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "README.md", "loss_plot.png"):
+                 run_folder.MODEL_CARD_FILE, run_folder.LOSS_PLOT_FILE):
         assert name in files, name
-    assert (out / "loss_plot.png").read_bytes() == (run_dir / "loss_plot.png").read_bytes()
+    plot = run_folder.LOSS_PLOT_FILE
+    assert (out / plot).read_bytes() == (run_dir / plot).read_bytes()
 
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "scratch_gpt"
@@ -138,7 +140,7 @@ def test_gpt2_format_refuses_inexpressible_config(tmp_path):
 
 
 def test_gpt2_format_refuses_classifier(cls_dir, tmp_path):
-    with pytest.raises(ValueError, match="causal language models only"):
+    with pytest.raises(ValueError, match="text-generation models only"):
         export_model(cls_dir, tmp_path / "out", export_format="gpt2")
 
 
@@ -169,8 +171,13 @@ def test_existing_out_dir_refused_and_bad_options(run_dir, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_model(run_dir, out)
     assert (out / "keep.txt").read_text() == "user data"
-    with pytest.raises(ValueError, match="overlaps"):
+    with pytest.raises(ValueError, match="inside the input"):
         export_model(run_dir, run_dir / "export", overwrite=True)
+    with pytest.raises(ValueError, match="is the input"):
+        export_model(run_dir, run_dir, overwrite=True)
+    with pytest.raises(ValueError, match="contains the input"):
+        export_model(run_dir, run_dir.parent, overwrite=True)
+    assert (run_dir / run_folder.CONFIG_FILE).is_file()
     with pytest.raises(ValueError, match="max-shard-size"):
         export_model(run_dir, tmp_path / "x", max_shard_size="lots")
     with pytest.raises(ValueError, match="unknown export format"):
@@ -207,3 +214,15 @@ def test_remote_code_guard_refuses_foreign_imports(tmp_path):
     good = tmp_path / "modeling_good.py"
     good.write_text("import math\nimport torch\nfrom transformers import PreTrainedModel\nfrom .attention import f\n")
     _check_remote_file(good)
+
+
+def test_run_records_travel_numbers_only(lm_export, run_dir):
+    """The export carries the run's results and log history (as Trainer's push does), with no string values."""
+    out = lm_export.out_dir
+    assert run_folder.load_log_history(out) == run_folder.load_log_history(run_dir)
+    results = run_folder.load_results(out)
+    assert results["train"] == run_folder.load_results(run_dir)["train"]
+    lm_eval = results["eval"][run_folder.LM_EVAL_KEY]
+    assert lm_eval["results"]["hellaswag"] == {"acc,none": 0.2625, "acc_stderr,none": 0.0139, "acc_norm,none": 0.27}
+    assert "config" not in lm_eval  # model_args and other strings dropped
+    assert run_folder.TRAINING_ARGS_FILE not in lm_export.files  # the card shows its public part
