@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from training.data.corpus import DataArguments
 
-def _opt(default: Any, help: str, group: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, "group": group, **extra})
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A field whose ``--flag`` help names its value in the ``tiny`` preset (the dataclass default)."""
+    return field(default=default, metadata={"help": f"{help} (tiny: {default})".replace("%", "%%"), **extra})
 
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
@@ -30,98 +33,129 @@ ATTN_CHOICES = ("sdpa", "eager")
 
 
 @dataclass
-class TrainArguments:
-    """Every option of ``scratch-gpt train``. Defaults are the ``tiny`` preset (a CPU run of minutes)."""
+class ModelArguments:
+    """The model's shape (a fresh ScratchGPT is built from these)."""
 
-    # -- model ---------------------------------------------------------------------------------------
-    preset: str = _opt("tiny", "named preset the other options start from", "model")
-    hidden_size: int = _opt(128, "model width (embedding size)", "model")
-    num_hidden_layers: int = _opt(4, "number of transformer blocks", "model")
-    num_attention_heads: int = _opt(4, "attention heads per block (must divide hidden size)", "model")
-    intermediate_size: int | None = _opt(None, "MLP width (default 4 x hidden size)", "model")
-    block_size: int = _opt(128, "context length in tokens (training block size = max positions)", "model")
-    dropout: float = _opt(0.0, "dropout on embeddings, attention and residuals (0 is usual for pretraining)", "model")
-    norm_type: str = _opt("layernorm", "normalisation layer", "model", choices=NORM_CHOICES)
-    attn_implementation: str = _opt("sdpa", "attention implementation", "model", choices=ATTN_CHOICES)
-    vocab_size: int = _opt(4096, "vocabulary size of the BPE tokenizer trained on the corpus", "model")
+    _argument_group_name = "model"
+
+    preset: str = field(default="tiny", metadata={
+        "help": "named preset the other options start from (default: tiny)", "choices": ("tiny", "small", "medium", "gpt2-124m")})
+    hidden_size: int = _opt(128, "model width (embedding size)", metavar="N")
+    num_hidden_layers: int = _opt(4, "number of transformer blocks", metavar="N")
+    num_attention_heads: int = _opt(4, "attention heads per block (must divide hidden size)", metavar="N")
+    intermediate_size: int | None = _opt(None, "MLP width (default 4 x hidden size)", metavar="N")
+    block_size: int = _opt(128, "context length in tokens (training block size = max positions)", metavar="N")
+    dropout: float = _opt(0.0, "dropout on embeddings, attention and residuals (0 is usual for pretraining)", metavar="X")
+    norm_type: str = _opt("layernorm", "normalisation layer", choices=NORM_CHOICES)
+    attn_implementation: str = _opt("sdpa", "attention implementation", choices=ATTN_CHOICES)
+
+
+@dataclass
+class TokenizerArguments:
+    """The tokenizer (trained on the corpus unless given) and how documents are cut into blocks."""
+
+    _argument_group_name = "tokenizer and packing"
+
+    vocab_size: int = _opt(4096, "vocabulary size of the BPE tokenizer trained on the corpus", metavar="N")
     tokenizer: str | None = _opt(
-        None, "reuse this tokenizer (folder or Hub id) instead of training one on the corpus", "model"
+        None, "reuse this tokenizer (folder or Hub id) instead of training one on the corpus", metavar="TEXT"
     )
+    stride: int | None = _opt(None, "sliding-window stride when packing (default: block size, no overlap)", metavar="N")
 
-    # -- data ----------------------------------------------------------------------------------------
-    dataset: str = _opt(
-        "python-stdlib",
-        "corpus: python-stdlib (built in), a local file/folder (txt/md/py/json/jsonl/csv/parquet) or a Hub dataset id",
-        "data",
-    )
-    dataset_config: str | None = _opt(None, "Hub dataset configuration name", "data")
-    text_column: str | None = _opt(None, "column holding the text (default: detected)", "data")
-    split: str = _opt("train", "split to train on", "data")
-    validation_split: str | None = _opt(
-        None, "split to validate on (default: hold out --validation-fraction of the training split)", "data"
-    )
-    revision: str | None = _opt(None, "Hub dataset revision", "data")
-    streaming: bool = _opt(False, "stream the Hub dataset instead of downloading it whole", "data")
-    validation_fraction: float = _opt(0.05, "fraction of documents held out for validation", "data")
-    max_documents: int | None = _opt(None, "use at most this many documents (quick experiments)", "data")
-    stride: int | None = _opt(None, "sliding-window stride when packing (default: block size, no overlap)", "data")
-    num_proc: int = _opt(1, "processes for tokenisation (datasets.map num_proc)", "data")
 
-    # -- optimisation --------------------------------------------------------------------------------
-    per_device_batch_size: int = _opt(16, "blocks per micro-batch on each process", "optim")
-    gradient_accumulation_steps: int = _opt(1, "micro-batches accumulated per optimizer step", "optim")
-    learning_rate: float = _opt(2e-3, "peak learning rate (after warmup)", "optim")
-    min_lr_ratio: float = _opt(0.1, "cosine decays to this fraction of the peak learning rate", "optim")
-    warmup_steps: int = _opt(50, "linear warmup steps", "optim")
-    weight_decay: float = _opt(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)", "optim")
-    adam_beta1: float = _opt(0.9, "AdamW beta1", "optim")
-    adam_beta2: float = _opt(0.95, "AdamW beta2", "optim")
-    adam_epsilon: float = _opt(1e-8, "AdamW epsilon", "optim")
-    max_grad_norm: float = _opt(1.0, "clip gradients to this global norm (0 disables clipping)", "optim")
-    max_steps: int = _opt(800, "optimizer steps to train (also the length of the LR schedule)", "optim")
+@dataclass
+class OptimArguments:
+    """Optimisation and when to stop."""
+
+    _argument_group_name = "optimisation and stopping"
+
+    per_device_batch_size: int = _opt(16, "blocks per micro-batch on each process", metavar="N")
+    gradient_accumulation_steps: int = _opt(1, "micro-batches accumulated per optimizer step", metavar="N")
+    learning_rate: float = _opt(2e-3, "peak learning rate (after warmup)", metavar="X")
+    min_lr_ratio: float = _opt(0.1, "cosine decays to this fraction of the peak learning rate", metavar="X")
+    warmup_steps: int = _opt(50, "linear warmup steps", metavar="N")
+    weight_decay: float = _opt(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)", metavar="X")
+    adam_beta1: float = _opt(0.9, "AdamW beta1", metavar="X")
+    adam_beta2: float = _opt(0.95, "AdamW beta2", metavar="X")
+    adam_epsilon: float = _opt(1e-8, "AdamW epsilon", metavar="X")
+    max_grad_norm: float = _opt(1.0, "clip gradients to this global norm (0 disables clipping)", metavar="X")
+    max_steps: int = _opt(800, "optimizer steps to train (also the length of the LR schedule)", metavar="N")
     max_tokens: int | None = _opt(
-        None, "train on this many tokens instead (sets max steps; the smaller of the two wins)", "optim"
+        None, "train on this many tokens instead (sets max steps; the smaller of the two wins)", metavar="N"
     )
     max_time: str | None = _opt(
-        "7m",
-        "stop after this much training time, e.g. 90s, 10m, 2h, or none (the LR schedule is not shortened)",
-        "optim",
+        "7m", "stop after this much training time, e.g. 90s, 10m, 2h, or none (the LR schedule is not shortened)",
+        metavar="TEXT",
     )
-    mixed_precision: str = _opt("no", "mixed precision (fp16 needs a GPU)", "optim", choices=MIXED_PRECISION_CHOICES)
-    compile: bool = _opt(False, "torch.compile the model", "optim")
-    seed: int = _opt(0, "random seed (weights, data order, sampling)", "optim")
+    mixed_precision: str = _opt("no", "mixed precision (fp16 needs a GPU)", choices=MIXED_PRECISION_CHOICES)
+    compile: bool = _opt(False, "torch.compile the model")
+    seed: int = _opt(0, "random seed (weights, data order, sampling)", metavar="N")
 
-    # -- evaluation and logging ----------------------------------------------------------------------
-    eval_every: int = _opt(200, "evaluate (validation loss, perplexity, samples) every N steps", "eval")
-    eval_batches: int | None = _opt(20, "validation micro-batches per evaluation (None: the whole split)", "eval")
-    num_samples: int = _opt(2, "continuations sampled at each evaluation", "eval")
-    sample_prompt: str = _opt("def ", "prompt for the sampled continuations", "eval")
-    sample_max_new_tokens: int = _opt(48, "length of the sampled continuations", "eval")
-    log_every: int = _opt(10, "write training loss to metrics.jsonl every N steps", "eval")
-    report_to: str = _opt("none", "extra experiment tracker through Accelerate", "eval", choices=REPORT_TO_CHOICES)
 
-    # -- output and checkpoints ----------------------------------------------------------------------
-    output_dir: str | None = _opt(None, "run folder (default: runs/<preset>)", "output")
-    checkpoint_every: int = _opt(200, "save a resumable checkpoint every N steps (0: only at the end)", "output")
-    keep_checkpoints: int = _opt(2, "keep the newest K checkpoints", "output")
-    resume: bool = _opt(False, "continue from the newest complete checkpoint in the run folder", "output")
-    overwrite: bool = _opt(False, "delete an existing run folder and start again", "output")
+@dataclass
+class EvalArguments:
+    """Periodic evaluation, samples and logging."""
 
-    # -- testing -------------------------------------------------------------------------------------
-    debug_nan_step: int | None = _opt(None, "testing: make the loss NaN at this step", "debug")
+    _argument_group_name = "evaluation and logging"
+
+    eval_every: int = _opt(200, "evaluate (validation loss, perplexity, samples) every N steps", metavar="N")
+    eval_batches: int | None = _opt(20, "validation micro-batches per evaluation (None: the whole split)", metavar="N")
+    num_samples: int = _opt(2, "continuations sampled at each evaluation", metavar="N")
+    sample_prompt: str = _opt("def ", "prompt for the sampled continuations", metavar="TEXT")
+    sample_max_new_tokens: int = _opt(48, "length of the sampled continuations", metavar="N")
+    log_every: int = _opt(10, "add the training loss to the log history every N steps", metavar="N")
+    report_to: str = _opt("none", "extra experiment tracker through Accelerate", choices=REPORT_TO_CHOICES)
+
+
+@dataclass
+class OutputArguments:
+    """The run folder and its checkpoints."""
+
+    _argument_group_name = "run folder and checkpoints"
+
+    output_dir: str | None = _opt(None, "run folder (default: runs/<preset>)", metavar="TEXT")
+    checkpoint_every: int = _opt(200, "save a resumable checkpoint every N steps (0: only at the end)", metavar="N")
+    keep_checkpoints: int = _opt(2, "keep the newest K checkpoints", metavar="N")
+    resume: bool = _opt(False, "continue from the newest complete checkpoint in the run folder")
+    overwrite: bool = _opt(False, "replace an existing run folder and start again")
+
+
+@dataclass
+class DebugArguments:
+    """Switches for tests."""
+
+    _argument_group_name = "testing"
+
+    debug_nan_step: int | None = _opt(None, "testing: make the loss NaN at this step", metavar="N")
+
+
+# DataArguments comes last so that the optimisation part's `seed` (weights, data order, sampling) is the one kept.
+TRAIN_PARTS = (
+    ModelArguments, TokenizerArguments, DataArguments, OptimArguments, EvalArguments, OutputArguments, DebugArguments
+)
+
+
+@dataclass
+class TrainArguments(
+    ModelArguments, TokenizerArguments, OptimArguments, EvalArguments, OutputArguments, DebugArguments, DataArguments
+):
+    """Every option of ``scratch-gpt train``, composed of the parts above and the data pipeline's
+    :class:`~training.data.corpus.DataArguments`. Defaults are the ``tiny`` preset (a CPU run of minutes)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option; cheap, touches no files."""
         positive = (
             "hidden_size num_hidden_layers num_attention_heads block_size vocab_size per_device_batch_size "
-            "gradient_accumulation_steps max_steps eval_every log_every keep_checkpoints num_proc "
+            "gradient_accumulation_steps eval_every log_every keep_checkpoints num_proc "
             "sample_max_new_tokens"
         ).split()
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
-        for name in ("intermediate_size", "max_tokens", "max_documents", "stride", "eval_batches", "debug_nan_step"):
+        if self.max_steps is None and self.max_tokens is None and self.max_time is None:
+            raise ValueError("--max-steps none needs --max-time or --max-tokens to end the run; give one of them")
+        for name in ("max_steps", "intermediate_size", "max_tokens", "max_documents", "stride", "eval_batches", "debug_nan_step"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"--{_flag(name)} must be a positive integer (or unset), got {value!r}")
@@ -313,6 +347,9 @@ def resolve_arguments(
         for key, value in source.items():
             values[key] = coerce_value(key, value)
     values["preset"] = name
+    given = {**from_file, **overrides}
+    if given.get("max_time") is not None and not {"max_steps", "max_tokens"} & given.keys():
+        values["max_steps"] = None  # a time budget given alone plans the schedule; the preset's steps do not cap it
     args = TrainArguments(**values)
     args.validate()
     return args

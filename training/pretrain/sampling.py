@@ -26,9 +26,9 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["SAMPLING_CHOICES", "EpochWindows", "WindowSampler", "epoch_offset", "epoch_windows"]
+from .arguments import SAMPLING_CHOICES
 
-SAMPLING_CHOICES = ("grid", "offset", "random")
+__all__ = ["SAMPLING_CHOICES", "EpochWindows", "WindowSampler", "epoch_offset", "epoch_windows"]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
