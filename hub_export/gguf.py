@@ -82,11 +82,12 @@ def check_quant(quant: str) -> str:
 
 def check_gguf_config(config: Any) -> list[str]:
     """Refuse what llama.cpp's gpt2 graph cannot run (ValueError with the reason); return warnings."""
-    if config.norm_type != "layernorm":
-        raise ValueError(
-            f"GGUF (llama.cpp's gpt2 architecture) cannot express norm_type={config.norm_type!r}: GPT-2 uses "
-            "LayerNorm with a bias. Export this model in the remote-code format instead."
-        )
+    from scratch_gpt.convert import gpt2_config_from_scratch
+
+    try:
+        gpt2_config_from_scratch(config)  # refuses RMSNorm and every switch GPT-2 has no place for
+    except ValueError as err:
+        raise ValueError(f"GGUF (llama.cpp's gpt2 architecture) cannot hold this model: {err}") from None
     if config.hidden_act not in TANH_GELU:
         raise ValueError(
             f"GGUF (llama.cpp's gpt2 architecture) cannot express hidden_act={config.hidden_act!r}: its MLP "

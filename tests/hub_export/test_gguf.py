@@ -1,0 +1,247 @@
+"""GGUF export: transformers' own GGUF reader loads the file and agrees with the source model and tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_TEXTS, make_tiny_config
+
+pytest.importorskip("gguf")  # the test extra installs it; the import guard gives a clear reason otherwise
+
+# 20 strings: ASCII, accents, CJK, emoji, code, whitespace runs, a special token, empty.
+ENCODE_STRINGS = [
+    "Hello world!",
+    "The quick brown fox jumps over the lazy dog.",
+    "café naïve façade résumé Ångström",
+    "Übermäßig große Straße",
+    "你好，世界",
+    "日本語のテキスト",
+    "한국어 문장",
+    "🌍🚀 emoji 👩‍💻 mixed",
+    "def add(a, b):\n    return a + b\n",
+    "for i in range(10):\n\tprint(i * i)",
+    "x = {'k': [1, 2, 3]}  # comment",
+    "a    b\t\t\tc\n\n\nd",
+    "   leading and trailing   ",
+    "\n\n\n",
+    "it's we're they'll I'd",
+    "numbers 1234567890 3.14159",
+    "<|endoftext|>after special",
+    "mixed Ελληνικά and русский",
+    "",
+    "Hello world! Hello tokenizer! 你好 🌍",
+]
+PROMPTS = ["def add(a, b):", "The quick", "import os\n", "for i in", "class Point:"]
+
+
+def train_tiny_lm(path: Path, steps: int = 60, **overrides) -> Path:
+    """A tiny causal LM trained for a few steps on the shared tiny corpus, saved with its BPE tokenizer.
+
+    Context 1024 and MLP width 4x hidden: transformers' GGUF reader can rebuild only those for gpt2.
+    """
+    from scratch_gpt import ScratchGPTForCausalLM
+    from training.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(TINY_TEXTS, vocab_size=320, min_frequency=2, model_max_length=1024)
+    config = make_tiny_config(vocab_size=len(tok), max_position_embeddings=1024, **overrides)
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(config)
+    ids = torch.tensor(tok("<|endoftext|>".join(TINY_TEXTS[:6]) * 4).input_ids)
+    blocks = ids[: len(ids) // 32 * 32].view(-1, 32)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        batch = blocks[torch.arange(8) + step % max(1, len(blocks) - 8)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory) -> Path:
+    return train_tiny_lm(tmp_path_factory.mktemp("gguf") / "model", qkv_bias=False)
+
+
+@pytest.fixture(scope="module")
+def source(trained_dir):
+    from transformers import AutoTokenizer
+
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    return ScratchGPTForCausalLM.from_pretrained(trained_dir).eval(), AutoTokenizer.from_pretrained(trained_dir)
+
+
+def _export(trained_dir: Path, out: Path, quant: str):
+    from hub_export.gguf import export_gguf
+
+    return export_gguf(trained_dir, out, quant=quant)
+
+
+def _load_gguf(out: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf").eval()
+    return model, AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
+
+
+def _greedy(model, tok, prompt: str, n: int = 24) -> list[int]:
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.fixture(scope="module")
+def f32_export(trained_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf-f32") / "out"
+    return _export(trained_dir, out, "f32"), _load_gguf(out)
+
+
+def test_f32_logits_and_greedy_match(source, f32_export):
+    model, tok = source
+    result, (hf_model, hf_tok) = f32_export
+    assert type(hf_model).__name__ == "GPT2LMHeadModel"
+    assert result.files == ["Modelfile", "README.md", "model.gguf"]
+    ids = tok(TINY_TEXTS[0] + TINY_TEXTS[3], return_tensors="pt").input_ids
+    with torch.no_grad():
+        diff = (hf_model(ids).logits - model(ids).logits).abs().max().item()
+    assert diff < 1e-4
+    for prompt in PROMPTS:
+        assert _greedy(hf_model, hf_tok, prompt) == _greedy(model, tok, prompt)
+
+
+def test_gguf_tokenizer_encodes_like_ours(source, f32_export):
+    tok = source[1]
+    hf_tok = f32_export[1][1]
+    for text in ENCODE_STRINGS:
+        assert hf_tok(text).input_ids == tok(text).input_ids, text
+    assert (hf_tok.eos_token, hf_tok.pad_token, hf_tok.bos_token) == (tok.eos_token, tok.pad_token, tok.bos_token)
+
+
+def test_file_metadata_is_llama_cpp_gpt2(trained_dir, f32_export):
+    from gguf import GGUFReader, TokenType
+
+    reader = GGUFReader(f32_export[0].out_dir / "model.gguf")
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    config = json.loads((trained_dir / "config.json").read_text())
+    assert field("general.architecture") == "gpt2"
+    assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "gpt-2"
+    assert field("gpt2.block_count") == config["num_hidden_layers"]
+    assert field("gpt2.feed_forward_length") == config["intermediate_size"]
+    assert field("tokenizer.ggml.token_type")[0] == TokenType.CONTROL  # <|endoftext|>
+    names = {t.name for t in reader.tensors}
+    assert "output.weight" not in names  # tied head: llama.cpp reuses token_embd
+    assert "blk.0.attn_qkv.bias" in names  # zero bias written for a bias-free qkv (llama.cpp requires one)
+    qkv = next(t for t in reader.tensors if t.name == "blk.0.attn_qkv.weight")
+    assert list(qkv.shape) == [config["hidden_size"], 3 * config["hidden_size"]]  # ggml order: (in, out)
+    modelfile = (f32_export[0].out_dir / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model.gguf\n") and 'PARAMETER stop "<|endoftext|>"' in modelfile
+
+
+def test_q8_0_loads_within_tolerance(source, trained_dir, tmp_path):
+    """q8_0 (per-32 block int8 with an f16 scale): logits within 5% of the logit range, same first greedy tokens."""
+    model, tok = source
+    result = _export(trained_dir, tmp_path / "q8", "q8_0")
+    assert "Q8_0" in result.tensor_types.values() and result.tensor_types["position_embd.weight"] == "F32"
+    hf_model, _ = _load_gguf(tmp_path / "q8")
+    ids = tok(TINY_TEXTS[1], return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, hf_model(ids).logits
+    spread = (ours.max() - ours.min()).item()
+    assert (theirs - ours).abs().max().item() < 0.05 * spread
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean().item() >= 0.9
+    size_f32 = sum(p.numel() for p in model.parameters()) * 4
+    assert (tmp_path / "q8" / "model.gguf").stat().st_size < size_f32
+
+
+def test_chat_template_goes_into_gguf_and_modelfile(trained_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    chat_dir = tmp_path / "chat"
+    shutil.copytree(trained_dir, chat_dir)
+    tok = AutoTokenizer.from_pretrained(chat_dir)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}SYS: {{ m['content'] }}\n{% else %}"
+        "USER: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}BOT:{% endif %}"
+    )
+    tok.save_pretrained(chat_dir)
+    _export(chat_dir, tmp_path / "out", "f16")
+    _, hf_tok = _load_gguf(tmp_path / "out")
+    assert hf_tok.chat_template == tok.chat_template
+    modelfile = (tmp_path / "out" / "Modelfile").read_text()
+    assert 'TEMPLATE """{{ if .System }}SYS: {{ .System }}\nUSER: {{ .Prompt }}\nBOT:{{ else }}' in modelfile
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_rmsnorm_is_refused_before_writing(tmp_path):
+    from hub_export.gguf import export_gguf
+    from tests.hub_export.conftest import make_model_dir
+
+    src = make_model_dir(tmp_path / "rms", norm_type="rmsnorm")
+    with pytest.raises(ValueError, match="GGUF .* cannot hold this model: GPT-2 cannot express norm_type=.rmsnorm."):
+        export_gguf(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["rms"]  # no staging folder left behind
+
+
+def test_unknown_quant_is_refused(trained_dir, tmp_path):
+    from hub_export.gguf import export_gguf
+
+    with pytest.raises(ValueError, match="unknown --quant 'q4_k'; use one of f32, f16, q8_0"):
+        export_gguf(trained_dir, tmp_path / "out", quant="q4_k")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_llama_cpp_cannot_express_is_refused(trained_dir, tmp_path):
+    import shutil
+
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+
+    from hub_export.gguf import export_gguf
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_dir, bad)
+    tok = AutoTokenizer.from_pretrained(bad)
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.save_pretrained(bad)
+    with pytest.raises(ValueError, match="llama.cpp's gpt2 tokenizer cannot express this vocabulary: pre-tokenizer"):
+        export_gguf(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_larger_than_embedding_is_refused(trained_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from hub_export.gguf import export_gguf
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    model = ScratchGPTForCausalLM.from_pretrained(trained_dir)
+    model.resize_token_embeddings(model.config.vocab_size - 5)
+    model.save_pretrained(tmp_path / "small")
+    AutoTokenizer.from_pretrained(trained_dir).save_pretrained(tmp_path / "small")
+    with pytest.raises(ValueError, match="llama.cpp cannot express ids outside the embedding"):
+        export_gguf(tmp_path / "small", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_kept_without_overwrite(trained_dir, tmp_path):
+    from hub_export.gguf import export_gguf
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        export_gguf(trained_dir, tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
