@@ -11,7 +11,7 @@ triangle itself, so no mask is materialised on the fast path), a boolean ``(batc
 (``True`` where a query may attend to a key; :func:`build_attention_mask` makes it), or an additive float mask
 of that shape (0 where attending is allowed), as transformers' mask functions and continuous batching pass.
 
-:data:`ATTENTION_FUNCTIONS` is a model-local ``AttentionInterface``: the standard names ``"eager"`` and
+:data:`ALL_ATTENTION_FUNCTIONS` is a model-local ``AttentionInterface``: the standard names ``"eager"`` and
 ``"sdpa"`` resolve to the two functions below; every other name (``"paged|eager"``, ``"flex_attention"``,
 ``"flash_attention_2"``, anything registered with ``AttentionInterface.register``) to transformers' registry.
 See docs/backends.md.
@@ -156,9 +156,9 @@ OURS = {"eager": eager_attention, "sdpa": sdpa_attention}
 
 # Model-local registry: our two functions under the standard names, transformers' global registry for the rest
 # (an AttentionInterface instance's local entries shadow the global ones; see transformers' AttentionInterface).
-ATTENTION_FUNCTIONS = AttentionInterface()
+ALL_ATTENTION_FUNCTIONS = AttentionInterface()
 for _name, _function in OURS.items():
-    ATTENTION_FUNCTIONS[_name] = _function
+    ALL_ATTENTION_FUNCTIONS[_name] = _function
 
 
 def is_ours(name: str | None) -> bool:
@@ -169,16 +169,16 @@ def is_ours(name: str | None) -> bool:
 def get_attention_function(name: str | None):
     """The implementation registered under ``name`` (``None`` means ``"sdpa"``); one clear error if unknown."""
     try:
-        return ATTENTION_FUNCTIONS.get_interface(name or "sdpa", eager_attention)
+        return ALL_ATTENTION_FUNCTIONS.get_interface(name or "sdpa", eager_attention)
     except KeyError:
         raise ValueError(
-            f"attn_implementation {name!r} is not registered; use one of {sorted(ATTENTION_FUNCTIONS)} or "
+            f"attn_implementation {name!r} is not registered; use one of {sorted(ALL_ATTENTION_FUNCTIONS)} or "
             "register it with transformers.AttentionInterface.register(name, function)."
         ) from None
 
 
 __all__ = [
-    "ATTENTION_FUNCTIONS",
+    "ALL_ATTENTION_FUNCTIONS",
     "build_attention_mask",
     "eager_attention",
     "get_attention_function",

@@ -43,7 +43,7 @@ from transformers.utils import can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .attention import ATTENTION_FUNCTIONS, build_attention_mask, eager_attention, is_ours, packed_sequence_mask
+from .attention import ALL_ATTENTION_FUNCTIONS, build_attention_mask, eager_attention, is_ours, packed_sequence_mask
 from .cache import use_append_layers
 from .linear import Linear
 from .configuration_scratch_gpt import ScratchGPTConfig
@@ -137,7 +137,7 @@ class ScratchGPTAttention(nn.Module):
         if (self.config.output_attentions if want_weights is None else want_weights) and implementation == "sdpa":
             logger.warning_once("output_attentions=True needs attention weights: using the eager attention for it.")
             implementation = "eager"
-        attention = ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
         attn_output, attn_weights = attention(
             self,
             query,
