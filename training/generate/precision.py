@@ -1,0 +1,150 @@
+"""Low-precision CPU decoding: load a causal LM for generation in fp32, bf16 or int8.
+
+Decoding one token streams every weight once, so on a CPU its speed is set by the bytes of weights read per
+token. ``bf16`` halves them, ``int8`` quarters them:
+
+- ``bf16``: the whole model in bfloat16, only where the CPU has bf16 units (AVX512-BF16 or AMX). Elsewhere
+  PyTorch emulates bf16 arithmetic and it is many times slower than fp32, so the request falls back to fp32 with
+  a warning.
+- ``int8``: every linear layer (and the token/position embeddings, which a tied LM head shares) stored as
+  8-bit integers with one float scale per output row, through PyTorch's own quantized kernels (fbgemm:
+  ``torch.ao.quantization.quantize_dynamic``). Activations are quantized per call on the fly, so the matrix
+  products run as int8 GEMMs. Measured at GPT-2 124M's shapes on this project's 2-core AVX-512 CPU (one
+  thread, CPU time of one pass over all linear weights; ``benchmarks/bench_local.py`` measures decoding end to
+  end): fbgemm int8 105-110 passes/s at batch 1 and ~89 at batch 8, plain fp32 ``nn.Linear`` 25 / 12, bf16 31-33
+  / 26, torchao 0.18's ``Int8WeightOnlyConfig`` 8 / 6 and ``torch._weight_int8pack_mm`` 9 / 1 (both without a
+  fused CPU kernel here, so they dequantize and lose to fp32). That is why int8 goes through fbgemm.
+
+scratch-gpt's :class:`scratch_gpt.linear.Linear` (an ``nn.Linear`` subclass with fast fp32 CPU paths) is
+first turned back into a plain ``nn.Linear`` holding the same parameters, since the quantizer swaps modules by
+exact type.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("fp32", "bf16", "int8")
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 beats fp32 here."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(cpu, probe, None)
+        if check is not None and check():
+            return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in _BF16_CPU_FLAGS)
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """The precision to use: ``dtype`` itself, or fp32 (with a warning) for bf16 on a CPU that emulates it."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if dtype == "int8" and not str(device).startswith("cpu"):
+        raise ValueError(f"--dtype int8 runs on the CPU only (fbgemm kernels); got --device {device}")
+    if dtype == "bf16" and str(device).startswith("cpu") and not cpu_has_bf16_units():
+        message = (
+            "this CPU has no bf16 units (AVX512-BF16 / AMX), so bf16 would be emulated and slower than fp32; "
+            "falling back to --dtype fp32"
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        logger.warning(message)
+        return "fp32"
+    return dtype
+
+
+def _plain_linear(module: Any) -> Any:
+    """A plain ``nn.Linear`` sharing ``module``'s parameters (the quantizer matches modules by exact type)."""
+    from torch import nn
+
+    plain = nn.Linear(1, 1, bias=module.bias is not None, device="meta")
+    plain.in_features, plain.out_features = module.in_features, module.out_features
+    plain.weight = module.weight
+    plain.bias = module.bias
+    return plain
+
+
+def _as_plain_linears(model: Any) -> int:
+    """Replace every ``nn.Linear`` subclass by a plain ``nn.Linear`` in place; returns the number of linears."""
+    from torch import nn
+
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                count += 1
+                if type(child) is not nn.Linear:
+                    setattr(parent, name, _plain_linear(child))
+    return count
+
+
+def quantize_int8(model: Any) -> Any:
+    """Quantize ``model``'s linear layers and embeddings to int8 in place (fbgemm, per-row scales); returns it.
+
+    ValueError when the model has no linear layer (nothing to quantize, or already quantized).
+    """
+    import torch
+    from torch import nn
+    from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig
+
+    if _as_plain_linears(model) == 0:
+        raise ValueError(
+            f"--dtype int8 quantizes linear layers, but this {type(model).__name__} has none (already quantized, "
+            "or not a transformer); use --dtype fp32 or bf16"
+        )
+    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "x86"
+    spec = {nn.Linear: per_channel_dynamic_qconfig, nn.Embedding: float_qparams_weight_only_qconfig}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*")  # torch.ao's eager API; see module doc
+        torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+    return model
+
+
+def load_for_generation(path: str | Path, dtype: str = "fp32", device: str = "cpu", **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(path, **kwargs)`` in eval mode at ``dtype`` (fp32 | bf16 | int8).
+
+    bf16 falls back to fp32 with a warning on CPUs without bf16 units; int8 quantizes every linear layer and
+    embedding (CPU only). ``kwargs`` go to ``from_pretrained`` (e.g. ``trust_remote_code``, ``revision``).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import scratch_gpt  # noqa: F401  (registers the architecture with the Auto classes)
+
+    precision = resolve_dtype(dtype, device)
+    torch_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=torch_dtype, **kwargs).eval()
+    if precision == "int8":
+        return quantize_int8(model)
+    return model.to(device)
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of weights a forward pass reads (parameters, buffers and packed quantized weights)."""
+    import torch
+
+    total = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+    for module in model.modules():
+        packed = getattr(module, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            weight, bias = packed._weight_bias()
+            total += weight.numel() * weight.element_size() + (0 if bias is None else bias.numel() * 4)
+    return total
+
+
+__all__ = ["DTYPES", "cpu_has_bf16_units", "load_for_generation", "quantize_int8", "resolve_dtype", "weight_bytes"]
