@@ -33,6 +33,19 @@ COMMAND_MODULES = (
 
 def _register_convert(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
+        "convert",
+        help="Convert a GPT-2, Llama, Mistral, Qwen2 or Qwen3 checkpoint into a scratch-gpt model folder.",
+        description="Convert a transformers GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM (no sliding "
+        "window), Qwen2ForCausalLM or Qwen3ForCausalLM checkpoint into a scratch-gpt model folder with the "
+        "source's tokenizer and chat template. Strict: missing, unexpected or mis-shaped weights and config "
+        "features scratch-gpt lacks are errors naming them (docs/family.md).",
+    )
+    p.add_argument("src", help="a local checkpoint folder or a Hub model id such as HuggingFaceTB/SmolLM2-135M")
+    p.add_argument("out_dir", help="folder to write the converted model into (must not exist unless --overwrite)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when SRC is a Hub id")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.set_defaults(func=_cmd_convert_any)
+    p = subparsers.add_parser(
         "convert-gpt2",
         help="Convert a GPT-2 checkpoint (local folder or Hub id) into a scratch-gpt model folder.",
         description="Convert a transformers GPT-2 checkpoint into a scratch-gpt model folder "
@@ -49,6 +62,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from scratch_gpt.convert import convert_gpt2_checkpoint
 
     out = convert_gpt2_checkpoint(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite)
+    print(f"wrote scratch-gpt model to {out}")
+    return 0
+
+
+def _cmd_convert_any(args: argparse.Namespace) -> int:
+    from scratch_gpt.convert_family import convert_checkpoint
+
+    out = convert_checkpoint(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite)
     print(f"wrote scratch-gpt model to {out}")
     return 0
 

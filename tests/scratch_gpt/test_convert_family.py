@@ -268,3 +268,23 @@ def test_scratch_to_family_then_back_keeps_logits_for_every_case():
         again = scratch_to_family(ours, "qwen3" if name.startswith("qwen3") else "llama")
         for key, tensor in reference.state_dict().items():
             assert torch.equal(again.state_dict()[key], tensor), key
+
+
+def test_cli_convert_dispatches_by_model_type_and_fails_in_one_line(tmp_path, capsys):
+    import scratch_gpt_cli
+
+    src, reference = _save_source(tmp_path, "llama-gqa-untied")
+    assert scratch_gpt_cli.main(["convert", str(src), str(tmp_path / "out")]) == 0
+    loaded = ScratchGPTForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(2, VOCAB, (1, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
+
+    bad = tmp_path / "windowed"
+    MistralForCausalLM(MistralConfig(**_COMMON, **_SMALL, sliding_window=8)).save_pretrained(bad)
+    capsys.readouterr()
+    assert scratch_gpt_cli.main(["convert", str(bad), str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "sliding_window=8" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert scratch_gpt_cli.main(["convert", str(tmp_path / "out"), str(tmp_path / "out3")]) == 1
+    assert "already a scratch-gpt model" in capsys.readouterr().err
