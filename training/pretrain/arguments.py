@@ -30,6 +30,7 @@ MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 REPORT_TO_CHOICES = ("none", "tensorboard")
 NORM_CHOICES = ("layernorm", "rmsnorm")
 ATTN_CHOICES = ("sdpa", "eager")
+SAMPLING_CHOICES = ("grid", "offset", "random")
 
 
 @dataclass
@@ -61,6 +62,10 @@ class TokenizerArguments:
         None, "reuse this tokenizer (folder or Hub id) instead of training one on the corpus", metavar="TEXT"
     )
     stride: int | None = _opt(None, "sliding-window stride when packing (default: block size, no overlap)", metavar="N")
+    sampling: str = _opt(
+        "grid", "training windows per epoch: the fixed block grid, the grid at a per-epoch offset, or random windows",
+        choices=SAMPLING_CHOICES,
+    )
 
 
 @dataclass
@@ -75,17 +80,19 @@ class OptimArguments:
     min_lr_ratio: float = _opt(0.1, "cosine decays to this fraction of the peak learning rate", metavar="X")
     warmup_steps: int = _opt(50, "linear warmup steps", metavar="N")
     weight_decay: float = _opt(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)", metavar="X")
+    decay_embeddings: bool = _opt(False, "apply the weight decay to the embeddings too (nanoGPT decays every matrix)")
     adam_beta1: float = _opt(0.9, "AdamW beta1", metavar="X")
     adam_beta2: float = _opt(0.95, "AdamW beta2", metavar="X")
     adam_epsilon: float = _opt(1e-8, "AdamW epsilon", metavar="X")
     max_grad_norm: float = _opt(1.0, "clip gradients to this global norm (0 disables clipping)", metavar="X")
-    max_steps: int = _opt(800, "optimizer steps to train (also the length of the LR schedule)", metavar="N")
+    max_steps: int | None = _opt(800, "optimizer steps to train (also the length of the LR schedule)", metavar="N")
     max_tokens: int | None = _opt(
         None, "train on this many tokens instead (sets max steps; the smaller of the two wins)", metavar="N"
     )
     max_time: str | None = _opt(
-        "7m", "stop after this much training time, e.g. 90s, 10m, 2h, or none (the LR schedule is not shortened)",
-        metavar="TEXT",
+        "7m", "stop after this much training time, e.g. 90s, 10m, 2h, or none; warmup and cosine are planned over "
+        "it from the measured step times (with --max-steps too, whichever ends first), so the run ends at its "
+        "minimum learning rate; given without --max-steps, the time alone plans the run", metavar="TEXT",
     )
     mixed_precision: str = _opt("no", "mixed precision (fp16 needs a GPU)", choices=MIXED_PRECISION_CHOICES)
     compile: bool = _opt(False, "torch.compile the model")
@@ -101,7 +108,9 @@ class EvalArguments:
     eval_every: int = _opt(200, "evaluate (validation loss, perplexity, samples) every N steps", metavar="N")
     eval_batches: int | None = _opt(20, "validation micro-batches per evaluation (None: the whole split)", metavar="N")
     num_samples: int = _opt(2, "continuations sampled at each evaluation", metavar="N")
-    sample_prompt: str = _opt("def ", "prompt for the sampled continuations", metavar="TEXT")
+    sample_prompt: str = _opt(
+        "", "prompt for the sampled continuations (default: the start of a validation document)", metavar="TEXT"
+    )
     sample_max_new_tokens: int = _opt(48, "length of the sampled continuations", metavar="N")
     log_every: int = _opt(10, "add the training loss to the log history every N steps", metavar="N")
     report_to: str = _opt("none", "extra experiment tracker through Accelerate", choices=REPORT_TO_CHOICES)
