@@ -5,67 +5,88 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
+from dataclasses import dataclass, field
 
-from .corpus import add_data_arguments, data_arguments_from_namespace
+from scratch_gpt.safe_output import check_output, staged_output
+
+from training.shared.arguments import dataclass_parser, from_namespace, lenient_numbers
+
+from .corpus import DataArguments
+
+
+@dataclass
+class BpeArguments:
+    """The byte-level BPE trained on the corpus."""
+
+    _argument_group_name = "tokenizer"
+
+    vocab_size: int = field(default=8192, metadata={
+        "help": "vocabulary size, special tokens included (with --tokenizer: the model's, checked against it)"})
+    min_frequency: int = field(default=2, metadata={"help": "minimum pair frequency for a merge"})
+
+
+@dataclass
+class TokenizerOutputArguments(BpeArguments):
+    """What ``train-tokenizer`` writes."""
+
+    _argument_group_name = "tokenizer"
+
+    model_max_length: int = field(default=1024, metadata={
+        "help": "context length recorded in the tokenizer (set it to the model's)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace OUT_DIR if it exists"})
+
+
+@dataclass
+class CorpusStatsArguments(BpeArguments):
+    """How ``corpus-stats`` tokenises and packs."""
+
+    _argument_group_name = "tokenizer and packing"
+
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "tokenizer folder or Hub id; default: train a byte-level BPE of --vocab-size tokens"})
+    block_size: int = field(default=256, metadata={"help": "context length: tokens per packed block"})
+    stride: int | None = field(default=None, metadata={
+        "help": "distance between block starts in the train split (default: --block-size, no overlap)"})
+    json: bool = field(default=False, metadata={"help": "print the statistics as JSON"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train-tokenizer`` and ``corpus-stats`` to the ``scratch-gpt`` dispatcher."""
     p = subparsers.add_parser(
         "train-tokenizer",
+        parents=[dataclass_parser(DataArguments, TokenizerOutputArguments)],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="Train a byte-level BPE tokenizer on a corpus and save it as a transformers tokenizer folder.",
         description="Train a byte-level BPE tokenizer (tokenizers) on the train split of --dataset and save it "
         "with save_pretrained, so AutoTokenizer.from_pretrained(OUT_DIR) loads it. <|endoftext|> is bos/eos "
         "(id 0) and <|pad|> the pad token (id 1).",
     )
     p.add_argument("out_dir", help="folder to write the tokenizer into (must not exist unless --overwrite)")
-    add_data_arguments(p)
-    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size, special tokens included")
-    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair frequency for a merge")
-    p.add_argument("--model-max-length", type=int, default=1024,
-                   help="context length recorded in the tokenizer (set it to the model's)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    lenient_numbers(p)
     p.set_defaults(func=cmd_train_tokenizer)
 
     s = subparsers.add_parser(
         "corpus-stats",
+        parents=[dataclass_parser(DataArguments, CorpusStatsArguments)],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="Print documents, characters, tokens, bytes per token and blocks of a corpus.",
         description="Load --dataset, tokenise it (with --tokenizer, or a BPE trained on its train split) and "
         "pack it into blocks of --block-size tokens, then print per-split statistics. The tokenised and "
         "packed data stay in the datasets cache: a later run with the same corpus, tokenizer and block size "
         "(e.g. `scratch-gpt train`) reuses them.",
     )
-    add_data_arguments(s)
-    s.add_argument("--tokenizer", default=None,
-                   help="tokenizer folder or Hub id; default: train a byte-level BPE of --vocab-size tokens")
-    s.add_argument("--vocab-size", type=int, default=8192,
-                   help="vocabulary size of the tokenizer to train (or the model's, checked against --tokenizer)")
-    s.add_argument("--min-frequency", type=int, default=2, help="minimum pair frequency for a merge")
-    s.add_argument("--block-size", type=int, default=256, help="context length: tokens per packed block")
-    s.add_argument("--stride", type=int, default=None,
-                   help="distance between block starts in the train split (default: --block-size, no overlap)")
-    s.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    lenient_numbers(s)
     s.set_defaults(func=cmd_corpus_stats)
 
 
-def _atomic_save(tokenizer, out_dir: str, overwrite: bool) -> None:
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it or choose another folder")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    if os.path.exists(out_dir):
-        old = os.path.join(parent, f".{os.path.basename(out_dir)}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+def _check_tokenizer_output(out_dir: str, overwrite: bool, dataset: str | None) -> None:
+    """Everything about OUT_DIR that can fail, checked before the corpus is read (nothing written yet)."""
+    check_output(out_dir, overwrite=overwrite, inputs=[dataset])
+    if os.path.isfile(out_dir):
+        raise FileExistsError(
+            f"{out_dir} is a file, but train-tokenizer writes a folder; choose another OUT_DIR (nothing was changed)"
+        )
 
 
 def _bytes_per_token(tokenizer, texts: list[str]) -> float | None:
@@ -80,12 +101,11 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from .corpus import load_text_splits
     from .tokenizer import train_tokenizer
 
-    data_args = data_arguments_from_namespace(args)
+    data_args = from_namespace(DataArguments, args)
     if data_args.streaming:
         raise ValueError("train-tokenizer reads the corpus once; drop --streaming "
                          "(or limit it with --max-documents)")
-    if os.path.exists(args.out_dir) and not args.overwrite:
-        raise FileExistsError(f"{args.out_dir} exists; pass --overwrite to replace it or choose another folder")
+    _check_tokenizer_output(args.out_dir, args.overwrite, data_args.dataset)
     splits = load_text_splits(data_args)
     train = splits["train"]
     t0 = time.perf_counter()
@@ -93,7 +113,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     tok = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                           show_progress=True, model_max_length=args.model_max_length, length=len(train))
     seconds = time.perf_counter() - t0
-    _atomic_save(tok, args.out_dir, args.overwrite)
+    with staged_output(args.out_dir, overwrite=args.overwrite, inputs=[data_args.dataset]) as stage:
+        tok.save_pretrained(stage)
     val_texts = list(splits["validation"]["text"][:2000])
     summary = {
         "out_dir": os.path.abspath(args.out_dir),
@@ -113,7 +134,7 @@ def cmd_corpus_stats(args: argparse.Namespace) -> int:
     from .corpus import prepare_datasets
     from .tokenizer import load_tokenizer
 
-    data_args = data_arguments_from_namespace(args)
+    data_args = from_namespace(DataArguments, args)
     if data_args.streaming:
         raise ValueError("corpus-stats counts the whole corpus; drop --streaming (or add --max-documents)")
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None

@@ -28,7 +28,7 @@ import logging
 import os
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -61,32 +61,15 @@ class DataArguments:
         "use only this many documents (before the split; files are taken in hash order, a fixed sample)")})
     num_proc: int = field(default=1, metadata={"help": "processes for tokenisation (Dataset.map num_proc)"})
     seed: int = field(default=0, metadata={"help": (
-        "seed for --shuffle-documents; the validation split never depends on it")})
+        "random seed (model weights, data order and samples when training; --shuffle-documents); "
+        "the validation split never depends on it")})
     shuffle_documents: bool = field(default=False, metadata={"help": (
         "shuffle the training documents (with --seed) before packing; not available with --streaming")})
     sample_by: str = field(default="document", metadata={"help": (
-        "for txt/md/rst/py files: one example per 'document' (file), 'paragraph' (blank-line separated) or 'line'")})
+        "for txt/md/rst/py files: one example per 'document' (file), 'paragraph' (blank-line separated) or 'line'"),
+        "choices": ("document", "paragraph", "line")})
 
-
-def add_data_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
-    """Add every :class:`DataArguments` field to an argparse parser as ``--kebab-case`` options."""
-    defaults = defaults or {}
-    for f in fields(DataArguments):
-        flag = "--" + f.name.replace("_", "-")
-        default = defaults.get(f.name, f.default)
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", default=default, help=f.metadata["help"])
-            continue
-        kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-        kwargs: dict[str, Any] = {"type": kind, "default": default, "help": f.metadata["help"]}
-        if f.name == "sample_by":
-            kwargs["choices"] = ("document", "paragraph", "line")
-        parser.add_argument(flag, **kwargs)
-
-
-def data_arguments_from_namespace(ns) -> DataArguments:
-    """Build :class:`DataArguments` from an argparse namespace made with :func:`add_data_arguments`."""
-    return DataArguments(**{f.name: getattr(ns, f.name) for f in fields(DataArguments) if hasattr(ns, f.name)})
+    _argument_group_name = "data"
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -454,7 +437,19 @@ def load_text_splits(args: DataArguments):
         if args.streaming:
             raise ValueError("--shuffle-documents needs the in-memory path; drop --streaming or the shuffle")
         splits["train"] = splits["train"].shuffle(seed=args.seed)
+    if not args.streaming:
+        check_not_empty(splits["train"], src)
     return splits
+
+
+def check_not_empty(train, source) -> None:
+    """An empty corpus (no document with a non-space character) is an error for every command, never a
+    useless tokenizer or model. Stops at the first real document, so a normal corpus costs one row."""
+    for batch in train.iter(batch_size=256):
+        if any(text and not text.isspace() for text in batch["text"]):
+            return
+    raise ValueError(f"the corpus {source} is empty: its train split holds no text (only empty or blank "
+                     "documents); point --dataset at a corpus with text")
 
 
 def prepare_datasets(args: DataArguments, block_size: int, tokenizer=None, vocab_size: int = 8192,

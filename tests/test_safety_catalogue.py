@@ -1,0 +1,232 @@
+"""Issue 11, acceptance 1: every row of tests/safety_catalogue.py fails cleanly and destroys nothing.
+
+Each row runs one ``scratch-gpt`` command against a fresh copy of a small workspace (corpora, tokenizers,
+models, a finished run) and asserts: a non-zero exit (the row's code), no traceback, exactly one error line
+naming the culprit (the row's words), and every file and folder under the workspace unchanged except the
+outputs the command was asked to write. Rows run in-process through ``scratch_gpt_cli.main`` (fast); the
+disk-full and read-only rows run in a subprocess inside a private mount namespace (``unshare``), where a tiny
+tmpfs or a read-only bind mount gives the real errno. Where namespaces are unavailable they fall back to an
+injected ``ENOSPC`` / a chmod (non-root) or a refused ``os.access`` (root).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import scratch_gpt_cli
+from tests.conftest import make_tiny_config
+from tests.safety_catalogue import ROWS, Row
+
+REPO = Path(__file__).resolve().parents[1]
+_STDLIB_FILES = ("textwrap.py", "glob.py", "fnmatch.py")
+_CLS_TEXTS = ["free prize call now", "see you at lunch", "win cash today", "meeting moved to noon"]
+
+
+# -- the workspace ----------------------------------------------------------------------------------------
+
+
+def _write_corpora(ws: Path) -> None:
+    stdlib = Path(shutil.__file__).parent
+    (ws / "corpus").mkdir()
+    for name in _STDLIB_FILES:
+        shutil.copy(stdlib / name, ws / "corpus" / name)
+    (ws / "corpus.txt").write_text((stdlib / "glob.py").read_text(encoding="utf-8"), encoding="utf-8")
+    (ws / "empty.txt").write_bytes(b"")
+    (ws / "blank.txt").write_text("\n  \n\t\n")
+    (ws / "latin1.txt").write_bytes("Caf\u00e9 au lait, cr\u00e8me br\u00fbl\u00e9e.\n".encode("latin-1") * 50)
+    (ws / "bad.yaml").write_text("max_steps: lots\n")
+    rows = [f"{_CLS_TEXTS[i % 4]} {i},{'spam' if i % 2 == 0 else 'ham'}" for i in range(40)]
+    (ws / "cls.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (ws / "cls_one.csv").write_text("text,label\n" + "\n".join(r.rsplit(",", 1)[0] + ",ham" for r in rows) + "\n")
+    sms = "".join(f"{('ham', 'spam')[i % 2]}\tCaf\u00e9 ol\u00e9 {i}\n" for i in range(30))
+    (ws / "sms_latin1.txt").write_bytes(sms.encode("latin-1"))
+    records = [{"instruction": f"Repeat {i}", "input": "", "output": f"{i}"} for i in range(20)]
+    (ws / "instruct.json").write_text(json.dumps(records))
+    latin = json.dumps([{**r, "output": "caf\u00e9"} for r in records], ensure_ascii=False)
+    (ws / "instruct_latin1.json").write_bytes(latin.encode("latin-1"))
+    (ws / "instruct_bad.json").write_text(json.dumps([records[0], {"instruction": "no answer"}]))
+
+
+def _write_models(ws: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+    from scratch_gpt import ScratchGPTForCausalLM
+    from training.data.tokenizer import train_tokenizer
+
+    texts = [(ws / "corpus" / n).read_text(encoding="utf-8") for n in _STDLIB_FILES]
+    tok = train_tokenizer(texts, vocab_size=320, min_frequency=2, model_max_length=64)
+    tok.save_pretrained(ws / "tok")
+    train_tokenizer(texts, vocab_size=600, min_frequency=1, model_max_length=64).save_pretrained(ws / "bigtok")
+    torch.manual_seed(0)
+    for name in ("model", "run", "truncated", "badtypes"):
+        ScratchGPTForCausalLM(make_tiny_config()).save_pretrained(ws / name)
+        tok.save_pretrained(ws / name)
+    (ws / "run" / "training_args.json").write_text(json.dumps({"preset": "tiny", "max_steps": 2}))
+    (ws / "run" / "train_results.json").write_text(json.dumps({"train_loss": 5.0}))
+    weights = (ws / "truncated" / "model.safetensors").read_bytes()
+    (ws / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    config = json.loads((ws / "badtypes" / "config.json").read_text())
+    (ws / "badtypes" / "config.json").write_text(json.dumps({**config, "hidden_size": "32"}))
+    gpt2 = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=320, bos_token_id=0, eos_token_id=0)
+    for name in ("gpt2", "gpt2_missing", "badgpt2", "ro/gpt2", "ro/old"):
+        GPT2LMHeadModel(gpt2).save_pretrained(ws / name)
+        tok.save_pretrained(ws / name)
+    weights = load_file(ws / "gpt2_missing" / "model.safetensors")
+    del weights["transformer.h.0.mlp.c_fc.bias"]
+    save_file(weights, ws / "gpt2_missing" / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((ws / "badgpt2" / "config.json").read_text())
+    (ws / "badgpt2" / "config.json").write_text(json.dumps({**config, "n_embd": "32"}))
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                         vocab_size=320)).save_pretrained(ws / "bert")
+
+
+def build_workspace(ws: Path) -> Path:
+    """The catalogue's inputs (described in tests/safety_catalogue.py)."""
+    ws.mkdir(parents=True)
+    _write_corpora(ws)
+    _write_models(ws)
+    for name in ("emptydir", "full"):
+        (ws / name).mkdir()
+    return ws
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    import datasets
+    import torch
+
+    old_cache, old_threads = datasets.config.HF_DATASETS_CACHE, torch.get_num_threads()
+    datasets.config.HF_DATASETS_CACHE = tmp_path_factory.mktemp("datasets_cache")
+    torch.set_num_threads(1)
+    yield build_workspace(tmp_path_factory.mktemp("catalogue") / "ws")
+    datasets.config.HF_DATASETS_CACHE = old_cache
+    torch.set_num_threads(old_threads)
+
+
+# -- running a row ----------------------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with the sha256 of its bytes ("dir" for folders)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _changed(before: dict[str, str], after: dict[str, str], writes: tuple[str, ...]) -> list[str]:
+    allowed = tuple(writes)
+    return [
+        key for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key) and not any(key == w or key.startswith(w + "/") for w in allowed)
+    ]
+
+
+def _namespace_prefix() -> list[str] | None:
+    """``unshare`` arguments that give a private mount namespace where mounts are allowed, or None."""
+    for prefix in (["unshare", "-m"], ["unshare", "-rm"]):
+        if shutil.which("unshare") is None:
+            return None
+        probe = subprocess.run([*prefix, "sh", "-c", "mount -t tmpfs -o size=4k tmpfs /mnt 2>/dev/null || "
+                                "mount -t tmpfs -o size=4k tmpfs /tmp"], capture_output=True)
+        if probe.returncode == 0:
+            return prefix
+    return None
+
+
+_MOUNTS = {
+    "full": "mount -t tmpfs -o size=32k tmpfs {ws}/full",
+    "rofs": "mount --bind {ws}/ro {ws}/ro && mount -o remount,bind,ro {ws}/ro",
+}
+
+
+def _run_sandboxed(row: Row, argv: list[str], ws: Path, prefix: list[str]) -> tuple[int, str, str]:
+    import shlex
+
+    cli = " ".join(shlex.quote(a) for a in [sys.executable, "-P", "-m", "scratch_gpt_cli", *argv])
+    script = f"{_MOUNTS[row.sandbox].format(ws=shlex.quote(str(ws)))} || exit 97\n{cli}\nrc=$?\n"
+    script += f"echo LEFT: $(ls -A {shlex.quote(str(ws / 'full'))})\nexit $rc\n"
+    env = {**os.environ, **row.env, "SCRATCH_GPT_MALLOC_TUNING": "0"}
+    result = subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True, cwd=ws, env=env, timeout=300)
+    assert result.returncode != 97, result.stderr
+    left = result.stdout.rsplit("LEFT:", 1)[-1].strip()
+    assert not left, f"the full disk kept {left}"  # the failed write cleaned its staging folder
+    return result.returncode, result.stderr, result.stdout
+
+
+def _run_in_process(row: Row, argv: list[str], ws: Path, capsys, monkeypatch) -> tuple[int, str, str]:
+    for key, value in row.env.items():
+        monkeypatch.setenv(key, value)
+    if row.sandbox:
+        _inject_fallback(row.sandbox, ws, monkeypatch)
+    try:
+        rc = scratch_gpt_cli.main(argv)
+    except SystemExit as exit_:  # argparse
+        rc = exit_.code
+    captured = capsys.readouterr()
+    return rc, captured.err, captured.out
+
+
+def _inject_fallback(sandbox: str, ws: Path, monkeypatch) -> None:
+    """Without mount namespaces: a full disk is an ENOSPC from fsync; read-only is chmod (or a refused access)."""
+    from scratch_gpt import safe_output
+
+    if sandbox == "full":
+        def full(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+        monkeypatch.setattr(safe_output, "fsync_tree", full)
+    elif os.geteuid() != 0:
+        for path in [ws / "ro", *(ws / "ro").rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    else:
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).startswith(str(ws / "ro")) else real(p, mode, **kw))
+
+
+@pytest.fixture(scope="module")
+def namespace_prefix():
+    return _namespace_prefix()
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_catalogue_row(row: Row, template, tmp_path, capsys, monkeypatch, namespace_prefix):
+    ws = tmp_path / "ws"
+    shutil.copytree(template, ws, symlinks=True)
+    monkeypatch.chdir(ws)
+    argv = [a.replace("{ws}", str(ws)) for a in row.args]
+    before = snapshot(ws)
+    if row.sandbox and namespace_prefix:
+        rc, err, out = _run_sandboxed(row, argv, ws, namespace_prefix)
+    else:
+        rc, err, out = _run_in_process(row, argv, ws, capsys, monkeypatch)
+    if row.sandbox == "rofs" and not namespace_prefix and os.geteuid() != 0:
+        for path in [ws / "ro", *(ws / "ro").rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("scratch-gpt ")]
+    assert rc == row.exit, f"exit {rc}, expected {row.exit}; stderr: {err[-2000:]}"
+    assert len(lines) == 1, f"expected one error line, got: {err[-2000:]}"
+    missing = [w for w in row.words if w.lower() not in lines[0].lower()]
+    assert not missing, f"error line lacks {missing}: {lines[0]}"
+    assert _changed(before, snapshot(ws), row.writes) == []
+
+
+def test_catalogue_covers_every_subcommand():
+    parser = scratch_gpt_cli.build_parser()
+    commands = set(next(a for a in parser._actions if a.dest == "command").choices)
+    covered = {r.args[0] for r in ROWS}
+    assert len(ROWS) >= 40
+    assert commands - covered <= {"serve", "evaluate", "playground", "gguf"}, commands - covered
