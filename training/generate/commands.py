@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the folder/repo (exported models)"
     )
+    g.add_argument(
+        "--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
+        help="weights precision: bf16 where the CPU has bf16 units (else fp32 with a warning), int8 quantized "
+        "linear layers on CPU (default: fp32)",
+    )
     g.set_defaults(func=cmd_generate)
 
 
@@ -48,13 +53,15 @@ def _check_generate_args(ns: argparse.Namespace) -> None:
 def cmd_generate(ns: argparse.Namespace) -> int:
     _check_generate_args(ns)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
+    from transformers import AutoTokenizer, TextStreamer
 
     import scratch_gpt  # noqa: F401  (registers the architecture with the Auto classes)
 
+    from .precision import load_for_generation
+
     device = ns.device if ns.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(ns.model, trust_remote_code=ns.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(ns.model, trust_remote_code=ns.trust_remote_code).to(device)
+    model = load_for_generation(ns.model, ns.dtype, device, trust_remote_code=ns.trust_remote_code)
     model.eval()
     ids = tokenizer(ns.prompt, return_tensors="pt").input_ids if ns.prompt else None
     if ids is None or ids.shape[1] == 0:
