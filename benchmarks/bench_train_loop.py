@@ -28,7 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.pretrain.arguments import resolve_arguments  # noqa: E402
-from training.pretrain.loop import build_model, param_groups, read_metrics, train  # noqa: E402
+from scratch_gpt.run_folder import load_log_history  # noqa: E402
+from training.pretrain.loop import train  # noqa: E402
+from training.pretrain.setup import build_model, param_groups  # noqa: E402
 
 
 def synthetic_blocks(n_train: int, n_val: int, block: int, vocab: int, seed: int = 0):
@@ -77,12 +79,15 @@ def bare_tokens_per_s(args, tok, blocks, steps: int) -> float:
     return steps * bs * args.block_size / (time.perf_counter() - t)
 
 
-def loop_tokens_per_s(args, tok, blocks, out: Path) -> float:
-    train(args, datasets=blocks, tokenizer=tok)
-    rec = [r for r in read_metrics(out / "metrics.jsonl") if "train_loss" in r]
-    # steady state: from the first logged window to the last one (startup, eval and saving excluded)
+def steady_tokens_per_s(run_dir: Path) -> float:
+    """From the first logged window to the last one (startup, evaluation and saving excluded)."""
+    rec = [r for r in load_log_history(run_dir) if "loss" in r]
     first, last = rec[0], rec[-1]
-    return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
+    return (last["num_input_tokens_seen"] - first["num_input_tokens_seen"]) / (last["elapsed_s"] - first["elapsed_s"])
+
+
+def loop_tokens_per_s(args, tok, blocks, out: Path) -> float:
+    return steady_tokens_per_s(train(args, datasets=blocks, tokenizer=tok).run_dir)
 
 
 def part_overhead(ns) -> dict:
@@ -142,14 +147,13 @@ def part_gpt2(ns) -> dict:
                 if name == "gpt2":  # same shape and init scheme (not the same initial weights)
                     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in scratch.parameters())
                 t = time.perf_counter()
-                train(args, datasets=blocks, tokenizer=tok, model=model)
+                res = train(args, datasets=blocks, tokenizer=tok, model=model)
                 wall = time.perf_counter() - t
-                res = json.loads((out / "train_results.json").read_text())
-                rec = [m for m in read_metrics(out / "metrics.jsonl") if "train_loss" in m]
-                tps = (rec[-1]["tokens"] - rec[0]["tokens"]) / (rec[-1]["elapsed_s"] - rec[0]["elapsed_s"])
-                results[name].append(
-                    {"val_loss": res["val_loss"], "tokens_per_s": round(tps), "wall_s": round(wall, 1)}
-                )
+                results[name].append({
+                    "val_loss": res.metrics["eval_loss"],
+                    "tokens_per_s": round(steady_tokens_per_s(out)),
+                    "wall_s": round(wall, 1),
+                })
     med = {k: statistics.median(x["val_loss"] for x in v) for k, v in results.items()}
     tps = {k: statistics.median(x["tokens_per_s"] for x in v) for k, v in results.items()}
     return {

@@ -96,7 +96,6 @@ class OptimArguments:
     )
     mixed_precision: str = _opt("no", "mixed precision (fp16 needs a GPU)", choices=MIXED_PRECISION_CHOICES)
     compile: bool = _opt(False, "torch.compile the model")
-    seed: int = _opt(0, "random seed (weights, data order, sampling)", metavar="N")
 
 
 @dataclass
@@ -138,7 +137,7 @@ class DebugArguments:
     debug_nan_step: int | None = _opt(None, "testing: make the loss NaN at this step", metavar="N")
 
 
-# DataArguments comes last so that the optimisation part's `seed` (weights, data order, sampling) is the one kept.
+# The parts in --help order; the data part brings `seed` (weights, data order, sampling, document shuffle).
 TRAIN_PARTS = (
     ModelArguments, TokenizerArguments, DataArguments, OptimArguments, EvalArguments, OutputArguments, DebugArguments
 )
@@ -210,7 +209,8 @@ class TrainArguments(
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.preset
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings, part by part (model first), as plain values."""
+        return {f.name: getattr(self, f.name) for part in TRAIN_PARTS for f in dataclasses.fields(part)}
 
 
 # Named presets: overrides of the TrainArguments defaults (which are `tiny`).

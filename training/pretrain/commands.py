@@ -1,7 +1,7 @@
 """`scratch-gpt train`.
 
-``train`` builds its options from :class:`training.pretrain.arguments.TrainArguments`, so every option of the loop is on
-the command line with its help text; values layer as defaults < ``--preset`` < ``--config FILE`` < flags.
+``train`` builds its options from the parts of :class:`training.pretrain.arguments.TrainArguments` through
+``HfArgumentParser``, so every option of the loop is on the command line with its help text; values layer as defaults < ``--preset`` < ``--config FILE`` < flags.
 
 Allocator tuning: glibc returns large freed blocks (the logits) to the OS every step and the page faults cost
 11-21% of CPU training time (DESIGN.md section 6). ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000``
@@ -13,76 +13,31 @@ two variables yourself (e.g. in front of ``accelerate launch``) also skips the r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Any
 
-from .arguments import PRESETS, TrainArguments, _base_type, _field_types, coerce_value
+from training.shared.arguments import dataclass_parser, given_options, lenient_numbers
+
+from .arguments import PRESETS, TRAIN_PARTS, TrainArguments
 
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 _REEXEC_GUARD = "SCRATCH_GPT_REEXECED"
 _CLI_SCRIPTS = {"scratch-gpt", "scratch_gpt_cli.py"}
 
-_GROUP_TITLES = {
-    "model": "model",
-    "data": "data (see training.data.corpus)",
-    "optim": "optimisation and stopping",
-    "eval": "evaluation and logging",
-    "output": "run folder and checkpoints",
-    "debug": "testing",
-}
-
-
-def _converter(name: str):
-    def convert(text: str) -> Any:
-        try:
-            return coerce_value(name, text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    convert.__name__ = _base_type(_field_types()[name])[0].__name__
-    return convert
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per TrainArguments field (default: not given, so presets and config files can apply)."""
-    types = _field_types()
-    groups = {key: parser.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
-    for f in dataclasses.fields(TrainArguments):
-        flag = "--" + f.name.replace("_", "-")
-        group = groups[f.metadata["group"]]
-        help_text = f"{f.metadata['help']} (tiny: {f.default})"
-        base, _ = _base_type(types[f.name])
-        if f.name == "preset":
-            group.add_argument(
-                flag, choices=list(PRESETS), default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: tiny)"
-            )
-        elif base is bool:
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
-        else:
-            group.add_argument(
-                flag,
-                type=_converter(f.name),
-                choices=f.metadata.get("choices"),
-                default=argparse.SUPPRESS,
-                metavar=None if f.metadata.get("choices") else {int: "N", float: "X"}.get(base, "TEXT"),
-                help=help_text,
-            )
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``train``."""
+    """Add ``train``: one ``--flag`` per field of the :class:`TrainArguments` parts, defaults left to presets."""
     p = subparsers.add_parser(
         "train",
+        parents=[dataclass_parser(*TRAIN_PARTS, suppress_defaults=True)],
         help="Pretrain a GPT from scratch (default: the tiny preset on the Python standard library, CPU minutes).",
         description="Pretrain a ScratchGPT with Accelerate. With no options: the `tiny` preset on the .py files "
         "of this interpreter's standard library, writing runs/tiny. Runs unchanged under `accelerate launch`.",
         epilog="Options layer as: defaults (= tiny) < --preset < --config FILE < flags. Presets: "
         + ", ".join(PRESETS),
     )
+    lenient_numbers(p)
     p.add_argument("--config", default=None, metavar="FILE", help="YAML or JSON file of option: value pairs")
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved options as YAML and exit without training"
@@ -92,7 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not re-run the process with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11 (a 15-40%% CPU speedup)",
     )
-    add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -119,9 +73,7 @@ def resolve_from_namespace(ns: argparse.Namespace) -> TrainArguments:
     """TrainArguments from parsed flags (only those given) + ``--config``."""
     from .arguments import resolve_arguments
 
-    names = {f.name for f in dataclasses.fields(TrainArguments)}
-    overrides = {k: v for k, v in vars(ns).items() if k in names}
-    return resolve_arguments(config_file=ns.config, overrides=overrides)
+    return resolve_arguments(config_file=ns.config, overrides=given_options(ns, *TRAIN_PARTS))
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
@@ -141,22 +93,23 @@ def cmd_train(ns: argparse.Namespace) -> int:
         logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # "Removed shared tensor" (tied head)
 
     try:
-        run_dir = train(args)
+        out = train(args)
     except TrainingDivergedError as err:
         print(f"scratch-gpt train: error: {err}", file=sys.stderr)
         return 1
-    import json
-
-    results_file = run_dir / "train_results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    if results:
-        print(
-            f"done: {results['steps']} steps, {results['tokens']:,} tokens in {results['train_time_s']:.0f}s "
-            f"({results['tokens_per_s']:,.0f} tokens/s); validation loss {results.get('val_loss', float('nan')):.4f}, "
-            f"perplexity {results.get('val_ppl', float('nan')):.2f}"
-        )
-        for sample in results.get("samples", [])[:1]:
-            print("sample:\n" + sample)
-    print(f"model, tokenizer, metrics.jsonl and loss.png in {run_dir}")
-    print(f"try: scratch-gpt generate {run_dir} --prompt 'def '")
+    print(_summary(out.metrics))
+    for sample in out.samples[:1]:
+        print("sample:\n" + sample)
+    print(f"model, tokenizer, training records and the loss plot in {out.run_dir}")
+    print(f"try: scratch-gpt generate {out.run_dir} --prompt 'def '")
     return 0
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    """One line of the final metrics that :func:`training.pretrain.loop.train` returns."""
+    nan = float("nan")
+    return (
+        f"done: {metrics['global_step']} steps, {metrics['num_input_tokens_seen']:,} tokens in "
+        f"{metrics['train_runtime']:.0f}s ({metrics['train_tokens_per_second']:,.0f} tokens/s); validation loss "
+        f"{metrics.get('eval_loss', nan):.4f}, perplexity {metrics.get('eval_perplexity', nan):.2f}"
+    )

@@ -13,8 +13,6 @@ from datasets import Dataset, DatasetDict
 
 from training.data.corpus import (
     DataArguments,
-    add_data_arguments,
-    data_arguments_from_namespace,
     is_validation,
     load_text_splits,
     prepare_datasets,
@@ -190,17 +188,17 @@ def test_streaming_folder_equals_in_memory(tmp_path):
 
 
 def test_data_arguments_cli_round_trip():
-    import argparse
+    from training.shared.arguments import dataclass_parser, from_namespace
 
-    parser = argparse.ArgumentParser()
-    add_data_arguments(parser)
+    parser = dataclass_parser(DataArguments)
     assert all(a.help for a in parser._actions if a.dest != "help")
     ns = parser.parse_args(["--dataset", "x.txt", "--validation-fraction", "0.2", "--max-documents", "5",
                             "--streaming", "--num-proc", "2"])
-    args = data_arguments_from_namespace(ns)
+    args = from_namespace(DataArguments, ns)
     assert (args.dataset, args.validation_fraction, args.max_documents, args.streaming, args.num_proc) == \
         ("x.txt", 0.2, 5, True, 2)
-    assert data_arguments_from_namespace(parser.parse_args([])) == DataArguments()
+    assert from_namespace(DataArguments, parser.parse_args([])) == DataArguments()
+    assert from_namespace(DataArguments, parser.parse_args(["--streaming", "--no-streaming"])).streaming is False
 
 
 def test_bad_arguments():

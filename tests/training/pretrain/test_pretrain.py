@@ -11,16 +11,10 @@ from datasets import Dataset, DatasetDict
 
 from tests.training.pretrain.helpers import make_blocks, make_tokenizer, tiny_args
 from training.pretrain.arguments import PRESETS, TrainArguments, coerce_value, parse_duration, resolve_arguments
-from training.pretrain.loop import (
-    TrainingDivergedError,
-    build_model,
-    list_checkpoints,
-    lr_multiplier,
-    param_groups,
-    read_metrics,
-    total_steps_for,
-    train,
-)
+from scratch_gpt import run_folder
+from training.pretrain.checkpoints import list_checkpoints
+from training.pretrain.loop import TrainingDivergedError, train
+from training.pretrain.setup import build_model, lr_multiplier, param_groups, total_steps_for
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -34,8 +28,11 @@ def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tiny"
     args = tiny_args(out, max_steps=8, eval_every=4, checkpoint_every=4, num_samples=2, sample_max_new_tokens=6)
     torch.set_num_threads(1)
-    run_dir = train(args, datasets=make_blocks(), tokenizer=make_tokenizer())
-    return run_dir
+    return train(args, datasets=make_blocks(), tokenizer=make_tokenizer()).run_dir
+
+
+def _losses(run_dir):
+    return [r["loss"] for r in run_folder.load_log_history(run_dir) if "loss" in r]
 
 
 # ---------------------------------------------------------------------------------------------- pure pieces
@@ -160,11 +157,12 @@ def test_overfits_one_batch(tmp_path):
         tmp_path / "of", hidden_size=64, max_steps=120, learning_rate=1e-2, warmup_steps=10,
         weight_decay=0.0, min_lr_ratio=1.0, log_every=5,
     )
-    run_dir = train(args, datasets=DatasetDict(train=batch, validation=batch), tokenizer=make_tokenizer())
-    losses = [r["train_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train_loss" in r]
+    out = train(args, datasets=DatasetDict(train=batch, validation=batch), tokenizer=make_tokenizer())
+    losses = _losses(out.run_dir)
     assert losses[0] > 4.0  # ~ln(vocab) at the start: nothing learned yet
     assert losses[-1] < 0.5
-    assert json.loads((run_dir / "train_results.json").read_text())["val_loss"] < 0.5
+    assert out.metrics["eval_loss"] < 0.5
+    assert run_folder.load_results(out.run_dir)["eval"]["eval_loss"] == out.metrics["eval_loss"]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -175,8 +173,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     steps = [s for s, _ in list_checkpoints(tmp_path / "nan")]
     assert steps == [3, 6]  # keep_checkpoints=2; nothing after the NaN
     assert not (tmp_path / "nan" / "model.safetensors").exists()  # no final model from a diverged run
-    records = read_metrics(tmp_path / "nan" / "metrics.jsonl")
-    assert max(r["step"] for r in records) == 7 and all(math.isfinite(r["train_loss"]) for r in records)
+    records = run_folder.load_log_history(tmp_path / "nan")
+    assert max(r["step"] for r in records) == 7 and all(math.isfinite(r["loss"]) for r in records)
 
 
 class _Interrupted(Exception):
@@ -201,18 +199,19 @@ def _assert_same_weights(dir_a, dir_b, atol=1e-6):
 
 
 def test_max_time_stops_early(tmp_path):
-    run_dir = train(tiny_args(tmp_path / "t", max_steps=10_000, max_time="0.01s"),
-                    datasets=make_blocks(), tokenizer=make_tokenizer())
-    results = json.loads((run_dir / "train_results.json").read_text())
-    assert results["steps"] < 10_000 and (run_dir / "model.safetensors").is_file()
+    out = train(tiny_args(tmp_path / "t", max_steps=10_000, max_time="0.01s"),
+                datasets=make_blocks(), tokenizer=make_tokenizer())
+    results = run_folder.load_results(out.run_dir)["train"]
+    assert results["global_step"] == out.metrics["global_step"] < 10_000
+    assert (out.run_dir / "model.safetensors").is_file()
 
 
 def test_gradient_accumulation_matches_large_batch(tmp_path):
     blocks, tok = make_blocks(), make_tokenizer()
-    big = train(tiny_args(tmp_path / "big", max_steps=4, per_device_batch_size=8), datasets=blocks, tokenizer=tok)
+    big = train(tiny_args(tmp_path / "big", max_steps=4, per_device_batch_size=8), datasets=blocks, tokenizer=tok).run_dir
     acc = train(tiny_args(tmp_path / "acc", max_steps=4, per_device_batch_size=4, gradient_accumulation_steps=2),
-                datasets=blocks, tokenizer=tok)
-    losses = [[r["train_loss"] for r in read_metrics(d / "metrics.jsonl") if "train_loss" in r] for d in (big, acc)]
+                datasets=blocks, tokenizer=tok).run_dir
+    losses = [_losses(d) for d in (big, acc)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
     _assert_same_weights(big, acc, atol=1e-5)
 
@@ -233,15 +232,21 @@ def test_run_dir_loads_with_auto_classes_and_pipeline(finished_run):
     assert text.startswith("def f") and len(tok(text).input_ids) > len(tok("def f").input_ids)
 
 
-def test_metrics_and_plot(finished_run):
-    records = read_metrics(finished_run / "metrics.jsonl")
-    train_steps = [r["step"] for r in records if "train_loss" in r]
-    evals = [r for r in records if "val_loss" in r]
+def test_log_history_results_and_plot(finished_run):
+    records = run_folder.load_log_history(finished_run)
+    train_steps = [r["step"] for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
     assert train_steps == list(range(1, 9))
     assert [r["step"] for r in evals] == [4, 8]
-    assert all(r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]), rel=1e-6) for r in evals)
-    assert all(len(r["samples"]) == 2 and all(isinstance(s, str) for s in r["samples"]) for r in evals)
-    assert {"lr", "tokens_per_s", "tokens", "grad_norm"} <= set(records[0])
+    assert all(r["eval_perplexity"] == pytest.approx(math.exp(r["eval_loss"]), rel=1e-6) for r in evals)
+    assert {"learning_rate", "tokens_per_second", "num_input_tokens_seen", "grad_norm"} <= set(records[0])
+    results = run_folder.load_results(finished_run)
+    assert results["eval"]["eval_loss"] == evals[-1]["eval_loss"]
+    assert results["train"]["global_step"] == 8 and results["train"]["num_input_tokens_seen"] == 8 * 8 * 32
+    assert results["train"]["train_loss"] == pytest.approx(sum(_losses(finished_run)) / 8)
+    all_results = json.loads((finished_run / "all_results.json").read_text())
+    assert all_results == {**results["train"], **results["eval"]}
+    assert run_folder.load_training_args(finished_run)["max_steps"] == 8
     png = (finished_run / "loss.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE)
     import matplotlib.image
@@ -281,14 +286,15 @@ def test_cli_train_on_a_local_corpus_then_resume(tmp_path, capsys):
              "--log-every", "1",
              "--output-dir", str(out), "--no-malloc-tuning"]
     assert main(flags) == 0
-    assert "validation loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "validation loss" in printed and "done: 2 steps" in printed
     saved = json.loads((out / "training_args.json").read_text())
     assert saved["dataset"] == str(corpus) and saved["max_steps"] == 2
     tokenizer_json = (out / "tokenizer.json").read_text()
     # a longer schedule continues from the step-2 checkpoint with the run's own tokenizer
     assert main([*flags[:-3], "--max-steps", "3", "--output-dir", str(out), "--resume", "--no-malloc-tuning"]) == 0
     assert (out / "tokenizer.json").read_text() == tokenizer_json
-    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train_loss" in r]
+    steps = [r["step"] for r in run_folder.load_log_history(out) if "loss" in r]
     assert steps == [1, 2, 3]
     assert [s for s, _ in list_checkpoints(out)] == [2, 3]
 
@@ -325,7 +331,7 @@ def test_streaming_blocks_train_and_resume_exactly(tmp_path):
         train=blocks["train"].to_iterable_dataset(num_shards=4), validation=blocks["validation"].to_iterable_dataset()
     )
     common = dict(max_steps=14, checkpoint_every=4)
-    full = train(tiny_args(tmp_path / "full", **common), datasets=stream, tokenizer=tok)
+    full = train(tiny_args(tmp_path / "full", **common), datasets=stream, tokenizer=tok).run_dir
     part = tmp_path / "part"
     with pytest.raises(_Interrupted):
         train(tiny_args(part, **common), datasets=stream, tokenizer=tok, callbacks=[_stop_at(10)])
@@ -333,5 +339,5 @@ def test_streaming_blocks_train_and_resume_exactly(tmp_path):
     assert (state["data_epoch"], state["data_index"]) == (1, 2)
     train(tiny_args(part, resume=True, **common), datasets=stream, tokenizer=tok)
     _assert_same_weights(full, part)
-    losses = [[r["train_loss"] for r in read_metrics(d / "metrics.jsonl") if "train_loss" in r] for d in (full, part)]
+    losses = [_losses(d) for d in (full, part)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6) and len(losses[0]) == 14

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from tests.training.pretrain.helpers import REPO_ROOT, child_env, make_blocks, make_tokenizer, tiny_args
-from training.pretrain.loop import list_checkpoints, read_metrics, train
+from scratch_gpt import run_folder
+from training.pretrain.checkpoints import list_checkpoints
+from training.pretrain.loop import train
 
 
 def _weights(run_dir):
@@ -24,14 +26,14 @@ def _weights(run_dir):
 
 
 def _train_losses(run_dir):
-    return [r["train_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train_loss" in r]
+    return [r["loss"] for r in run_folder.load_log_history(run_dir) if "loss" in r]
 
 
 def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, caplog):
     torch.set_num_threads(1)
     steps, every = 10, 3
     full = train(tiny_args(tmp_path / "full", max_steps=steps, checkpoint_every=every),
-                 datasets=make_blocks(), tokenizer=make_tokenizer())
+                 datasets=make_blocks(), tokenizer=make_tokenizer()).run_dir
 
     part = tmp_path / "part"
     cmd = [sys.executable, "-m", "tests.training.pretrain.helpers", "--out", str(part), "--steps", str(steps),
@@ -60,7 +62,7 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, cap
     (ckpts / "checkpoint-00000008").mkdir()
     (ckpts / "checkpoint-00000008" / "model.safetensors").write_bytes(b"half")
 
-    caplog.set_level(logging.WARNING, logger="training.pretrain.loop")
+    caplog.set_level(logging.WARNING, logger="training.pretrain.checkpoints")
     train(tiny_args(part, max_steps=steps, checkpoint_every=every, resume=True),
           datasets=make_blocks(), tokenizer=make_tokenizer())
     warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -70,9 +72,9 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, cap
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=key)
     assert _train_losses(part) == pytest.approx(_train_losses(full), abs=1e-6)
-    # metrics the killed run wrote after its checkpoint were dropped, not duplicated
-    assert [r["step"] for r in read_metrics(part / "metrics.jsonl")] == [
-        r["step"] for r in read_metrics(full / "metrics.jsonl")
+    # records the killed run logged after its checkpoint were dropped, not duplicated
+    assert [r["step"] for r in run_folder.load_log_history(part)] == [
+        r["step"] for r in run_folder.load_log_history(full)
     ]
     assert [s for s, _ in list_checkpoints(part, warn=False)] == [9, 10]
 
@@ -82,16 +84,16 @@ def test_two_processes_match_one_with_same_global_batch(tmp_path):
     torch.set_num_threads(1)
     steps = 6
     one = train(tiny_args(tmp_path / "one", max_steps=steps, per_device_batch_size=8),
-                datasets=make_blocks(), tokenizer=make_tokenizer())
+                datasets=make_blocks(), tokenizer=make_tokenizer()).run_dir
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "tests.training.pretrain.helpers", "--out", str(two), "--steps", str(steps), "--batch", "4"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((two / "train_results.json").read_text())
+    results = run_folder.load_results(two)["train"]
     assert results["num_processes"] == 2  # really two processes, not two copies of one
-    assert results["tokens"] == json.loads((one / "train_results.json").read_text())["tokens"]
+    assert results["num_input_tokens_seen"] == run_folder.load_results(one)["train"]["num_input_tokens_seen"]
     assert _train_losses(two) == pytest.approx(_train_losses(one), abs=1e-4)
     a, b = _weights(one), _weights(two)
     for key in a:

@@ -1,0 +1,103 @@
+"""What pretraining records in its run folder, written only through :mod:`scratch_gpt.run_folder`.
+
+Records follow ``transformers.Trainer`` so a folder from our loop and one from ``Trainer`` look alike:
+``log_history`` in ``trainer_state.json`` (one dict per logged step: ``loss``, ``learning_rate``,
+``grad_norm``, ``num_input_tokens_seen``, ...; one per evaluation: ``eval_loss``, ``eval_perplexity``),
+``train_results.json`` / ``eval_results.json`` / ``all_results.json`` at the end, the settings in
+``training_args.json`` and the loss curve drawn from ``log_history``. The history is written at evaluations,
+checkpoints and the end (never every step), so logging costs the loop nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from scratch_gpt import run_folder
+
+logger = logging.getLogger(__name__)
+
+# options that may change between a run and its resumption without a warning
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "max_steps", "max_tokens", "max_time", "debug_nan_step"})
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped so a diverged loss gives a large finite number (NaN stays NaN)."""
+    return math.exp(min(loss, 50.0)) if math.isfinite(loss) else float("nan")
+
+
+def record_arguments(run_dir: Path, settings: dict[str, Any], resuming: bool) -> None:
+    """Save the resolved settings; on resume, warn about options that changed since the run began."""
+    saved = run_folder.load_training_args(run_dir) if resuming else None
+    if saved:
+        changed = {
+            k: (saved.get(k), v) for k, v in settings.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
+        }
+        if changed:
+            logger.warning("resuming with changed options (old, new): %s", changed)
+    run_folder.save_training_args(run_dir, settings)
+
+
+def train_records(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The training-loss records of a log history."""
+    return [r for r in log_history if "loss" in r]
+
+
+def eval_records(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluation records of a log history."""
+    return [r for r in log_history if "eval_loss" in r]
+
+
+def write_history(run_dir: Path, log_history: list[dict[str, Any]], global_step: int, max_steps: int) -> None:
+    """``trainer_state.json`` with the log history so far (Trainer's layout)."""
+    run_folder.save_log_history(run_dir, log_history, global_step=global_step, max_steps=max_steps)
+
+
+def plot_losses(log_history: list[dict[str, Any]], png_path: str | os.PathLike, title: str | None = None) -> Path:
+    """Draw train and validation loss against steps into a PNG (matplotlib Agg), atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in train_records(log_history)]
+    val = [(r["step"], r["eval_loss"]) for r in eval_records(log_history)]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train", color="tab:blue", linewidth=1.0, alpha=0.8)
+    if val:
+        ax.plot(*zip(*val), label="validation", color="tab:orange", marker="o", markersize=3)
+    ax.set(xlabel="step", ylabel="cross-entropy loss", title=title or "loss")
+    ax.grid(alpha=0.3)
+    if train or val:
+        ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def save_plot(run_dir: Path, log_history: list[dict[str, Any]], name: str) -> None:
+    """The loss plot of run ``name``; a failure (e.g. a full disk) is a warning, never the end of the run."""
+    try:
+        plot_losses(log_history, run_folder.file(run_dir, run_folder.LOSS_PLOT_FILE), title=f"{name}: loss")
+    except (OSError, ValueError) as err:
+        logger.warning("could not draw the loss plot (%s); training goes on", err)
+
+
+def save_final_records(
+    stage: Path, name: str, settings: dict[str, Any], log_history: list, results: dict[str, dict]
+) -> None:
+    """Everything the finished run ``name`` holds besides the model: settings, history, results, plot."""
+    run_folder.save_training_args(stage, settings)
+    step = results["train"].get("global_step", 0)
+    write_history(stage, log_history, step, settings.get("max_steps", step))
+    for split, metrics in results.items():
+        run_folder.save_results(stage, split, metrics)
+    save_plot(stage, log_history, name)

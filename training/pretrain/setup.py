@@ -1,0 +1,348 @@
+"""The steps before the first optimizer step: validate and prepare a run, then build what it trains.
+
+:func:`prepare` checks every setting and the run folder, starts Accelerate, finds the checkpoint to resume
+from and loads the data (the main process tokenises first and caches; the others reuse its work), and only
+then touches the run folder. :func:`build` makes the model, the optimizer and the data loaders, all prepared
+by Accelerate, plus the learning-rate schedule (a pure function of the step).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from scratch_gpt import run_folder
+from scratch_gpt.safe_output import check_no_overlap
+
+from .arguments import TrainArguments, parse_duration
+from .checkpoints import list_checkpoints
+from .records import record_arguments
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# pure pieces
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate factor for optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_schedule(args: TrainArguments, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor as a pure function of the step (swap this to plan the schedule otherwise)."""
+    return functools.partial(
+        lr_multiplier, warmup_steps=args.warmup_steps, total_steps=total_steps, min_ratio=args.min_lr_ratio
+    )
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices of Linear layers only; none on norms, biases and embeddings."""
+    embedding_params = {
+        id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)
+    }
+    decay, no_decay, seen = [], [], set()
+    for param in model.parameters():
+        if not param.requires_grad or id(param) in seen:  # tied weights appear once
+            continue
+        seen.add(id(param))
+        (no_decay if param.ndim < 2 or id(param) in embedding_params else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def total_steps_for(args: TrainArguments, tokens_per_step: int) -> int:
+    """Steps to run: ``max_steps``, or fewer when ``max_tokens`` is reached first."""
+    if args.max_tokens is None:
+        return args.max_steps
+    return min(args.max_steps, max(1, math.ceil(args.max_tokens / tokens_per_step)))
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch: the order depends only on (seed, epoch), so a resumed run replays it."""
+
+    def __init__(self, num_items: int, seed: int) -> None:
+        self.num_items = num_items
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_items, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.num_items
+
+
+def build_model(args: TrainArguments, tokenizer) -> torch.nn.Module:
+    """A freshly initialised ScratchGPTForCausalLM sized by ``args`` for ``tokenizer``'s vocabulary."""
+    from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+
+    eos = tokenizer.eos_token_id
+    config = ScratchGPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        intermediate_size=args.intermediate_size,
+        max_position_embeddings=args.block_size,
+        attention_dropout=args.dropout,
+        resid_dropout=args.dropout,
+        embd_dropout=args.dropout,
+        norm_type=args.norm_type,
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+    )
+    config._attn_implementation = args.attn_implementation
+    return ScratchGPTForCausalLM(config)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# prepare: settings, run folder, Accelerate, data
+
+
+@dataclass
+class Run:
+    """A validated run: its settings, Accelerate, the run folder, the data and where to resume from."""
+
+    args: TrainArguments
+    accelerator: Any
+    run_dir: Path
+    datasets: Any
+    tokenizer: Any
+    resume_from: Path | None
+    max_time_s: float | None
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def prepare(args: TrainArguments, datasets=None, tokenizer=None) -> Run:
+    """Validate everything, then load the data, then (main process) start the run folder."""
+    from accelerate.utils import set_seed
+
+    args.validate()
+    run_dir = args.run_dir
+    check_run_dir(args, run_dir)
+    accelerator = build_accelerator(args, run_dir)
+    resume_from = find_resume(args, run_dir)
+    set_seed(args.seed)  # the same seed everywhere: identical initial weights on every process
+    if accelerator.is_main_process:
+        if datasets is None:
+            datasets, tokenizer = load_data(args, run_dir if resume_from else None, show_progress=True)
+        start_run_folder(args, run_dir, tokenizer, resuming=resume_from is not None)
+    accelerator.wait_for_everyone()
+    if datasets is None:  # other processes: the tokenizer the main process saved, the data it cached
+        datasets, tokenizer = load_data(args, run_dir, show_progress=False)
+    max_time_s = parse_duration(args.max_time) if args.max_time else None
+    return Run(args, accelerator, run_dir, datasets, tokenizer, resume_from, max_time_s)
+
+
+def check_run_dir(args: TrainArguments, run_dir: Path) -> None:
+    """Refuse contradicting flags, a busy folder without --resume/--overwrite, and outputs over inputs."""
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; pick one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"output path {run_dir} exists and is not a folder")
+    busy = run_dir.is_dir() and any(run_dir.iterdir())
+    if busy and not (args.resume or args.overwrite):
+        raise FileExistsError(
+            f"run folder {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
+            "or --output-dir for a new one"
+        )
+    check_no_overlap(run_dir, [args.dataset, args.tokenizer])
+
+
+def find_resume(args: TrainArguments, run_dir: Path) -> Path | None:
+    """The newest complete checkpoint with --resume; a non-empty folder without one is an error."""
+    if not args.resume:
+        return None
+    complete = list_checkpoints(run_dir)
+    if complete:
+        return complete[-1][1]
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise FileNotFoundError(
+            f"--resume: {run_dir} holds no complete checkpoint to continue; pass --overwrite to start it again "
+            "or --output-dir for a new run"
+        )
+    logger.info("--resume: %s holds no run yet; starting from scratch", run_dir)
+    return None
+
+
+def build_accelerator(args: TrainArguments, run_dir: Path):
+    """Accelerate for this run (CPU DDP over gloo under a multi-process launch without an accelerator)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    log_with = None
+    if args.report_to == "tensorboard":
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("--report-to tensorboard needs the tensorboard package: pip install tensorboard")
+        log_with = "tensorboard"
+    # Without cpu=True, Accelerate treats a torchrun/`accelerate launch --multi_gpu` job on a machine with no
+    # accelerator as a single process; with it, such a job is DDP over gloo (MULTI_CPU).
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=not has_accelerator,
+        mixed_precision=args.mixed_precision,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+        dynamo_backend="inductor" if args.compile else "no",
+    )
+    if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use --mixed-precision bf16 or no")
+    return accelerator
+
+
+def load_data(args: TrainArguments, tokenizer_dir: Path | None, show_progress: bool):
+    """Tokenizer (given, the run's own, or trained on the corpus) and packed blocks."""
+    from training.data.corpus import prepare_datasets
+    from training.data.tokenizer import load_tokenizer
+
+    tokenizer = None
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    elif tokenizer_dir is not None and run_folder.has_tokenizer(tokenizer_dir):
+        tokenizer = load_tokenizer(str(tokenizer_dir))  # a resumed run (or another process) reuses the run's
+    if tokenizer is None:
+        logger.info("training a %d-token BPE tokenizer on %s", args.vocab_size, args.dataset)
+    # a given tokenizer sets the model vocabulary; otherwise one of --vocab-size is trained
+    vocab = args.vocab_size if tokenizer is None else max(args.vocab_size, len(tokenizer))
+    blocks, tokenizer, stats = prepare_datasets(  # the train arguments include the data arguments
+        args, args.block_size, tokenizer=tokenizer, vocab_size=vocab, stride=args.stride,
+        show_progress=show_progress,
+    )
+    if show_progress:
+        logger.info("data: %s", json.dumps(stats))
+    return blocks, tokenizer
+
+
+def start_run_folder(args: TrainArguments, run_dir: Path, tokenizer, resuming: bool) -> None:
+    """Replace an old run (--overwrite, only now that everything is validated), save tokenizer and settings."""
+    if args.overwrite and run_dir.exists():
+        logger.warning("--overwrite: replacing %s", run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(run_dir)
+    record_arguments(run_dir, args.to_dict(), resuming)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# build: model, optimizer, loaders
+
+
+@dataclass
+class Job:
+    """What the loop trains: Accelerate-prepared model, optimizer and loaders, and the step plan."""
+
+    model: torch.nn.Module
+    unwrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_dl: Any
+    eval_dl: Any
+    sampler: EpochSampler | None
+    streaming: bool
+    tokens_per_step: int
+    total_steps: int
+    num_parameters: int
+    schedule: Callable[[int], float]
+
+
+def build(run: Run, model: torch.nn.Module | None = None) -> Job:
+    """Model (fresh unless given), AdamW, the loaders and the schedule, prepared by Accelerate."""
+    from accelerate.utils import set_seed
+
+    args, accelerator = run.args, run.accelerator
+    train_set, eval_set, block, streaming = loader_datasets(run)
+    set_seed(args.seed)
+    if model is None:
+        model = build_model(args, run.tokenizer)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    sampler = None if streaming else EpochSampler(len(train_set), args.seed)
+    seeded = dict(generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
+    train_dl = DataLoader(train_set, batch_size=args.per_device_batch_size, sampler=sampler, drop_last=True, **seeded)
+    eval_dl = DataLoader(eval_set, batch_size=args.per_device_batch_size, **seeded)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, args.weight_decay), lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+    )
+    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+    tokens_per_step = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps * block
+    total_steps = total_steps_for(args, tokens_per_step)
+    if run.main:
+        logger.info(
+            "training %.2fM parameters on %d processes: %d steps x %d tokens (%s train blocks of %d)",
+            num_parameters / 1e6, accelerator.num_processes, total_steps, tokens_per_step,
+            "streamed" if streaming else len(train_set), block,
+        )
+    return Job(
+        model, accelerator.unwrap_model(model), optimizer, train_dl, eval_dl, sampler, streaming,
+        tokens_per_step, total_steps, num_parameters, make_schedule(args, total_steps),
+    )
+
+
+def loader_datasets(run: Run) -> tuple[Any, Any, int, bool]:
+    """(train set, eval set, block length, streaming?) in torch format, the eval set cut to --eval-batches."""
+    from datasets import IterableDataset
+
+    args, datasets = run.args, run.datasets
+    global_batch = args.per_device_batch_size * run.accelerator.num_processes
+    eval_rows = None if args.eval_batches is None else args.eval_batches * global_batch
+    if isinstance(datasets["train"], IterableDataset):  # blocks arrive in order; a re-seeded buffer mixes them
+        train_set = datasets["train"].select_columns(["input_ids"]).shuffle(seed=args.seed, buffer_size=10_000)
+        train_set = train_set.with_format("torch")
+        eval_set = datasets["validation"].select_columns(["input_ids"]).with_format("torch")
+        eval_set = eval_set if eval_rows is None else eval_set.take(eval_rows)
+        block, streaming = len(next(iter(train_set))["input_ids"]), True
+    else:
+        train_set = datasets["train"].with_format("torch", columns=["input_ids"])
+        eval_set = datasets["validation"].with_format("torch", columns=["input_ids"])
+        eval_set = eval_set if eval_rows is None else eval_set.select(range(min(len(eval_set), eval_rows)))
+        block, streaming = len(train_set[0]["input_ids"]), False
+        if len(train_set) < global_batch:
+            raise ValueError(
+                f"only {len(train_set)} training blocks for a global micro-batch of {global_batch} "
+                f"({args.per_device_batch_size} x {run.accelerator.num_processes} processes); use a larger "
+                "corpus, a smaller --per-device-batch-size or a smaller --block-size"
+            )
+    if block > args.block_size:
+        raise ValueError(f"the data has blocks of {block} tokens but --block-size is {args.block_size}")
+    return train_set, eval_set, block, streaming
+
+
+def micro_batches(job: Job, accelerator, epoch: int, skip: int, position) -> Iterator[dict]:
+    """Endless stream of this process's micro-batches from (epoch, skip); ``position.data_epoch`` and
+    ``position.data_index`` (the loop's state) track where it is."""
+    while True:
+        if job.sampler is not None:
+            job.sampler.set_epoch(epoch)
+        job.train_dl.set_epoch(epoch)  # also re-seeds a streaming dataset's shuffle buffer
+        loader = accelerator.skip_first_batches(job.train_dl, skip) if skip else job.train_dl
+        position.data_epoch, position.data_index = epoch, skip
+        for batch in loader:
+            position.data_index += 1
+            yield batch
+        if position.data_index == 0:
+            raise ValueError("the training data yielded no complete batch; use a larger corpus or smaller batches")
+        epoch, skip = epoch + 1, 0
