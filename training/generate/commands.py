@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -50,6 +51,43 @@ def _check_generate_args(ns: argparse.Namespace) -> None:
         raise ValueError(f"--num-samples must be >= 1, got {ns.num_samples}")
 
 
+_LM_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def check_device(device: str) -> None:
+    """RuntimeError naming --device when it asks for CUDA that this machine does not have."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return
+    index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise RuntimeError(f"--device {device}: no such CUDA device on this machine (CUDA devices: "
+                           f"{torch.cuda.device_count() if torch.cuda.is_available() else 0})")
+
+
+def check_model_source(model: str) -> None:
+    """A local MODEL must be a folder with config.json of a causal LM and a tokenizer; errors name it."""
+    from scratch_gpt import run_folder
+
+    path = Path(model).expanduser()
+    hint = "pass a folder written by `scratch-gpt train`, `finetune instruct` or `convert-gpt2`, or a Hub id"
+    if not path.exists():
+        if model.startswith((".", "/", "~")) or model.count("/") > 1:
+            raise FileNotFoundError(f"model folder {model} does not exist; {hint}")
+        return  # a Hub id
+    if not run_folder.has_config(path):
+        raise ValueError(f"{model} has no config.json, so it is not a model folder; {hint}")
+    config = run_folder.read_json(path, run_folder.CONFIG_FILE, {})
+    archs = config.get("architectures") or [] if isinstance(config, dict) else []
+    if archs and not any(str(a).endswith(_LM_ARCH_SUFFIXES) for a in archs):
+        raise ValueError(f"{model} holds a {archs[0]} (model_type {config.get('model_type')!r}), not a causal "
+                         f"language model, so it cannot generate text; {hint}")
+    if not run_folder.has_tokenizer(path):
+        raise ValueError(f"{model} has no tokenizer files; copy the tokenizer it was trained with into it "
+                         "(tokenizer.json, tokenizer_config.json)")
+
+
 def cmd_generate(ns: argparse.Namespace) -> int:
     _check_generate_args(ns)
     import torch
@@ -60,6 +98,8 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     from .precision import load_for_generation
 
     device = ns.device if ns.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
+    check_model_source(ns.model)
     tokenizer = AutoTokenizer.from_pretrained(ns.model, trust_remote_code=ns.trust_remote_code)
     model = load_for_generation(ns.model, ns.dtype, device, trust_remote_code=ns.trust_remote_code)
     model.eval()
