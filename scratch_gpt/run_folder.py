@@ -17,6 +17,7 @@ Where the ecosystem already has a file for a record we use it, so a folder from 
 ``generated_predictions.json``  generations for a held-out split (instruction finetuning)
 ``loss.png``                the loss curve drawn from ``log_history``
 ``checkpoints/checkpoint-N/``  resumable state; complete only once it holds the ``COMPLETE`` marker
+``adapter/``, ``base_model/``  a finetuned LoRA run's adapter (merged runs) or the base it loads (unmerged)
 ==========================  =====================================================================
 
 Standard library only: this file lives in the model package so both ``training`` and ``hub_export`` can use
@@ -52,6 +53,8 @@ PREDICTIONS_FILE = "generated_predictions.json"
 LOSS_PLOT_FILE = "loss.png"
 MODEL_CARD_FILE = "README.md"
 CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"  # a merged LoRA run keeps its adapter here
+BASE_MODEL_DIR = "base_model"  # the base an unmerged LoRA adapter loads (a converted GPT-2, a new classifier head)
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "COMPLETE"
 RESULT_SPLITS = ("train", "eval", "test")
