@@ -1,0 +1,101 @@
+"""``config.cpu_fast_paths``: one switch for the private-op CPU paths, and exports that do not depend on them.
+
+The fast paths (``linear.py``'s few-rows and oneDNN kernels, the fused loss's CPU branches, the aligned copy
+after ``from_pretrained``) run in every Hub user's process. Switched off, the model uses public torch ops only
+and gives the same logits; an exported repo loaded where the private ops do not exist gives the same logits too.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hub_export.remote_code import write_remote_code
+from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, linear
+from tests.conftest import make_tiny_config
+
+# Run in a fresh interpreter: hide our package and the private torch ops, load the export as remote code.
+WITHOUT_PRIVATE_OPS = r"""
+import json, sys
+import torch
+sys.modules["scratch_gpt"] = None  # not importable: only the exported remote code can load
+class WithoutLinearPointwise:  # torch.ops.mkldnn less the private op our oneDNN path uses
+    def __getattr__(self, name, real=torch.ops.mkldnn):
+        if name == "_linear_pointwise":
+            raise AttributeError(name)
+        return getattr(real, name)
+torch.ops.mkldnn = WithoutLinearPointwise()
+for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
+    if hasattr(torch.cpu, name):
+        delattr(torch.cpu, name)
+from transformers import AutoModelForCausalLM
+folder, ids_file, out_file = sys.argv[1:4]
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+linear_module = sys.modules[type(model.lm_head).__module__]
+ids = torch.tensor(json.load(open(ids_file)))
+with torch.no_grad():
+    logits = model(ids).logits
+    generated = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=1)
+torch.save({"logits": logits, "generated": generated, "onednn": linear_module._ONEDNN,
+            "module": type(model).__module__}, out_file)
+"""
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return ScratchGPTForCausalLM(make_tiny_config()).eval()
+
+
+def test_switch_off_uses_only_f_linear_and_gives_the_same_logits(model, monkeypatch):
+    ids = torch.randint(2, 320, (3, 11))
+    with torch.no_grad():
+        fast_logits = model(ids).logits
+        fast_decode = model(ids[:, :1]).logits
+    plain = ScratchGPTForCausalLM(make_tiny_config(cpu_fast_paths=False)).eval()
+    plain.load_state_dict(model.state_dict())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CPU fast path ran although cpu_fast_paths=False")
+
+    monkeypatch.setattr(linear, "linear", refuse)
+    monkeypatch.setattr(linear, "onednn_matmul_nt", refuse)
+    monkeypatch.setattr("scratch_gpt.loss.onednn_matmul_nt", refuse)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, fast_logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(plain(ids[:, :1]).logits, fast_decode, atol=1e-5, rtol=0)
+    plain.train()
+    loss = plain(ids, labels=ids).loss  # the fused loss without oneDNN
+    model.train()
+    monkeypatch.undo()
+    torch.testing.assert_close(loss, model(ids, labels=ids).loss, atol=1e-5, rtol=0)
+
+
+def test_switch_off_skips_the_aligned_copy(tmp_path, model):
+    model.config.cpu_fast_paths = False
+    model.save_pretrained(tmp_path)
+    loaded = ScratchGPTForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.cpu_fast_paths is False
+    assert all(m.cpu_fast_paths is False for m in loaded.modules() if isinstance(m, linear.Linear))
+
+
+def test_export_without_private_ops_gives_the_same_logits(tmp_path, model):
+    folder = tmp_path / "export"
+    model.save_pretrained(folder)
+    write_remote_code(folder, ScratchGPTConfig)
+    ids = torch.randint(2, 320, (2, 9))
+    (tmp_path / "ids.json").write_text(json.dumps(ids.tolist()))
+    with torch.no_grad():
+        reference = model(ids).logits
+        generated = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=1)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    script = [sys.executable, "-c", WITHOUT_PRIVATE_OPS, str(folder), str(tmp_path / "ids.json")]
+    run = subprocess.run([*script, str(tmp_path / "out.pt")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = torch.load(tmp_path / "out.pt")
+    assert result["module"].startswith("transformers_modules") and result["onednn"] is False
+    torch.testing.assert_close(result["logits"], reference, atol=1e-5, rtol=0)
+    assert torch.equal(result["generated"], generated)
