@@ -230,3 +230,33 @@ def test_catalogue_covers_every_subcommand():
     covered = {r.args[0] for r in ROWS}
     assert len(ROWS) >= 40
     assert commands - covered <= {"serve", "evaluate", "playground", "gguf"}, commands - covered
+
+
+# -- the allocator re-exec runs the installed code, never the working directory's (issue 11, point 5) ------
+
+
+def _console_script() -> str:
+    beside = Path(sys.executable).parent / "scratch-gpt"
+    found = str(beside) if beside.is_file() else shutil.which("scratch-gpt")
+    assert found, "the scratch-gpt console script is not installed (pip install -e .)"
+    return found
+
+
+def test_reexec_never_runs_code_from_the_working_directory(tmp_path):
+    hostile, marker = tmp_path / "downloads", tmp_path / "HIJACKED"
+    for rel in ("scratch_gpt_cli.py", "training/__init__.py", "scratch_gpt/__init__.py", "hub_export/__init__.py"):
+        (hostile / rel).parent.mkdir(parents=True, exist_ok=True)
+        (hostile / rel).write_text(f"open({str(marker)!r}, 'a').write({rel!r} + '\\n')\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "SCRATCH_GPT_REEXECED", "SCRATCH_GPT_MALLOC_TUNING",
+                        "PYTHONPATH", "PYTHONSAFEPATH")}
+    missing = tmp_path / "missing.txt"
+    result = subprocess.run([_console_script(), "train", "--dataset", str(missing), "--output-dir", str(tmp_path / "o")],
+                            cwd=hostile, env=env, capture_output=True, text=True, timeout=600)
+    assert not marker.exists(), f"code from the working directory ran: {marker.read_text()}"
+    assert result.returncode == 1 and "missing.txt" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    # control: the same folder does take over a plain `python -m`, so the check above can fail
+    subprocess.run([sys.executable, "-m", "scratch_gpt_cli", "--help"], cwd=hostile, env=env, capture_output=True,
+                   timeout=600)
+    assert "scratch_gpt_cli.py" in marker.read_text()

@@ -24,6 +24,13 @@ from .arguments import PRESETS, TRAIN_PARTS, TrainArguments
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 _REEXEC_GUARD = "SCRATCH_GPT_REEXECED"
 _CLI_SCRIPTS = {"scratch-gpt", "scratch_gpt_cli.py"}
+# The re-exec must run the installed CLI, never a scratch_gpt_cli.py / training/ / scratch_gpt/ that happens to
+# sit in the working directory: `python -m` and `-c` put the cwd ('') first on sys.path, so drop it first
+# (what `python -P` does on 3.11+; this also works on 3.10).
+_SAFE_START = (
+    "import sys\nif sys.path and sys.path[0] in ('', '.'):\n    del sys.path[0]\n"
+    "from scratch_gpt_cli import main\nsys.exit(main())"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,7 +73,7 @@ def _maybe_reexec_with_malloc_tuning(ns: argparse.Namespace) -> None:
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in MALLOC_ENV.items()}, _REEXEC_GUARD: "1"}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "scratch_gpt_cli", *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, "-c", _SAFE_START, *sys.argv[1:]], env)
 
 
 def resolve_from_namespace(ns: argparse.Namespace) -> TrainArguments:
