@@ -1,4 +1,4 @@
-"""The model card (README.md) of an exported Hub repository.
+"""The model card (the README) of an exported Hub repository.
 
 The card is built with huggingface_hub's ``ModelCard`` / ``ModelCardData``, so the YAML header is what the Hub
 indexes (``library_name``, ``pipeline_tag``, ``license``, ``tags``, ``datasets``, ``base_model``). The body is
@@ -281,9 +281,9 @@ def build_model_card(
     options: CardOptions | None = None,
     code_files: list[str] | None = None,
 ) -> ModelCard:
-    """Build the README.md model card of an export.
+    """Build the model card (the README) of an export.
 
-    ``config`` is the exported config.json as a dict, ``task`` the pipeline tag (``text-generation`` or
+    ``config`` is the exported model config as a dict, ``task`` the pipeline tag (``text-generation`` or
     ``text-classification``), ``plot_name`` the loss plot's file name inside the export (or ``None``),
     ``code_files`` the Python files shipped as remote code.
     """

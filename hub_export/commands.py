@@ -31,7 +31,7 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="Export a model folder to a complete, self-verified Hugging Face Hub repository folder.",
         description="Write MODEL as a Hub repository folder at OUT_DIR: weights (safetensors), config, tokenizer, "
-        "generation config, loss plot, the run's metrics and a README.md model card. remote-code (default) ships "
+        "generation config, loss plot, the run's metrics and a model card (README). remote-code (default) ships "
         "the scratch_gpt modeling files with an auto_map (load with trust_remote_code=True); gpt2 writes a plain "
         "GPT-2 repo. The folder is staged beside OUT_DIR and appears only after a fresh Python process that "
         "cannot import scratch_gpt has loaded it and matched the source model's logits.",
@@ -43,7 +43,7 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="export_format", choices=tuple(EXPORT_FORMATS), default="remote-code",
                    help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()))
     p.add_argument("--max-shard-size", default="5GB",
-                   help="split model.safetensors into shards above this size, e.g. 5GB, 500MB (default: 5GB)")
+                   help="split the safetensors weights into shards above this size, e.g. 5GB, 500MB (default: 5GB)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT_DIR if it exists (the old folder is replaced only once the new one is verified)")
     p.add_argument("--require-tokenizer", action="store_true",

@@ -9,7 +9,7 @@
    reference the export must reproduce).
 3. Inside :func:`scratch_gpt.safe_output.staged_output` (a staging folder beside OUT_DIR): the format's writer
    writes the weights and config, then the tokenizer, the run records (numbers only), the loss plot and the
-   README.md card; the format's verifier loads the staged folder in a fresh process that cannot import
+   model card; the format's verifier loads the staged folder in a fresh process that cannot import
    ``scratch_gpt`` and compares it with the reference. Only then is the folder swapped in, so OUT_DIR is
    always absent, the old complete export, or the new verified one -- even after a SIGKILL.
 
@@ -188,6 +188,7 @@ def plan_export(
     )
     check_out_dir(job)
     check_weights(model_dir)
+    check_run_records(job.run_dir)
     if fmt.check is not None:
         fmt.check(job)
     if not job.has_tokenizer:
@@ -213,7 +214,7 @@ def _check_package() -> None:
 
 
 def read_model_config(model_dir: Path) -> dict[str, Any]:
-    """The config.json of a scratch-gpt model folder, with clear errors for anything else."""
+    """The config of a scratch-gpt model folder as a dict, with clear errors for anything else."""
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
@@ -342,6 +343,14 @@ def check_safetensors_file(path: Path) -> None:
         )
 
 
+def check_run_records(run_dir: Path) -> None:
+    """Every record of the run parses (a corrupt one raises ``ValueError`` naming it before anything is loaded)."""
+    with _translating_read_errors():
+        run_folder.load_training_args(run_dir)
+        run_folder.load_trainer_state(run_dir)
+        run_folder.load_results(run_dir)
+
+
 @contextlib.contextmanager
 def _translating_read_errors() -> Iterator[None]:
     """Turn a permission error while reading the model into a message that names the file and the fix."""
@@ -440,7 +449,7 @@ def copy_run_records(run_dir: Path, stage: Path) -> None:
 
 
 def write_card(job: ExportJob, stage: Path, *, num_parameters: int, code_files: list[str]) -> None:
-    """Write README.md, the model card, from the exported config and the run records."""
+    """Write the model card (the README) from the exported config and the run records."""
     exported = run_folder.read_json(stage, run_folder.CONFIG_FILE) or job.config
     plot = run_folder.LOSS_PLOT_FILE if (stage / run_folder.LOSS_PLOT_FILE).is_file() else None
     card = build_model_card(
@@ -467,7 +476,7 @@ def _check_gpt2(job: ExportJob) -> None:
 
 
 def _write_gpt2_format(model: Any, stage: Path, job: ExportJob) -> list[str]:
-    """Write ``model`` as a plain GPT-2 checkpoint (config.json, safetensors, generation_config.json).
+    """Write ``model`` as a plain GPT-2 checkpoint (config, safetensors weights, generation config).
 
     The weights are mapped tensor by tensor (``scratch_state_dict_to_gpt2``: Conv1D layout) and written with
     huggingface_hub's ``save_torch_state_dict`` (sharding and index as ``save_pretrained`` does) instead of

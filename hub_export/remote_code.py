@@ -3,7 +3,7 @@
 transformers copies, for ``trust_remote_code=True``, the module an ``auto_map`` entry names plus every sibling it
 imports as ``from .x import y``. So the export copies exactly that closure from the installed package, refuses
 code that would not load on a machine without our package (imports other than the standard library, torch and
-transformers; ``from . import x``; nested packages), and writes the ``auto_map`` into the exported config.json.
+transformers; ``from . import x``; nested packages), and writes the ``auto_map`` into the exported model config.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def auto_classes(config_class: type) -> dict[str, type]:
 
 
 def write_remote_code(folder: Path, config_class: type) -> list[str]:
-    """Copy the modeling files into ``folder`` and add ``auto_map`` to its config.json; returns the file names."""
+    """Copy the modeling files into ``folder`` and add ``auto_map`` to its config; returns the file names."""
     classes = auto_classes(config_class)
     files = remote_code_files(*classes.values())
     package_dir = files[0].parent

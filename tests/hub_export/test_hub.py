@@ -188,3 +188,58 @@ def test_cli_options_have_help_and_errors_are_one_line(tmp_path, capsys):
     assert scratch_gpt_cli.main(["push", str(tmp_path), "not/a/valid/id", "--token", TOKEN]) == 1
     err = capsys.readouterr().err
     assert "invalid repo id" in err and TOKEN not in err
+
+
+def test_debug_logging_of_a_push_shows_no_http_headers(lm_export, tmp_path, caplog, monkeypatch):
+    """Under -v (root logger at DEBUG) the upload logs our progress, never request/response headers or the token."""
+    import logging
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2", "huggingface_hub"):  # as a fresh process has them
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    caplog.set_level(logging.DEBUG)
+    with FakeHub(TOKEN, max_seconds=60) as hub:
+        url = push_folder(lm_export.out_dir, "owner/logged", token=TOKEN, endpoint=hub.url)
+    assert "owner/logged" in hub.repos and url
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("uploading" in m for m in messages)  # our own debug/info logging is on
+    http = [r.name for r in caplog.records if r.name.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")]
+    assert not http, f"HTTP client records under -v: {sorted(set(http))}"
+    for m in messages:
+        assert TOKEN not in m and "authorization" not in m.lower() and "headers" not in m.lower(), m
+
+
+@pytest.mark.parametrize("raised", [
+    RuntimeError(f"unexpected failure with {TOKEN} inside"),
+    ValueError(f"invalid README metadata for token {TOKEN}"),  # was dead code after `except Exception`
+    KeyError(TOKEN),
+])
+def test_every_push_failure_is_scrubbed(lm_export, monkeypatch, raised):
+    import hub_export.push
+
+    def failing(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(hub_export.push, "_upload", failing)
+    with pytest.raises(PushError) as info:
+        push_folder(lm_export.out_dir, "owner/x", token=TOKEN)
+    assert TOKEN not in str(info.value) and "***" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__context__ is not None  # the traceback shows no token text
+
+
+def test_unreadable_file_in_push_is_named(lm_export, monkeypatch):
+    import hub_export.push
+
+    def failing(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(lm_export.out_dir / "model.safetensors"))
+
+    monkeypatch.setattr(hub_export.push, "_upload", failing)
+    with pytest.raises(PushError, match="cannot read .*model.safetensors .*permissions"):
+        push_folder(lm_export.out_dir, "owner/x", token=TOKEN)
+    real_access = os.access
+    monkeypatch.setattr(hub_export.push.os, "access", lambda p, mode: "README" not in str(p) and real_access(p, mode))
+    with pytest.raises(PermissionError, match=r"cannot read .*README.md: permission denied; .*chmod"):
+        push_folder(lm_export.out_dir, "owner/x", token=TOKEN)
