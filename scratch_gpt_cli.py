@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 from hub_export import commands as hub_commands
+from hub_export import serve as serve_commands
 from training.data import commands as data_commands
+from training.evaluate import commands as evaluate_commands
 from training.finetune import commands as finetune_commands
 from training.generate import commands as generate_commands
 from training.pretrain import commands as train_commands
@@ -27,7 +29,9 @@ COMMAND_MODULES = (
     generate_commands,  # generate
     data_commands,  # train-tokenizer, corpus-stats
     finetune_commands,  # finetune classify | instruct
+    evaluate_commands,  # evaluate (lm-eval)
     hub_commands,  # export, push
+    serve_commands,  # serve (transformers serve)
 )
 
 

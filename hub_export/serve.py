@@ -14,8 +14,8 @@ The one thing it cannot do is load an architecture that transformers does not sh
 so ``ScratchGPTForCausalLM`` (a run folder, or an exported remote-code repo) raises ``AttributeError`` whatever
 ``--trust-remote-code`` says. :class:`ScratchModelManager` overrides that one method: architectures transformers
 ships still go through the stock loader; any other one goes through ``AutoModelForCausalLM``, which knows our
-classes (``import scratch_gpt`` registers them) or, for an export served with ``--trust-remote-code``, runs the
-export's own ``auto_map`` code (then our classes are deliberately not registered). ``Serve`` imports
+classes (``import scratch_gpt`` registers them); an export served with ``--trust-remote-code`` runs its own
+``auto_map`` modeling code instead. ``Serve`` imports
 ``ModelManager`` from its module when it is constructed, so :func:`serve` swaps in the subclass for that
 construction only (no copy of transformers' wiring).
 """
@@ -68,25 +68,14 @@ def check_port_free(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {host}:{port} ({err.strerror}): check --host and --port") from None
 
 
-def _register_our_classes(model: str, trust_remote_code: bool) -> None:
-    """Register the installed scratch_gpt classes with the Auto* factories, unless the repo's own code is trusted.
-
-    transformers 5.24 (``auto_factory.py``, ``explicit_local_code``) prefers a registered class over a repo's
-    ``auto_map`` code even with ``trust_remote_code=True``, so registering would silently serve the installed code.
-    """
-    from transformers import PretrainedConfig
-
-    if trust_remote_code and "auto_map" in PretrainedConfig.get_config_dict(model)[0]:
-        logger.info("running %s with its own modeling code (auto_map, --trust-remote-code)", model)
-        return
-    import scratch_gpt  # noqa: F401  (the import registers ScratchGPTConfig and the model classes)
-
-
 def scratch_model_manager() -> type:
     """transformers' ``ModelManager`` with a loader that also knows non-transformers architectures."""
     import transformers
     from transformers.cli.serving.model_manager import ModelManager
     from transformers.cli.serving.utils import split_revision
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    import scratch_gpt  # noqa: F401  (the import registers our config and model classes with the Auto factories)
 
     class ScratchModelManager(ModelManager):
         """Loads architectures transformers does not ship through ``AutoModelForCausalLM``."""
@@ -99,6 +88,14 @@ def scratch_model_manager() -> type:
             architecture = (config.architectures or [""])[0]
             if gguf_file is not None or hasattr(transformers, architecture):
                 return super()._load_model(model_id_and_revision, tqdm_class, progress_callback, gguf_file)
+            auto_map = getattr(config, "auto_map", None) or {}
+            if self.trust_remote_code and "AutoModelForCausalLM" in auto_map:
+                # The repo's own code, named explicitly: transformers 5.24 would otherwise prefer our registered
+                # class over the auto_map code (``explicit_local_code`` in ``models/auto/auto_factory.py``).
+                logger.info("loading %s with its own modeling code (%s)", model_id, auto_map["AutoModelForCausalLM"])
+                model_class = get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], model_id,
+                                                            revision=revision)
+                return model_class.from_pretrained(model_id, **self._auto_kwargs(revision))
             logger.info("loading %s (%s) through AutoModelForCausalLM", model_id, architecture)
             return transformers.AutoModelForCausalLM.from_pretrained(model_id, **self._auto_kwargs(revision))
 
@@ -153,7 +150,6 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, **serve_options
         raise ValueError("serving needs fastapi and uvicorn: pip install 'scratch-gpt[serve]'")
     check_model(model)
     check_port_free(host, port)
-    _register_our_classes(model, bool(serve_options.get("trust_remote_code")))
     from transformers.cli.serve import Serve
 
     logger.info("serving %s on http://%s:%d/v1 (Ctrl+C stops)", model, host, port)

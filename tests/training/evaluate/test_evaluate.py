@@ -10,7 +10,6 @@ loopback raise, so a network access fails the test.
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 from pathlib import Path
@@ -165,13 +164,10 @@ def offline(monkeypatch):
 
 
 def run_cli(argv: list[str]) -> int:
-    """Run ``scratch-gpt`` with ``argv`` (the evaluate command module's own parser)."""
-    from training.evaluate import commands
+    """Run ``scratch-gpt`` with ``argv`` in this process."""
+    from scratch_gpt_cli import main
 
-    parser = argparse.ArgumentParser(prog="scratch-gpt")
-    commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_evaluate_scores_equal_hand_computation(model_dir, tasks, offline, capsys):
@@ -207,18 +203,22 @@ def test_evaluation_merges_into_earlier_results(model_dir, tasks, offline):
 
 
 @pytest.mark.parametrize(
-    ("argv", "error", "match"),
+    ("argv", "code", "match"),
     [
-        (["MISSING", "--tasks", "tiny_mc"], FileNotFoundError, "does not exist"),
-        (["MODEL", "--tasks", "no_such_task_xyz"], ValueError, "unknown lm-eval task no_such_task_xyz"),
-        (["MODEL", "--tasks", " , "], ValueError, "no task given"),
-        (["MODEL", "--tasks", "tiny_mc", "--batch-size", "0"], ValueError, "--batch-size must be"),
-        (["MODEL", "--tasks", "tiny_mc", "--limit", "-1"], ValueError, "--limit must be > 0"),
-        (["MODEL", "--tasks", "tiny_mc", "--include-path", "NOWHERE"], FileNotFoundError, "is not a folder"),
+        (["MISSING", "--tasks", "tiny_mc"], 1, "does not exist"),
+        (["MODEL", "--tasks", "no_such_task_xyz"], 1, "unknown lm-eval task no_such_task_xyz"),
+        (["MODEL", "--tasks", " , "], 1, "no task given"),
+        (["MODEL", "--tasks", "tiny_mc", "--batch-size", "0"], 2, "--batch-size must be"),
+        (["MODEL", "--tasks", "tiny_mc", "--limit", "-1"], 2, "--limit must be > 0"),
+        (["MODEL", "--tasks", "tiny_mc", "--include-path", "NOWHERE"], 1, "is not a folder"),
     ],
 )
-def test_bad_input_is_one_clear_error(model_dir, tasks, tmp_path, argv, error, match):
+def test_bad_input_is_one_clear_line(model_dir, tmp_path, capsys, argv, code, match):
+    from scratch_gpt import run_folder
+
+    before = run_folder.load_results(model_dir)
     values = {"MISSING": str(tmp_path / "missing"), "MODEL": str(model_dir), "NOWHERE": str(tmp_path / "none")}
-    argv = [values.get(a, a) for a in argv]
-    with pytest.raises(error, match=match):
-        run_cli(["evaluate", *argv])
+    assert run_cli(["evaluate", *[values.get(a, a) for a in argv]]) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scratch-gpt evaluate: error: ") and match in err and "\n" not in err, err
+    assert run_folder.load_results(model_dir) == before
