@@ -159,11 +159,20 @@ def _output_named(args: argparse.Namespace) -> str:
     return "the output folder"
 
 
+def _rust_os_error(err: BaseException, args: argparse.Namespace) -> str | None:
+    """The Rust libraries (safetensors, tokenizers) report I/O failures such as a full disk as a plain
+    exception whose text ends in ``(os error N)``; map N like an OSError, naming the output being written."""
+    code = re.search(r"\(os error (\d+)\)", str(err))
+    if not code:
+        return None
+    return _os_error_message(OSError(int(code.group(1)), os.strerror(int(code.group(1))), _output_named(args)))
+
+
 def _safetensors_message(err: BaseException, args: argparse.Namespace) -> str:
     """safetensors reports I/O failures (a full disk) in its own error type, with the errno in the text."""
-    code = re.search(r"os error (\d+)", str(err))
-    if code:
-        return _os_error_message(OSError(int(code.group(1)), os.strerror(int(code.group(1))), _output_named(args)))
+    io_error = _rust_os_error(err, args)
+    if io_error:
+        return io_error
     return (
         f"cannot read the weights in {_weights_named(args)} ({_one_line(err, 200)}): the file is truncated "
         "or corrupt; re-download, re-export or retrain it"
@@ -206,7 +215,8 @@ def describe_failure(err: BaseException, args: argparse.Namespace) -> tuple[int,
     if isinstance(err, ValueError):
         message = _one_line(err)
         return (USAGE_EXIT if message.startswith("--") else RUNTIME_EXIT), message
-    return None
+    io_error = _rust_os_error(err, args)
+    return (RUNTIME_EXIT, io_error) if io_error else None
 
 
 def _command_name(args: argparse.Namespace) -> str:

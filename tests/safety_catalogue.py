@@ -10,7 +10,7 @@ Workspace: ``corpus/`` (three .py files), ``corpus.txt``, ``empty.txt`` (0 bytes
 ``latin1.txt``, ``tok/`` (BPE, 320 tokens), ``bigtok/`` (BPE, 600 tokens), ``model/`` (scratch-gpt causal LM,
 vocab 320, context 64, with tokenizer), ``run/`` (a finished training run: model + records, no checkpoints),
 ``gpt2/`` (GPT-2 checkpoint + tokenizer), ``gpt2_missing/`` (GPT-2 without ``h.0.mlp.c_fc.bias``), ``bert/``,
-``badtypes/`` (scratch-gpt config with a string hidden size), ``truncated/`` (half a model.safetensors),
+``bigvocab/`` (``model`` with ``bigtok``), ``badtypes/`` (scratch-gpt config with a string hidden size), ``truncated/`` (half a model.safetensors),
 ``emptydir/``, ``cls.csv``, ``cls_one.csv`` (one label), ``sms_latin1.txt``, ``instruct.json``,
 ``instruct_latin1.json``, ``instruct_bad.json`` (a record without output), ``bad.yaml`` (max_steps: lots),
 ``ro/gpt2`` + ``ro/old`` (for ``rofs``), ``full/`` (for ``full``).
@@ -66,8 +66,6 @@ ROWS = [
         "corpus.txt"),
     row("train-missing-tokenizer", f"{T} --dataset {{ws}}/corpus --tokenizer {{ws}}/notok/ --output-dir {{ws}}/out",
         1, "notok"),
-    row("train-tokenizer-over-vocab", f"{T} --dataset {{ws}}/corpus --tokenizer {{ws}}/bigtok --vocab-size 320 "
-        "--output-dir {ws}/out", 1, "600|320"),
     # -- train-tokenizer ------------------------------------------------------------------------------------
     row("tokenizer-empty-corpus", "train-tokenizer {ws}/out --dataset {ws}/empty.txt", 1, "empty.txt|empty"),
     row("tokenizer-latin1", "train-tokenizer {ws}/out --dataset {ws}/latin1.txt", 1, "latin1.txt|byte|iconv"),
@@ -96,6 +94,7 @@ ROWS = [
     row("generate-bert-folder", "generate {ws}/bert --max-new-tokens 2", 1, "bert"),
     row("generate-config-wrong-type", "generate {ws}/badtypes --max-new-tokens 2", 1, "hidden_size"),
     row("generate-empty-folder", "generate {ws}/emptydir --max-new-tokens 2", 1, "emptydir"),
+    row("generate-tokenizer-over-vocab", "generate {ws}/bigvocab --max-new-tokens 2", 1, "bigvocab|600|320"),
     row("generate-top-p", "generate {ws}/model --top-p 1.5", 2, "--top-p"),
     # -- finetune classify ----------------------------------------------------------------------------------
     row("classify-one-class", f"{FC} {{ws}}/model --dataset {{ws}}/cls_one.csv -o {{ws}}/out", 1,

@@ -59,7 +59,7 @@ def _write_corpora(ws: Path) -> None:
 def _write_models(ws: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
     from scratch_gpt import ScratchGPTForCausalLM
     from training.data.tokenizer import train_tokenizer
@@ -72,6 +72,8 @@ def _write_models(ws: Path) -> None:
     for name in ("model", "run", "truncated", "badtypes"):
         ScratchGPTForCausalLM(make_tiny_config()).save_pretrained(ws / name)
         tok.save_pretrained(ws / name)
+    ScratchGPTForCausalLM(make_tiny_config()).save_pretrained(ws / "bigvocab")
+    AutoTokenizer.from_pretrained(ws / "bigtok").save_pretrained(ws / "bigvocab")
     (ws / "run" / "training_args.json").write_text(json.dumps({"preset": "tiny", "max_steps": 2}))
     (ws / "run" / "train_results.json").write_text(json.dumps({"train_loss": 5.0}))
     weights = (ws / "truncated" / "model.safetensors").read_bytes()
@@ -260,3 +262,58 @@ def test_reexec_never_runs_code_from_the_working_directory(tmp_path):
     subprocess.run([sys.executable, "-m", "scratch_gpt_cli", "--help"], cwd=hostile, env=env, capture_output=True,
                    timeout=600)
     assert "scratch_gpt_cli.py" in marker.read_text()
+
+
+# -- the CLI's error mapping (scratch_gpt_cli.describe_failure) -------------------------------------------
+
+
+def _described(err, **args):
+    import argparse
+
+    return scratch_gpt_cli.describe_failure(err, argparse.Namespace(command="x", **args))
+
+
+def test_expected_failures_map_to_one_line_with_the_file_and_the_fix():
+    import httpx
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    cases = [
+        (OSError(errno.ENOSPC, "No space left on device", "/data/out"), 1, ["no space left", "/data/out"]),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/x"), 1, ["permission denied: /data/x", "choose"]),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/d/m"), 1, ["no such file", "/d/m"]),
+        (OSError(errno.EROFS, "Read-only file system", "/ro/out"), 1, ["read-only", "/ro/out"]),
+        (FileExistsError("out exists; pass --overwrite"), 1, ["--overwrite"]),
+        (OfflineModeIsEnabled("offline"), 1, ["hub", "connection"]),
+        (httpx.ConnectError("connection refused"), 1, ["hub", "connection"]),
+        (RuntimeError("Torch not compiled with CUDA enabled"), 1, ["cuda", "--device cpu"]),
+        (AssertionError("Torch not compiled with CUDA enabled"), 1, ["cuda", "--device cpu"]),
+        (Exception("No space left on device (os error 28)"), 1, ["no space left", "out/tok"]),
+        (ValueError("--top-p must be in (0, 1], got 1.5"), 2, ["--top-p"]),
+        (ValueError("the corpus c.txt is empty"), 1, ["c.txt"]),
+    ]
+    for err, code, words in cases:
+        got = _described(err, out_dir="out/tok")
+        assert got is not None and got[0] == code, (err, got)
+        assert "\n" not in got[1] and all(w.lower() in got[1].lower() for w in words), (err, got)
+    try:
+        b"caf\xe9 au lait".decode("utf-8")
+    except UnicodeDecodeError as err:
+        code, message = _described(err)
+        assert code == 1 and "byte offset 3" in message and "iconv" in message
+
+
+def test_bugs_keep_their_traceback():
+    assert _described(RuntimeError("index out of range in self")) is None
+    assert _described(KeyError("hidden")) is None
+    assert _described(AssertionError("shapes differ")) is None
+
+
+@pytest.mark.parametrize("how", ["-v", "env"])
+def test_debug_shows_the_traceback(how, tmp_path, monkeypatch):
+    argv = ["generate", str(tmp_path / "nomodel") + "/", "--max-new-tokens", "2"]
+    if how == "env":
+        monkeypatch.setenv("SCRATCH_GPT_DEBUG", "1")
+    else:
+        argv.insert(0, "-v")
+    with pytest.raises(FileNotFoundError, match="nomodel"):
+        scratch_gpt_cli.main(argv)

@@ -103,6 +103,10 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(ns.model, trust_remote_code=ns.trust_remote_code)
     model = load_for_generation(ns.model, ns.dtype, device, trust_remote_code=ns.trust_remote_code)
     model.eval()
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(f"the tokenizer of {ns.model} has {len(tokenizer)} tokens but the model embeds only {vocab}; "
+                         "put the tokenizer the model was trained with beside it")
     ids = tokenizer(ns.prompt, return_tensors="pt").input_ids if ns.prompt else None
     if ids is None or ids.shape[1] == 0:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

@@ -61,8 +61,11 @@ def sample_continuations(
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-def evaluate_and_sample(model, unwrapped, eval_dl, accelerator, tokenizer, args) -> tuple[dict[str, float], list[str]]:
-    """``{"eval_loss", "eval_perplexity"}`` over the validation loader, and samples (main process only)."""
+def evaluate_and_sample(
+    model, unwrapped, eval_dl, accelerator, tokenizer, args, prompt: str | None = None
+) -> tuple[dict[str, float], list[str]]:
+    """``{"eval_loss", "eval_perplexity"}`` over the validation loader, and samples (main process only) from
+    ``prompt`` (default: ``args.sample_prompt``)."""
     from accelerate.utils import DistributedType
 
     loss = evaluate(model, eval_dl, accelerator)
@@ -72,7 +75,8 @@ def evaluate_and_sample(model, unwrapped, eval_dl, accelerator, tokenizer, args)
     samples: list[str] = []
     if accelerator.is_main_process and args.num_samples and not sharded:
         samples = sample_continuations(
-            unwrapped, tokenizer, args.sample_prompt, args.num_samples, args.sample_max_new_tokens, args.seed
+            unwrapped, tokenizer, args.sample_prompt if prompt is None else prompt, args.num_samples,
+            args.sample_max_new_tokens, args.seed,
         )
     accelerator.wait_for_everyone()
     return metrics, samples

@@ -35,6 +35,7 @@ from . import records
 from .arguments import TrainArguments
 from .checkpoints import load_state, newest_name, save_checkpoint
 from .evaluation import evaluate_and_sample
+from .monitor import overfitting_warning
 from .setup import Job, Run, build, micro_batches, prepare
 
 __all__ = ["TrainOutput", "TrainState", "TrainingDivergedError", "train"]
@@ -64,6 +65,7 @@ class TrainState:
     elapsed_s: float = 0.0
     data_epoch: int = 0
     data_index: int = 0
+    schedule: dict[str, Any] = field(default_factory=dict)  # the learning-rate plan's state (a time budget)
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -128,7 +130,7 @@ def train(
     state = restore(run, job)
     clock, meter, last_eval = Clock(state.elapsed_s), Throughput(), None
     with running(run, job, state) as (batches, progress):
-        while state.step < job.total_steps:
+        while job.total_steps is None or state.step < job.total_steps:
             step = train_step(run, job, state, next_batches(batches, args.gradient_accumulation_steps), clock)
             record = log_if_due(run, job, state, step, meter, clock, progress)
             stopping = step.out_of_time or state.step == job.total_steps
@@ -155,6 +157,7 @@ def restore(run: Run, job: Job) -> TrainState:
         return TrainState()
     run.accelerator.load_state(str(run.resume_from))
     state = TrainState.from_dict(load_state(run.resume_from))
+    job.schedule.load_state_dict(state.schedule)
     if run.main:
         logger.info("resumed from %s at step %d", run.resume_from, state.step)
     return state
@@ -209,16 +212,17 @@ def train_step(run: Run, job: Job, state: TrainState, micro: list[torch.Tensor],
         loss_sum += loss.detach().float()
     if args.debug_nan_step == state.step + 1:
         loss_sum = loss_sum * float("nan")
-    out_of_time = float(run.max_time_s is not None and clock.elapsed() >= run.max_time_s)
-    reduced = accelerator.reduce(torch.stack([loss_sum, loss_sum.new_tensor(out_of_time)]), "mean")
-    train_loss, out_of_time = reduced.tolist()
+    # one all-reduce: the loss, and the time used (the same on every process, so are the stop and the rate)
+    reduced = accelerator.reduce(torch.stack([loss_sum, loss_sum.new_tensor(clock.elapsed())]), "mean")
+    train_loss, elapsed = reduced.tolist()
+    out_of_time = run.max_time_s is not None and elapsed >= run.max_time_s
     if not math.isfinite(train_loss):
         raise TrainingDivergedError(
             f"loss became {train_loss} at step {state.step + 1}; stopped before applying that update "
             f"(newest checkpoint: {newest_name(run.run_dir)}). Try a lower --learning-rate, "
             "--max-grad-norm 1.0 or --mixed-precision bf16 instead of fp16"
         )
-    lr = args.learning_rate * job.schedule(state.step)
+    lr = args.learning_rate * job.schedule.multiplier(state.step, elapsed)
     for group in job.optimizer.param_groups:
         group["lr"] = lr
     grad_norm = None
@@ -227,7 +231,7 @@ def train_step(run: Run, job: Job, state: TrainState, micro: list[torch.Tensor],
     job.optimizer.step()
     job.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    return StepResult(train_loss, lr, grad_norm, bool(out_of_time))
+    return StepResult(train_loss, lr, grad_norm, out_of_time)
 
 
 def log_if_due(
@@ -236,7 +240,7 @@ def log_if_due(
     """The step's record; every ``--log-every`` steps (and the last) it holds the loss and joins the history."""
     meter.tokens += job.tokens_per_step
     record: dict[str, Any] = {"step": state.step, "num_input_tokens_seen": state.step * job.tokens_per_step}
-    if state.step % run.args.log_every == 0 or state.step == job.total_steps:
+    if state.step % run.args.log_every == 0 or state.step == job.total_steps or step.out_of_time:
         rate = meter.rate()
         record.update(loss=step.loss, learning_rate=step.learning_rate, tokens_per_second=round(rate, 1),
                       elapsed_s=round(clock.elapsed(), 2))
@@ -259,7 +263,7 @@ def evaluate_if_due(
     if not (state.step % run.args.eval_every == 0 or stopping):
         return None
     metrics, samples = evaluate_and_sample(
-        job.model, job.unwrapped, job.eval_dl, run.accelerator, run.tokenizer, run.args
+        job.model, job.unwrapped, job.eval_dl, run.accelerator, run.tokenizer, run.args, prompt=job.sample_prompt
     )
     record = {"step": state.step, "num_input_tokens_seen": state.step * job.tokens_per_step, **metrics}
     state.log_history.append(record)
@@ -270,8 +274,18 @@ def evaluate_if_due(
             "step %d: val loss %.4f, perplexity %.2f%s", state.step, metrics["eval_loss"],
             metrics["eval_perplexity"], "".join(f"\n  sample: {t!r}" for t in samples[:1]),
         )
+        warning = overfitting_warning(state.log_history, epochs_seen(run, job, state))
+        if warning:
+            logger.warning(warning)
     meter.restart()  # evaluation time is not training throughput
     return record, samples
+
+
+def epochs_seen(run: Run, job: Job, state: TrainState) -> float | None:
+    """Passes over the training split so far (None for a stream, whose length is unknown)."""
+    if job.streaming:
+        return None
+    return state.step * run.args.gradient_accumulation_steps / len(job.train_dl)
 
 
 def checkpoint_if_due(run: Run, job: Job, state: TrainState, stopping: bool, clock: Clock, meter: Throughput) -> None:
@@ -280,6 +294,7 @@ def checkpoint_if_due(run: Run, job: Job, state: TrainState, stopping: bool, clo
     if not ((every and state.step % every == 0) or stopping):
         return
     state.elapsed_s = clock.elapsed()
+    state.schedule = job.schedule.state_dict()
     saved = {**asdict(state), "tokens": state.step * job.tokens_per_step, "total_steps": job.total_steps}
     save_checkpoint(run.accelerator, run.run_dir, state.step, saved, run.args.keep_checkpoints)
     if run.main:
@@ -291,7 +306,7 @@ def finish(run: Run, job: Job, state: TrainState, last_eval, clock: Clock) -> Tr
     """Evaluate if the loop did not (a resumed, finished run), then publish model, tokenizer and records."""
     if last_eval is None:
         metrics, samples = evaluate_and_sample(
-            job.model, job.unwrapped, job.eval_dl, run.accelerator, run.tokenizer, run.args
+            job.model, job.unwrapped, job.eval_dl, run.accelerator, run.tokenizer, run.args, prompt=job.sample_prompt
         )
         last_eval = ({"step": state.step, **metrics}, samples)
     elapsed = clock.elapsed()

@@ -8,13 +8,12 @@ by Accelerate, plus the learning-rate schedule (a pure function of the step).
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,12 @@ from scratch_gpt.safe_output import check_no_overlap
 
 from .arguments import TrainArguments, parse_duration
 from .checkpoints import list_checkpoints
+from .budget import StepSchedule, TimeBudgetSchedule, lr_multiplier  # noqa: F401 (lr_multiplier: re-exported)
+from .monitor import default_prompt
 from .records import record_arguments
+from .sampling import EpochWindows, WindowSampler
+
+Schedule = StepSchedule | TimeBudgetSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -36,25 +40,18 @@ logger = logging.getLogger(__name__)
 # pure pieces
 
 
-def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Learning-rate factor for optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_ratio``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def make_schedule(args: TrainArguments, total_steps: int | None, max_time_s: float | None) -> Schedule:
+    """Warmup + cosine over the steps; with a time budget, planned over the time left from the measured step
+    times (and ended by the steps too when they end first), so a time-limited run ends at its minimum rate."""
+    if max_time_s is None:
+        return StepSchedule(args.warmup_steps, total_steps, args.min_lr_ratio)
+    return TimeBudgetSchedule(max_time_s, total_steps, args.warmup_steps, args.min_lr_ratio)
 
 
-def make_schedule(args: TrainArguments, total_steps: int) -> Callable[[int], float]:
-    """The learning-rate factor as a pure function of the step (swap this to plan the schedule otherwise)."""
-    return functools.partial(
-        lr_multiplier, warmup_steps=args.warmup_steps, total_steps=total_steps, min_ratio=args.min_lr_ratio
-    )
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices of Linear layers only; none on norms, biases and embeddings."""
-    embedding_params = {
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices of Linear layers (and the embeddings with ``decay_embeddings``); none on
+    norms and biases."""
+    embedding_params = set() if decay_embeddings else {
         id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)
     }
     decay, no_decay, seen = [], [], set()
@@ -66,11 +63,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def total_steps_for(args: TrainArguments, tokens_per_step: int) -> int:
-    """Steps to run: ``max_steps``, or fewer when ``max_tokens`` is reached first."""
-    if args.max_tokens is None:
-        return args.max_steps
-    return min(args.max_steps, max(1, math.ceil(args.max_tokens / tokens_per_step)))
+def total_steps_for(args: TrainArguments, tokens_per_step: int) -> int | None:
+    """Steps to run: ``max_steps``, or fewer when ``max_tokens`` is reached first; None: the time budget decides."""
+    caps = [args.max_steps] if args.max_steps is not None else []
+    if args.max_tokens is not None:
+        caps.append(max(1, math.ceil(args.max_tokens / tokens_per_step)))
+    return min(caps) if caps else None
 
 
 class EpochSampler(Sampler[int]):
@@ -261,12 +259,13 @@ class Job:
     optimizer: torch.optim.Optimizer
     train_dl: Any
     eval_dl: Any
-    sampler: EpochSampler | None
+    sampler: EpochSampler | WindowSampler | None
     streaming: bool
     tokens_per_step: int
-    total_steps: int
+    total_steps: int | None  # None: the time budget ends the run
     num_parameters: int
-    schedule: Callable[[int], float]
+    schedule: Schedule
+    sample_prompt: str = ""
 
 
 def build(run: Run, model: torch.nn.Module | None = None) -> Job:
@@ -279,12 +278,12 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
     if model is None:
         model = build_model(args, run.tokenizer)
     num_parameters = sum(p.numel() for p in model.parameters())
-    sampler = None if streaming else EpochSampler(len(train_set), args.seed)
+    train_set, sampler = training_windows(args, train_set, streaming, block)
     seeded = dict(generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
     train_dl = DataLoader(train_set, batch_size=args.per_device_batch_size, sampler=sampler, drop_last=True, **seeded)
     eval_dl = DataLoader(eval_set, batch_size=args.per_device_batch_size, **seeded)
     optimizer = torch.optim.AdamW(
-        param_groups(model, args.weight_decay), lr=args.learning_rate,
+        param_groups(model, args.weight_decay, args.decay_embeddings), lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
     )
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
@@ -292,14 +291,33 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
     total_steps = total_steps_for(args, tokens_per_step)
     if run.main:
         logger.info(
-            "training %.2fM parameters on %d processes: %d steps x %d tokens (%s train blocks of %d)",
-            num_parameters / 1e6, accelerator.num_processes, total_steps, tokens_per_step,
+            "training %.2fM parameters on %d processes: %s steps x %d tokens (%s train blocks of %d)",
+            num_parameters / 1e6, accelerator.num_processes, total_steps or f"{args.max_time} of", tokens_per_step,
             "streamed" if streaming else len(train_set), block,
         )
     return Job(
         model, accelerator.unwrap_model(model), optimizer, train_dl, eval_dl, sampler, streaming,
-        tokens_per_step, total_steps, num_parameters, make_schedule(args, total_steps),
+        tokens_per_step, total_steps, num_parameters, make_schedule(args, total_steps, run.max_time_s),
+        args.sample_prompt or validation_prompt(eval_set, run.tokenizer),
     )
+
+
+def training_windows(args: TrainArguments, train_set, streaming: bool, block: int) -> tuple[Any, Sampler | None]:
+    """The training set and its sampler for ``--sampling`` (see :mod:`.sampling`); a stream and overlapping
+    ``--stride`` blocks are read as packed (grid), since the other windows need a contiguous block grid."""
+    if streaming or args.sampling == "grid" or (args.stride or block) != block:
+        if args.sampling != "grid":
+            logger.warning("--sampling %s needs in-memory, non-overlapping blocks; reading the packed blocks "
+                           "(grid) instead", args.sampling)
+        return train_set, None if streaming else EpochSampler(len(train_set), args.seed)
+    windows = EpochWindows(train_set, args.sampling, args.seed)
+    return windows, WindowSampler(len(windows), args.seed)
+
+
+def validation_prompt(eval_set, tokenizer) -> str:
+    """The default sample prompt: the start of the first validation document ("" without validation data)."""
+    first = next(iter(eval_set), None)
+    return "" if first is None else default_prompt(first["input_ids"].tolist(), tokenizer)
 
 
 def loader_datasets(run: Run) -> tuple[Any, Any, int, bool]:
