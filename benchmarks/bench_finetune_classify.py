@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import scratch_gpt  # noqa: F401
     from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
+    from training.finetune.arguments import ClassifyArguments, TrainerOptions
     from training.finetune.classify import finetune_classifier
-    from training.finetune.common import TrainerOptions, load_tokenizer_for, resolve_model_source
+    from training.finetune.source import load_tokenizer_for, resolve_model_source
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,19 +117,20 @@ def main(argv: list[str] | None = None) -> int:
             out = os.path.join(args.workdir, f"{name}-{rep}")
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its logs; stdout is the JSON only
-                report = finetune_classifier(
-                    model_dir, args.sms_path, out, balance=not args.no_balance, validation_fraction=0.1,
-                    test_fraction=0.2, max_length=args.max_length, trainer_options=opts, overwrite=True,
+                result = finetune_classifier(ClassifyArguments(
+                    model=model_dir, dataset=args.sms_path, output_dir=out, balance=not args.no_balance,
+                    validation_fraction=0.1, test_fraction=0.2, max_length=args.max_length, overwrite=True,
                     train_last_blocks=args.train_last_blocks if name == "pretrained" else None,
-                )
+                ), opts)
+            test, val, train = (result.results[k] for k in ("test", "eval", "train"))
             runs[name].append({
-                "test_accuracy": report["test"]["accuracy"], "test_f1_macro": report["test"]["f1_macro"],
-                "validation_accuracy": report["validation"]["accuracy"], "train_seconds": report["train_seconds"],
-                "total_seconds": time.perf_counter() - t0, "method": report["method"],
-                "confusion_matrix": report["test"]["confusion_matrix"]["rows_true_columns_predicted"],
+                "test_accuracy": test["test_accuracy"], "test_f1_macro": test["test_f1_macro"],
+                "validation_accuracy": val["eval_accuracy"], "train_seconds": train["train_runtime"],
+                "total_seconds": time.perf_counter() - t0, "method": result.method,
+                "confusion_matrix": test["test_confusion_matrix"]["rows_true_columns_predicted"],
             })
-            print(f"# {name} run {rep}: test accuracy {report['test']['accuracy']:.4f}", file=sys.stderr)
-    sizes = report["split_sizes"]
+            print(f"# {name} run {rep}: test accuracy {test['test_accuracy']:.4f}", file=sys.stderr)
+    sizes = {"train": train["train_samples"], "validation": val["eval_samples"], "test": test["test_samples"]}
     result = {
         "data": {"path": args.sms_path, "synthetic": bool(args.make_synthetic), "split_sizes": sizes,
                  "balanced": not args.no_balance},

@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from training.finetune.common import TrainerOptions
-    from training.finetune.instruct import ANSWERS_NAME, finetune_instruct
+    from scratch_gpt import run_folder
+    from training.finetune.arguments import InstructArguments, TrainerOptions
+    from training.finetune.instruct import finetune_instruct
     from training.finetune.lora import LoraOptions
 
     if args.threads:
@@ -54,29 +55,27 @@ def main(argv: list[str] | None = None) -> int:
                           logging_steps=20, disable_tqdm=True)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its logs; stdout is the JSON only
-        report = finetune_instruct(
-            args.model, args.dataset, args.output_dir, max_length=args.max_length, trainer_options=opts,
-            lora=LoraOptions(lora_rank=16, lora_alpha=32) if args.lora else None, merge_lora=args.lora,
-            max_new_tokens=args.max_new_tokens, max_test_answers=args.max_test_answers, overwrite=True,
-        )
+        run = finetune_instruct(InstructArguments(
+            model=args.model, dataset=args.dataset, output_dir=args.output_dir, max_length=args.max_length,
+            lora=args.lora, merge=args.lora, max_new_tokens=args.max_new_tokens,
+            max_test_answers=args.max_test_answers, overwrite=True,
+        ), opts, lora=LoraOptions(lora_rank=16, lora_alpha=32) if args.lora else None)
     total = time.perf_counter() - t0
-    answers = []
-    if report.get("test_answers"):
-        with open(os.path.join(args.output_dir, ANSWERS_NAME), encoding="utf-8") as fh:
-            answers = json.load(fh)
+    answers = run_folder.read_json(args.output_dir, run_folder.PREDICTIONS_FILE, [])
+    train, val, test = (run.results.get(k, {}) for k in ("train", "eval", "test"))
     result = {
         "model": args.model,
         "dataset": args.dataset,
-        "method": report["method"],
-        "split_sizes": report["split_sizes"],
-        "encoding": report["encoding"],
-        "max_length": report["max_length"],
-        "trainable_parameters": report["trainable_parameters"],
-        "initial_validation_loss": report["initial_validation_loss"],
-        "validation_loss": report["validation_loss"],
-        "train_loss": report["train_loss"],
-        "train_seconds": report["train_seconds"],
-        "answer_seconds": report.get("answer_seconds"),
+        "method": run.method,
+        "split_sizes": {"train": train.get("train_samples"), "validation": val.get("eval_samples"),
+                        "test": test.get("test_samples")},
+        "truncated": {"train": train.get("train_truncated"), "validation": val.get("eval_truncated")},
+        "trainable_parameters": train["trainable_parameters"],
+        "initial_validation_loss": val.get("eval_initial_loss"),
+        "validation_loss": val.get("eval_loss"),
+        "train_loss": train["train_loss"],
+        "train_seconds": train["train_runtime"],
+        "answer_seconds": test.get("test_runtime"),
         "total_seconds": total,
         "options": {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
                     "threads": torch.get_num_threads()},

@@ -8,8 +8,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from scratch_gpt.safe_output import check_output, staged_output
-
 from training.shared.arguments import dataclass_parser, from_namespace, lenient_numbers
 
 from .corpus import DataArguments
@@ -82,6 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _check_tokenizer_output(out_dir: str, overwrite: bool, dataset: str | None) -> None:
     """Everything about OUT_DIR that can fail, checked before the corpus is read (nothing written yet)."""
+    from scratch_gpt.safe_output import check_output
+
     check_output(out_dir, overwrite=overwrite, inputs=[dataset])
     if os.path.isfile(out_dir):
         raise FileExistsError(
@@ -113,6 +113,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     tok = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                           show_progress=True, model_max_length=args.model_max_length, length=len(train))
     seconds = time.perf_counter() - t0
+    from scratch_gpt.safe_output import staged_output
+
     with staged_output(args.out_dir, overwrite=args.overwrite, inputs=[data_args.dataset]) as stage:
         tok.save_pretrained(stage)
     val_texts = list(splits["validation"]["text"][:2000])

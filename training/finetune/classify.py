@@ -20,37 +20,18 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .common import (
-    CONVERTED_BASE_SUBDIR,
-    REPORT_NAME,  # noqa: F401  (re-exported: the CLI and tests read it from here)
-    TrainerOptions,
-    check_vocab,
-    finish_output,
-    load_tokenizer_for,
-    log_history_losses,
-    make_trainer,
-    materialize_scratch_model,
-    prepare_output_dir,
-    resolve_model_source,
-    resolve_resume,
-    set_seed,
-    staging_dir,
-    trainable_parameter_summary,
-)
-from .lora import LoraOptions, apply_lora, merge, set_adapter_base_path
+from .arguments import DATA_FORMATS, ClassifyArguments, TrainerOptions
+from .driver import FinetuneResult, FinetuneTask, finetune
+from .lora import LoraOptions
 
 logger = logging.getLogger(__name__)
 
-DATA_FORMATS = ("auto", "sms", "csv", "tsv", "json", "jsonl", "parquet", "hub")
 _VALIDATION_NAMES = ("validation", "valid", "val", "dev")
 
 
@@ -308,21 +289,18 @@ def freeze_all_but_last_blocks(model, n_blocks: int) -> None:
             p.requires_grad_(True)
 
 
-def load_classifier(model_dir: str, id2label: dict[int, str], pad_token_id: int, dropout: float | None = None):
-    """A ``ScratchGPTForSequenceClassification`` with the body of ``model_dir`` and a new ``score`` head."""
+def load_classifier(model_dir: str, id2label: dict[int, str], **config_overrides: Any):
+    """A ``ScratchGPTForSequenceClassification`` with the body of ``model_dir`` and a new ``score`` head
+    (``config_overrides``: e.g. ``pad_token_id``, dropout)."""
     from scratch_gpt import ScratchGPTForSequenceClassification
 
-    kwargs: dict[str, Any] = {}
-    if dropout is not None:
-        kwargs.update(attention_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout)
     return ScratchGPTForSequenceClassification.from_pretrained(
         model_dir,
         num_labels=len(id2label),
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
-        pad_token_id=pad_token_id,
         problem_type="single_label_classification",
-        **kwargs,
+        **config_overrides,
     )
 
 
@@ -363,162 +341,104 @@ def _tokenize_splits(splits, tokenizer, text_column: str, label_column: str, val
     return out
 
 
-# ---------------------------------------------------------------------------------------------- main
-def finetune_classifier(
-    model: str,
-    dataset: str,
-    output_dir: str,
-    text_column: str = "text",
-    label_column: str = "label",
-    data_format: str = "auto",
-    dataset_config: str | None = None,
-    validation_file: str | None = None,
-    test_file: str | None = None,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    balance: bool = False,
-    label_names: Sequence[str] | None = None,
-    max_length: int = 0,
-    tokenizer: str | None = None,
-    dropout: float | None = None,
-    train_last_blocks: int | None = None,
-    lora: LoraOptions | None = None,
-    merge_lora: bool = False,
-    trainer_options: TrainerOptions | None = None,
-    resume_from_checkpoint: str | bool | None = None,
-    keep_checkpoints: bool = False,
-    overwrite: bool = False,
-    revision: str | None = None,
-) -> dict[str, Any]:
-    """Finetune ``model`` into a text classifier on ``dataset`` and save it to ``output_dir``.
+# ------------------------------------------------------------------------------------------------ task
+class ClassifyTask(FinetuneTask):
+    """Text classification: a new ``score`` head on the last real token, accuracy and macro F1."""
 
-    Returns the report that is also written to ``output_dir/finetune_report.json``: validation and test
-    metrics, the test confusion matrix, label names, split sizes, trainable parameters and timings.
-    """
-    import datasets  # noqa: F401  (fail early if missing)
-    from transformers import DataCollatorWithPadding
+    pipeline_tag = "text-classification"
+    lora_task = "classify"
 
-    opts = trainer_options or TrainerOptions()
-    if train_last_blocks is not None and lora is not None:
-        raise ValueError("--train-last-blocks and --lora exclude each other: LoRA already freezes the body")
-    if merge_lora and lora is None:
-        raise ValueError("--merge needs --lora")
-    for name, frac in (("--validation-fraction", validation_fraction), ("--test-fraction", test_fraction)):
-        if not 0.0 <= frac < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {frac}")
-    if validation_fraction + test_fraction >= 1.0:
-        raise ValueError("--validation-fraction + --test-fraction must leave rows for training")
+    def __init__(self, args: ClassifyArguments) -> None:
+        super().__init__(args)
+        self.id2label: dict[int, str] = {}
+        self.value_to_id: dict[Any, int] = {}
 
-    source = resolve_model_source(model, revision)
-    splits = load_classification_splits(
-        dataset, data_format, dataset_config, validation_file, test_file, text_column, label_column
-    )
-    check_columns(splits, text_column, label_column)
-    if balance:
-        splits["train"] = balance_classes(splits["train"], label_column, opts.seed)
-    missing = {}
-    if "validation" not in splits and validation_fraction > 0:
-        missing["validation"] = validation_fraction
-    if "test" not in splits and test_fraction > 0:
-        missing["test"] = test_fraction
-    if missing:
-        carved = stratified_split(splits["train"], label_column, missing, opts.seed)
-        for name, ds in carved.items():
-            splits[name] = ds
-    id2label, value_to_id = build_label_maps(splits, label_column, label_names)
-    sizes = {name: len(ds) for name, ds in splits.items()}
-    logger.info("labels %s; split sizes %s", list(id2label.values()), sizes)
+    def check(self, lora: LoraOptions | None) -> None:
+        args = self.args
+        if args.train_last_blocks is not None and lora is not None:
+            raise ValueError("--train-last-blocks and --lora exclude each other: LoRA already freezes the body")
+        for name, frac in (("--validation-fraction", args.validation_fraction), ("--test-fraction", args.test_fraction)):
+            if not 0.0 <= frac < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {frac}")
+        if args.validation_fraction + args.test_fraction >= 1.0:
+            raise ValueError("--validation-fraction + --test-fraction must leave rows for training")
 
-    resume = resolve_resume(output_dir, resume_from_checkpoint) if resume_from_checkpoint else None
-    prepare_output_dir(output_dir, overwrite=overwrite, resume=bool(resume))
-    workdir = tempfile.mkdtemp(prefix="scratch-gpt-base-")
-    staged = None
-    try:
-        base_dir = materialize_scratch_model(source, workdir)
-        tok = load_tokenizer_for(base_dir, tokenizer, padding_side="right")
-        set_seed(opts.seed)
-        clf = load_classifier(base_dir, id2label, tok.pad_token_id, dropout)
-        check_vocab(clf, tok)
-        context = clf.config.max_position_embeddings
-        max_len = min(max_length, context) if max_length > 0 else context
-        encoded = _tokenize_splits(splits, tok, text_column, label_column, value_to_id, max_len)
+    def inputs(self) -> list[str | None]:
+        return [*super().inputs(), self.args.validation_file, self.args.test_file]
 
-        if train_last_blocks is not None:
-            freeze_all_but_last_blocks(clf, train_last_blocks)
-        adapter_base = None
-        if lora is not None and not merge_lora:
-            # The adapter's base is this classifier before training (body + initial head + label names), so
-            # AutoPeftModelForSequenceClassification / pipeline() rebuild it with the right labels.
-            adapter_base = os.path.abspath(os.path.join(output_dir, CONVERTED_BASE_SUBDIR))
-            base_staged = staging_dir(adapter_base)
-            clf.save_pretrained(base_staged)
-            tok.save_pretrained(base_staged)
-            if os.path.isdir(adapter_base):
-                shutil.rmtree(adapter_base)
-            os.replace(base_staged, adapter_base)
-        train_model = apply_lora(clf, lora, task="classify") if lora is not None else clf
-        params = trainable_parameter_summary(train_model)
-        logger.info("training %d of %d parameters", params["trainable"], params["total"])
-
-        trainer = make_trainer(
-            train_model, tok, opts, output_dir, encoded, DataCollatorWithPadding(tok),
-            compute_metrics=make_compute_metrics(len(id2label)),
+    def load_splits(self, seed: int) -> None:
+        a = self.args
+        splits = load_classification_splits(
+            a.dataset, a.dataset_format, a.dataset_config, a.validation_file, a.test_file, a.text_column, a.label_column
         )
-        t0 = time.perf_counter()
-        train_out = trainer.train(resume_from_checkpoint=resume)
-        train_seconds = time.perf_counter() - t0
+        check_columns(splits, a.text_column, a.label_column)
+        if a.balance:
+            splits["train"] = balance_classes(splits["train"], a.label_column, seed)
+        missing = {name: frac for name, frac in (("validation", a.validation_fraction), ("test", a.test_fraction))
+                   if name not in splits and frac > 0}
+        if missing:
+            splits.update(stratified_split(splits["train"], a.label_column, missing, seed))
+        self.splits = splits
+        self.id2label, self.value_to_id = build_label_maps(splits, a.label_column, a.label_names)
+        logger.info("labels %s; split sizes %s", list(self.id2label.values()), self.split_sizes())
 
-        report: dict[str, Any] = {
-            "task": "text-classification",
-            "base_model": source.name_or_path,
-            "base_model_kind": source.kind,
-            "method": "lora" + ("-merged" if merge_lora else "") if lora is not None
-            else (f"last-{train_last_blocks}-blocks" if train_last_blocks is not None else "full"),
-            "id2label": {str(k): v for k, v in id2label.items()},
-            "split_sizes": sizes,
-            "max_length": max_len,
-            "trainable_parameters": params,
-            "train_loss": float(train_out.training_loss),
-            "train_seconds": train_seconds,
-            "global_steps": int(train_out.global_step),
-        }
-        for name in ("validation", "test"):
+    def build_model(self, base_dir: str, tokenizer, config_overrides: dict[str, Any]):
+        return load_classifier(base_dir, self.id2label, **config_overrides)
+
+    def method(self, lora: LoraOptions | None) -> str:
+        if lora is None and self.args.train_last_blocks is not None:
+            return f"last-{self.args.train_last_blocks}-blocks"
+        return super().method(lora)
+
+    def freeze(self, model) -> None:
+        if self.args.train_last_blocks is not None:
+            freeze_all_but_last_blocks(model, self.args.train_last_blocks)
+
+    def encode(self, tokenizer, max_length: int) -> dict[str, Any]:
+        a = self.args
+        return _tokenize_splits(self.splits, tokenizer, a.text_column, a.label_column, self.value_to_id, max_length)
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        return {"compute_metrics": make_compute_metrics(len(self.id2label))}
+
+    def adapter_base(self, model, tokenizer, base_dir: str, source, work: str) -> str | None:
+        # The adapter's base is this classifier before training (body + initial head + label names), so
+        # AutoPeftModelForSequenceClassification / pipeline() rebuild it with the right labels.
+        path = os.path.join(work, "classifier_base")
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path
+
+    def evaluate(self, trainer, encoded: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Validation and test metrics (``eval_accuracy``, ``test_f1_macro``, ...) and the test confusion matrix."""
+        results = {}
+        for name, prefix in (("validation", "eval"), ("test", "test")):
             if name in encoded:
-                pred = trainer.predict(encoded[name], metric_key_prefix=name)
+                pred = trainer.predict(encoded[name], metric_key_prefix=prefix)
                 logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-                metrics = {k[len(name) + 1 :]: float(v) for k, v in pred.metrics.items() if k.startswith(name + "_")}
-                report[name] = {k: metrics[k] for k in ("loss", "accuracy", "f1_macro", "precision_macro", "recall_macro") if k in metrics}
-                cm = confusion_matrix(pred.label_ids, logits.argmax(-1), len(id2label))
-                report[name]["confusion_matrix"] = {
-                    "labels": [id2label[i] for i in range(len(id2label))],
+                cm = confusion_matrix(pred.label_ids, logits.argmax(-1), len(self.id2label))
+                results[prefix] = {k: float(v) for k, v in pred.metrics.items()}
+                results[prefix][f"{prefix}_confusion_matrix"] = {
+                    "labels": [self.id2label[i] for i in range(len(self.id2label))],
                     "rows_true_columns_predicted": cm.tolist(),
                 }
-                logger.info("%s metrics: %s", name, report[name])
-        report["log_history"] = log_history_losses(trainer.state.log_history)
-        report["options"] = {
-            "trainer": vars(opts),
-            "lora": vars(lora) if lora is not None else None,
-            "text_column": text_column,
-            "label_column": label_column,
-            "balance": balance,
-        }
-        if not trainer.is_world_process_zero():  # under `accelerate launch`, only the main process writes
-            return report
+        return results
 
-        staged = staging_dir(output_dir)
-        if lora is not None and merge_lora:
-            train_model.save_pretrained(os.path.join(staged, "adapter"))
-            merged = merge(train_model)
-            merged.save_pretrained(staged)
-        else:
-            if adapter_base is not None:
-                set_adapter_base_path(train_model, adapter_base)
-            train_model.save_pretrained(staged)
-        tok.save_pretrained(staged)
-        finish_output(staged, output_dir, report, keep_checkpoints)
-        staged = None
-        return report
-    finally:
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "id2label": {str(k): v for k, v in self.id2label.items()}}
+
+
+def finetune_classifier(
+    args: ClassifyArguments, trainer_options: TrainerOptions | None = None, lora: LoraOptions | None = None
+) -> FinetuneResult:
+    """Finetune ``args.model`` into a text classifier on ``args.dataset``, saved to ``args.output_dir``.
+
+    The folder gets ``eval_results.json`` / ``test_results.json`` (accuracy, macro precision/recall/F1, the
+    confusion matrix), ``train_results.json``, ``trainer_state.json`` and ``training_args.json``.
+    """
+    return finetune(ClassifyTask(args), trainer_options, lora)

@@ -14,45 +14,30 @@ Design choices:
 - Over-long records are truncated to the context length (response cut at the end); one warning counts them;
   records whose prompt alone fills the context are dropped, also counted.
 - The book's split: the first 85% of the records in file order train, the next 10% test, the rest (5%)
-  validate. After training, greedy answers for the test split go to ``test_answers.json`` beside the
-  validation loss in ``finetune_report.json``.
+  validate. After training, greedy answers for the test split go to ``generated_predictions.json`` beside
+  the validation loss before and after training in ``eval_results.json``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .common import (
-    REPORT_NAME,  # noqa: F401  (re-exported: the CLI and tests read it from here)
-    TrainerOptions,
-    check_vocab,
-    finish_output,
-    load_tokenizer_for,
-    log_history_losses,
-    make_trainer,
-    materialize_scratch_model,
-    prepare_output_dir,
-    read_records,
-    resolve_model_source,
-    resolve_resume,
-    set_seed,
-    staging_dir,
-    trainable_parameter_summary,
-    write_json,
-)
-from .lora import LoraOptions, apply_lora, merge, set_adapter_base_path
+from scratch_gpt import run_folder
+
+from .arguments import InstructArguments, TrainerOptions
+from .driver import FinetuneResult, FinetuneTask, finetune
+from .lora import LoraOptions
 
 logger = logging.getLogger(__name__)
 
-ANSWERS_NAME = "test_answers.json"
 IGNORE_INDEX = -100
 
 ALPACA_PREAMBLE = (
@@ -150,6 +135,29 @@ def split_records(
     if not parts["train"]:
         raise ValueError(f"{len(records)} records leave no training records at --train-fraction {train_fraction}")
     return parts
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    """Records from a local ``.json`` (a list of objects, or ``{"data": [...]}``) or ``.jsonl`` file."""
+    with open(path, encoding="utf-8") as fh:
+        if path.endswith(".jsonl"):
+            records = []
+            for i, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path} line {i} is not valid JSON: {err}") from err
+            return records
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); JSON Lines files need the .jsonl suffix") from err
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path} must hold a JSON list of records, found a {type(data).__name__}")
+    return data
 
 
 def load_instruction_records(
@@ -328,154 +336,101 @@ def _complete_splits(
     return {**splits, "train": train[:-n], missing: train[-n:]}
 
 
-# ---------------------------------------------------------------------------------------------- main
-def finetune_instruct(
-    model: str,
-    dataset: str,
-    output_dir: str,
-    dataset_config: str | None = None,
-    train_fraction: float = 0.85,
-    test_fraction: float = 0.10,
-    shuffle: bool = False,
-    max_length: int = 0,
-    train_on_prompt: bool = False,
-    tokenizer: str | None = None,
-    dropout: float | None = None,
-    lora: LoraOptions | None = None,
-    merge_lora: bool = False,
-    trainer_options: TrainerOptions | None = None,
-    max_new_tokens: int = 256,
-    max_test_answers: int = 0,
-    resume_from_checkpoint: str | bool | None = None,
-    keep_checkpoints: bool = False,
-    overwrite: bool = False,
-    revision: str | None = None,
-) -> dict[str, Any]:
-    """Instruction-finetune ``model`` on Alpaca-style ``dataset`` and save it to ``output_dir``.
+# ------------------------------------------------------------------------------------------------ task
+class InstructTask(FinetuneTask):
+    """Instruction following: Alpaca prompts, loss on response tokens only, greedy answers for the test split."""
 
-    Returns the report written to ``output_dir/finetune_report.json`` (validation loss before and after,
-    train loss, split sizes, trainable parameters); test answers go to ``output_dir/test_answers.json``.
-    """
-    opts = trainer_options or TrainerOptions()
-    if merge_lora and lora is None:
-        raise ValueError("--merge needs --lora")
-    if max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    pipeline_tag = "text-generation"
 
-    source = resolve_model_source(model, revision)
-    loaded = load_instruction_records(dataset, dataset_config)
-    if isinstance(loaded, dict):
-        if "train" not in loaded:
-            raise ValueError(f"dataset {dataset} has no 'train' split (found {sorted(loaded)})")
-        splits = {k: validate_records(v, f"{dataset} [{k}]") for k, v in loaded.items()}
-        splits = _complete_splits(splits, train_fraction, test_fraction, shuffle, opts.seed)
-    else:
-        splits = split_records(validate_records(loaded, dataset), train_fraction, test_fraction, shuffle, opts.seed)
-    sizes = {k: len(v) for k, v in splits.items()}
-    logger.info("instruction records per split: %s", sizes)
+    def __init__(self, args: InstructArguments) -> None:
+        super().__init__(args)
+        self.encoding: dict[str, dict[str, int]] = {}
 
-    resume = resolve_resume(output_dir, resume_from_checkpoint) if resume_from_checkpoint else None
-    prepare_output_dir(output_dir, overwrite=overwrite, resume=bool(resume))
-    keep_base = lora is not None and not merge_lora and source.kind == "gpt2"
-    workdir = output_dir if keep_base else tempfile.mkdtemp(prefix="scratch-gpt-base-")
-    staged = None
-    try:
+    def check(self, lora: LoraOptions | None) -> None:
+        if self.args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {self.args.max_new_tokens}")
+
+    def load_splits(self, seed: int) -> None:
+        a = self.args
+        loaded = load_instruction_records(a.dataset, a.dataset_config)
+        if isinstance(loaded, dict):
+            if "train" not in loaded:
+                raise ValueError(f"dataset {a.dataset} has no 'train' split (found {sorted(loaded)})")
+            splits = {k: validate_records(v, f"{a.dataset} [{k}]") for k, v in loaded.items()}
+            self.splits = _complete_splits(splits, a.train_fraction, a.test_fraction, a.shuffle, seed)
+        else:
+            records = validate_records(loaded, a.dataset)
+            self.splits = split_records(records, a.train_fraction, a.test_fraction, a.shuffle, seed)
+        logger.info("instruction records per split: %s", self.split_sizes())
+
+    def prepare_tokenizer(self, tokenizer) -> None:
+        tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
+
+    def build_model(self, base_dir: str, tokenizer, config_overrides: dict[str, Any]):
         from scratch_gpt import ScratchGPTForCausalLM
 
-        base_dir = materialize_scratch_model(source, workdir)
-        tok = load_tokenizer_for(base_dir, tokenizer, padding_side="right")
-        tok.chat_template = ALPACA_CHAT_TEMPLATE
-        set_seed(opts.seed)
-        kwargs: dict[str, Any] = {"pad_token_id": tok.pad_token_id}
-        if dropout is not None:
-            kwargs.update(attention_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout)
-        lm = ScratchGPTForCausalLM.from_pretrained(base_dir, **kwargs)
-        check_vocab(lm, tok)
-        context = lm.config.max_position_embeddings
-        max_len = min(max_length, context) if max_length > 0 else context
+        return ScratchGPTForCausalLM.from_pretrained(base_dir, **config_overrides)
+
+    def encode(self, tokenizer, max_length: int) -> dict[str, Any]:
         encoded = {}
-        stats = {}
         for name in ("train", "validation"):
-            if splits.get(name):
-                encoded[name], s = encode_records(splits[name], tok, max_len, train_on_prompt, name)
-                stats[name] = vars(s)
+            if self.splits.get(name):
+                encoded[name], stats = encode_records(self.splits[name], tokenizer, max_length,
+                                                      self.args.train_on_prompt, name)
+                self.encoding[name] = vars(stats)
+        return encoded
 
-        train_model = apply_lora(lm, lora, task="causal") if lora is not None else lm
-        params = trainable_parameter_summary(train_model)
-        logger.info("training %d of %d parameters", params["trainable"], params["total"])
-        has_val = "validation" in encoded
-        trainer = make_trainer(train_model, tok, opts, output_dir, encoded, InstructionCollator(tok.pad_token_id))
-        initial_val = trainer.evaluate()["eval_loss"] if has_val and not resume else None
+    def collator(self, tokenizer):
+        return InstructionCollator(tokenizer.pad_token_id)
+
+    def before_training(self, trainer, resume: str | None) -> dict[str, Any]:
+        if trainer.eval_dataset is None or resume:
+            return {}
+        return {"eval_initial_loss": trainer.evaluate()["eval_loss"]}
+
+    def evaluate(self, trainer, encoded: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        counts = {f"{prefix}_{key}": value for name, prefix in (("train", "train"), ("validation", "eval"))
+                  for key, value in self.encoding.get(name, {}).items()}
+        results = {"train": {k: v for k, v in counts.items() if k.startswith("train_")}}
+        if "validation" in encoded:
+            results["eval"] = {**trainer.evaluate(), **{k: v for k, v in counts.items() if k.startswith("eval_")}}
+        return results
+
+    def finalize(self, model, tokenizer, stage: Path, opts: TrainerOptions) -> dict[str, dict[str, Any]]:
+        """Greedy generation settings, answers for the test split (``generated_predictions.json``), left padding."""
+        a = self.args
+        set_greedy_generation(model, tokenizer, min(a.max_new_tokens, model.config.max_position_embeddings))
+        records = self.splits.get("test") or []
+        records = records[: a.max_test_answers] if a.max_test_answers > 0 else records
+        tokenizer.padding_side = "left"  # what generation (and the text-generation pipeline) wants
+        if not records:
+            return {}
         t0 = time.perf_counter()
-        train_out = trainer.train(resume_from_checkpoint=resume)
-        train_seconds = time.perf_counter() - t0
-        final_val = trainer.evaluate()["eval_loss"] if has_val else None
+        answers = generate_answers(model, tokenizer, records, a.max_new_tokens, opts.eval_batch_size or opts.batch_size)
+        predictions = [dict(rec, model_response=resp) for rec, resp in zip(records, answers)]
+        run_folder.write_json(stage, run_folder.PREDICTIONS_FILE, predictions)
+        return {"test": {"test_predictions": len(predictions), "test_runtime": time.perf_counter() - t0}}
 
-        report: dict[str, Any] = {
-            "task": "instruction-following",
-            "base_model": source.name_or_path,
-            "base_model_kind": source.kind,
-            "method": ("lora-merged" if merge_lora else "lora") if lora is not None else "full",
-            "split_sizes": sizes,
-            "encoding": stats,
-            "max_length": max_len,
-            "trainable_parameters": params,
-            "initial_validation_loss": initial_val,
-            "validation_loss": final_val,
-            "train_loss": float(train_out.training_loss),
-            "train_seconds": train_seconds,
-            "global_steps": int(train_out.global_step),
-            "log_history": log_history_losses(trainer.state.log_history),
-            "options": {
-                "trainer": vars(opts),
-                "lora": vars(lora) if lora is not None else None,
-                "train_on_prompt": train_on_prompt,
-                "train_fraction": train_fraction,
-                "test_fraction": test_fraction,
-                "shuffle": shuffle,
-            },
-        }
-        if not trainer.is_world_process_zero():  # under `accelerate launch`, only the main process writes
-            return report
 
-        staged = staging_dir(output_dir)
-        if lora is not None and merge_lora:
-            train_model.save_pretrained(os.path.join(staged, "adapter"))  # before merging removes it
-            final_model = merge(train_model)
-        else:
-            final_model = train_model
-        gen = final_model.generation_config  # a peft model forwards this to its base model
-        gen.eos_token_id = tok.eos_token_id
-        gen.pad_token_id = tok.pad_token_id
-        gen.max_new_tokens = min(max_new_tokens, context)
-        gen.do_sample = False  # greedy answers; drop sampling-only settings (a pretrained run may set them)
-        for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):
-            if getattr(gen, name, None) is not None:
-                setattr(gen, name, None)
+def set_greedy_generation(model, tokenizer, max_new_tokens: int) -> None:
+    """Greedy answers by default; sampling-only settings a pretrained run may carry are dropped."""
+    gen = model.generation_config  # a peft model forwards this to its base model
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.max_new_tokens = max_new_tokens
+    gen.do_sample = False
+    for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):
+        if getattr(gen, name, None) is not None:
+            setattr(gen, name, None)
 
-        test_records = splits.get("test") or []
-        if max_test_answers > 0:
-            test_records = test_records[:max_test_answers]
-        answers = []
-        if test_records:
-            t1 = time.perf_counter()
-            responses = generate_answers(final_model, tok, test_records, max_new_tokens, opts.eval_batch_size or opts.batch_size)
-            report["answer_seconds"] = time.perf_counter() - t1
-            answers = [dict(rec, model_response=resp) for rec, resp in zip(test_records, responses)]
-        report["test_answers"] = ANSWERS_NAME if answers else None
 
-        if lora is not None and not merge_lora and os.path.isdir(base_dir):
-            set_adapter_base_path(train_model, os.path.abspath(base_dir))
-        final_model.save_pretrained(staged)
-        tok.padding_side = "left"  # what generation (and the text-generation pipeline) wants
-        tok.save_pretrained(staged)
-        if answers:
-            write_json(os.path.join(staged, ANSWERS_NAME), answers)
-        finish_output(staged, output_dir, report, keep_checkpoints)
-        staged = None
-        return report
-    finally:
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-        if workdir != output_dir:
-            shutil.rmtree(workdir, ignore_errors=True)
+def finetune_instruct(
+    args: InstructArguments, trainer_options: TrainerOptions | None = None, lora: LoraOptions | None = None
+) -> FinetuneResult:
+    """Instruction-finetune ``args.model`` on Alpaca-style ``args.dataset``, saved to ``args.output_dir``.
+
+    The folder gets ``eval_results.json`` (validation loss before and after), ``train_results.json``,
+    ``generated_predictions.json`` (greedy answers for the test split), ``trainer_state.json`` and
+    ``training_args.json``.
+    """
+    return finetune(InstructTask(args), trainer_options, lora)

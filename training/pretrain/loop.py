@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from scratch_gpt.safe_output import staged_output
+from training.shared.plot import save_plot
 
 from . import records
 from .arguments import TrainArguments
@@ -269,7 +270,7 @@ def evaluate_if_due(
     state.log_history.append(record)
     if run.main:
         records.write_history(run.run_dir, state.log_history, state.step, job.total_steps)
-        records.save_plot(run.run_dir, state.log_history, run.run_dir.name)
+        save_plot(run.run_dir, state.log_history, run.run_dir.name)
         logger.info(
             "step %d: val loss %.4f, perplexity %.2f%s", state.step, metrics["eval_loss"],
             metrics["eval_perplexity"], "".join(f"\n  sample: {t!r}" for t in samples[:1]),

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from scratch_gpt import run_folder
+from training.shared.plot import save_plot
 
 logger = logging.getLogger(__name__)
 
@@ -54,41 +54,6 @@ def eval_records(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_history(run_dir: Path, log_history: list[dict[str, Any]], global_step: int, max_steps: int) -> None:
     """``trainer_state.json`` with the log history so far (Trainer's layout)."""
     run_folder.save_log_history(run_dir, log_history, global_step=global_step, max_steps=max_steps)
-
-
-def plot_losses(log_history: list[dict[str, Any]], png_path: str | os.PathLike, title: str | None = None) -> Path:
-    """Draw train and validation loss against steps into a PNG (matplotlib Agg), atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(r["step"], r["loss"]) for r in train_records(log_history)]
-    val = [(r["step"], r["eval_loss"]) for r in eval_records(log_history)]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train", color="tab:blue", linewidth=1.0, alpha=0.8)
-    if val:
-        ax.plot(*zip(*val), label="validation", color="tab:orange", marker="o", markersize=3)
-    ax.set(xlabel="step", ylabel="cross-entropy loss", title=title or "loss")
-    ax.grid(alpha=0.3)
-    if train or val:
-        ax.legend()
-    fig.tight_layout()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
-
-
-def save_plot(run_dir: Path, log_history: list[dict[str, Any]], name: str) -> None:
-    """The loss plot of run ``name``; a failure (e.g. a full disk) is a warning, never the end of the run."""
-    try:
-        plot_losses(log_history, run_folder.file(run_dir, run_folder.LOSS_PLOT_FILE), title=f"{name}: loss")
-    except (OSError, ValueError) as err:
-        logger.warning("could not draw the loss plot (%s); training goes on", err)
 
 
 def save_final_records(

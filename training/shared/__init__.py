@@ -1,1 +1,1 @@
-"""Pieces every stage uses: dataclass arguments on the command line (`arguments`), the loss plot (`plot`)."""
+"""Pieces every stage uses: dataclass options on the command line (`arguments`), the loss plot (`plot`)."""

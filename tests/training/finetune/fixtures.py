@@ -99,7 +99,7 @@ def make_gpt2_dir(path: str, tokenizer, hidden: int = 32, layers: int = 2, heads
 
 def fast_options(**overrides):
     """Trainer options for seconds-long CPU runs in tests."""
-    from training.finetune.common import TrainerOptions
+    from training.finetune.arguments import TrainerOptions
 
     kw = dict(epochs=1.0, learning_rate=3e-3, batch_size=16, warmup=0, weight_decay=0.0, eval_strategy="no",
               save_strategy="no", logging_steps=5, seed=0, use_cpu=True, disable_tqdm=True)

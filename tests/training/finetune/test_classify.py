@@ -22,8 +22,9 @@ from tests.training.finetune.fixtures import (
     write_json,
     write_sms,
 )
+from scratch_gpt import run_folder
+from training.finetune.arguments import ClassifyArguments
 from training.finetune.classify import (
-    REPORT_NAME,
     build_label_maps,
     classification_metrics,
     confusion_matrix,
@@ -35,6 +36,12 @@ from training.finetune.classify import (
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _args(workdir, out, **overrides) -> ClassifyArguments:
+    """Classifier arguments on the keyword task of ``workdir``."""
+    values = dict(model=str(workdir / "base"), dataset=str(workdir / "sms.txt"), output_dir=str(out))
+    return ClassifyArguments(**{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -151,19 +158,30 @@ def cli_classifier(workdir):
     return out
 
 
-def test_classifier_learns_keyword_task_and_reports(cli_classifier):
-    report = json.loads((cli_classifier / REPORT_NAME).read_text())
-    assert report["split_sizes"] == {"train": 560, "validation": 80, "test": 160}
-    assert report["test"]["accuracy"] > 0.9, report["test"]
-    assert report["validation"]["accuracy"] > 0.9, report["validation"]
-    for key in ("f1_macro", "precision_macro", "recall_macro", "loss"):
-        assert key in report["test"]
-    cm = report["test"]["confusion_matrix"]
+def test_classifier_learns_keyword_task_and_records_it(cli_classifier):
+    results = run_folder.load_results(cli_classifier)
+    sizes = (results["train"]["train_samples"], results["eval"]["eval_samples"], results["test"]["test_samples"])
+    assert sizes == (560, 80, 160)
+    test, val = results["test"], results["eval"]
+    assert test["test_accuracy"] > 0.9, test
+    assert val["eval_accuracy"] > 0.9, val
+    for key in ("test_f1_macro", "test_precision_macro", "test_recall_macro", "test_loss"):
+        assert key in test
+    cm = test["test_confusion_matrix"]
     assert cm["labels"] == ["ham", "spam"]
     matrix = np.array(cm["rows_true_columns_predicted"])
     assert matrix.sum() == 160 and matrix.sum(axis=1).tolist() == [80, 80]  # stratified split
-    assert np.trace(matrix) / matrix.sum() == pytest.approx(report["test"]["accuracy"])
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(test["test_accuracy"])
+    all_results = json.loads((cli_classifier / "all_results.json").read_text())
+    assert all_results["test_accuracy"] == test["test_accuracy"] and all_results["train_samples"] == 560
+    settings = run_folder.load_training_args(cli_classifier)
+    assert settings["method"] == "full" and settings["id2label"] == {"0": "ham", "1": "spam"}
+    assert settings["trainer"]["epochs"] == 4 and settings["task"] == "text-classification"
+    history = run_folder.load_log_history(cli_classifier)
+    assert len([r for r in history if "eval_loss" in r]) == 4 and any("loss" in r for r in history)
+    assert (cli_classifier / "loss.png").read_bytes().startswith(b"\x89PNG")
     assert not (cli_classifier / "checkpoints").exists()  # removed after success
+    assert not list(cli_classifier.parent.glob(".clf.*"))  # no staging leftovers
 
 
 def test_saved_classifier_loads_in_auto_class_and_pipeline(cli_classifier, rows):
@@ -185,9 +203,8 @@ def test_saved_classifier_loads_in_auto_class_and_pipeline(cli_classifier, rows)
 
 def test_train_last_blocks_changes_only_last_block_norm_and_head(workdir):
     out = workdir / "last1"
-    finetune_classifier(
-        str(workdir / "base"), str(workdir / "sms.txt"), str(out), train_last_blocks=1,
-        trainer_options=fast_options(max_steps=5, learning_rate=1e-2),
+    result = finetune_classifier(
+        _args(workdir, out, train_last_blocks=1), fast_options(max_steps=5, learning_rate=1e-2)
     )
     before = load_file(str(workdir / "base" / "model.safetensors"))
     after = load_file(str(out / "model.safetensors"))
@@ -198,9 +215,9 @@ def test_train_last_blocks_changes_only_last_block_norm_and_head(workdir):
             continue
         should_change = k.startswith(("transformer.h.1.", "transformer.ln_f."))
         assert (k in changed) == should_change, k
-    report = json.loads((out / REPORT_NAME).read_text())
-    assert report["method"] == "last-1-blocks"
-    assert 0 < report["trainable_parameters"]["trainable"] < report["trainable_parameters"]["total"]
+    assert result.method == run_folder.load_training_args(out)["method"] == "last-1-blocks"
+    train = run_folder.load_results(out)["train"]
+    assert 0 < train["trainable_parameters"] < train["total_parameters"]
 
 
 def test_gpt2_folder_is_converted_on_the_fly(workdir, tmp_path):
@@ -210,8 +227,7 @@ def test_gpt2_folder_is_converted_on_the_fly(workdir, tmp_path):
     gpt2_dir = make_gpt2_dir(str(tmp_path / "gpt2"), tok, seed=3)
     out = tmp_path / "out"
     # only ln_f and the head train: block weights must equal GPT-2's (Conv1D transposed)
-    finetune_classifier(gpt2_dir, str(workdir / "sms.txt"), str(out), train_last_blocks=0,
-                        trainer_options=fast_options(max_steps=2))
+    finetune_classifier(_args(workdir, out, model=gpt2_dir, train_last_blocks=0), fast_options(max_steps=2))
     gpt2 = load_file(os.path.join(gpt2_dir, "model.safetensors"))
     ours = load_file(str(out / "model.safetensors"))
     torch.testing.assert_close(ours["transformer.h.0.attn.c_attn.weight"], gpt2["transformer.h.0.attn.c_attn.weight"].T)
@@ -222,18 +238,14 @@ def test_gpt2_folder_is_converted_on_the_fly(workdir, tmp_path):
 def test_resume_from_checkpoint_reaches_the_same_weights(workdir, tmp_path):
     opts = dict(learning_rate=3e-3, lr_scheduler="constant", save_strategy="steps", save_steps=3)
     straight = tmp_path / "straight"
-    finetune_classifier(str(workdir / "base"), str(workdir / "sms.txt"), str(straight),
-                        trainer_options=fast_options(max_steps=6, **opts))
+    finetune_classifier(_args(workdir, straight), fast_options(max_steps=6, **opts))
     # a run that stopped after 3 steps with its checkpoint kept, then resumed to 6
     resumed = tmp_path / "resumed"
-    finetune_classifier(str(workdir / "base"), str(workdir / "sms.txt"), str(resumed), keep_checkpoints=True,
-                        trainer_options=fast_options(max_steps=3, **opts))
+    finetune_classifier(_args(workdir, resumed, keep_checkpoints=True), fast_options(max_steps=3, **opts))
     assert (resumed / "checkpoints" / "checkpoint-3").is_dir()
     with pytest.raises(FileExistsError, match="--resume-from-checkpoint"):
-        finetune_classifier(str(workdir / "base"), str(workdir / "sms.txt"), str(resumed),
-                            trainer_options=fast_options(max_steps=6, **opts))
-    finetune_classifier(str(workdir / "base"), str(workdir / "sms.txt"), str(resumed), resume_from_checkpoint=True,
-                        trainer_options=fast_options(max_steps=6, **opts))
+        finetune_classifier(_args(workdir, resumed), fast_options(max_steps=6, **opts))
+    finetune_classifier(_args(workdir, resumed, resume_from_checkpoint="latest"), fast_options(max_steps=6, **opts))
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(resumed / "model.safetensors"))
     first = load_file(str(workdir / "base" / "model.safetensors"))

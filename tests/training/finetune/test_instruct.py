@@ -11,11 +11,10 @@ import torch
 import scratch_gpt  # noqa: F401  (registers the Auto classes)
 import scratch_gpt_cli
 from tests.training.finetune.fixtures import color_records, make_model_dir, make_tokenizer, write_json
+from scratch_gpt import run_folder
 from training.finetune.instruct import (
     ALPACA_CHAT_TEMPLATE,
-    ANSWERS_NAME,
     IGNORE_INDEX,
-    REPORT_NAME,
     InstructionCollator,
     encode_example,
     encode_records,
@@ -164,13 +163,15 @@ def cli_instruct(tmp_path_factory, tok, records):
 
 
 def test_instruct_loss_falls_and_answers_are_written(cli_instruct, records):
-    report = json.loads((cli_instruct / REPORT_NAME).read_text())
-    assert report["split_sizes"] == {"train": 170, "test": 20, "validation": 10}
-    assert report["validation_loss"] < 0.5 * report["initial_validation_loss"], report
-    train_losses = [r["loss"] for r in report["log_history"] if "loss" in r]
+    results = run_folder.load_results(cli_instruct)
+    sizes = (results["train"]["train_samples"], results["test"]["test_samples"], results["eval"]["eval_samples"])
+    assert sizes == (170, 20, 10)
+    assert results["eval"]["eval_loss"] < 0.5 * results["eval"]["eval_initial_loss"], results["eval"]
+    train_losses = [r["loss"] for r in run_folder.load_log_history(cli_instruct) if "loss" in r]
     assert train_losses[-1] < 0.5 * train_losses[0]
-    answers = json.loads((cli_instruct / ANSWERS_NAME).read_text())
-    assert report["test_answers"] == ANSWERS_NAME
+    answers = json.loads((cli_instruct / "generated_predictions.json").read_text())
+    assert results["test"]["test_predictions"] == len(answers) == 20
+    assert run_folder.load_training_args(cli_instruct)["method"] == "full"
     assert [a["instruction"] for a in answers] == [r["instruction"] for r in records[170:190]]  # file order
     assert all(isinstance(a["model_response"], str) for a in answers)
     correct = sum(a["model_response"] == a["output"] for a in answers)

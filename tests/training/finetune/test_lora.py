@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import scratch_gpt  # noqa: F401  (registers the Auto classes)
 import scratch_gpt_cli
+from scratch_gpt import run_folder
 from tests.training.finetune.fixtures import (
     color_records,
     fast_options,
@@ -134,9 +135,9 @@ def test_cli_instruct_lora_merge_writes_a_plain_model_equal_to_base_plus_adapter
     assert rc == 0
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
     assert (out / "adapter" / "adapter_config.json").exists()
-    report = json.loads((out / "finetune_report.json").read_text())
-    assert report["method"] == "lora-merged"
-    assert report["trainable_parameters"]["fraction"] < 0.5
+    assert run_folder.load_training_args(out)["method"] == "lora-merged"
+    train = run_folder.load_results(out)["train"]
+    assert train["trainable_parameters"] < 0.5 * train["total_parameters"]
 
     plain = AutoModelForCausalLM.from_pretrained(out)
     assert not any("lora" in k for k in plain.state_dict())
@@ -179,9 +180,12 @@ def test_cli_classify_lora_adapter_from_gpt2_reloads_with_labels(setup, tmp_path
 
 
 def test_lora_and_train_last_blocks_exclude_each_other(setup, tmp_path):
+    from training.finetune.arguments import ClassifyArguments
     from training.finetune.classify import finetune_classifier
 
     d, _ = setup
+    args = ClassifyArguments(model=str(d / "base"), dataset=str(d / "sms.txt"), output_dir=str(tmp_path / "o"),
+                             train_last_blocks=1)
     with pytest.raises(ValueError, match="exclude each other"):
-        finetune_classifier(str(d / "base"), str(d / "sms.txt"), str(tmp_path / "o"), train_last_blocks=1,
-                            lora=LoraOptions(), trainer_options=fast_options(max_steps=1))
+        finetune_classifier(args, fast_options(max_steps=1), lora=LoraOptions())
+    assert not (tmp_path / "o").exists()
