@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scratch_gpt import run_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "the-verdict.txt"  # ../shared beside the project
 
@@ -98,14 +100,65 @@ def measure(model_dir: Path, out_dir: Path, export_format: str) -> dict:
     }
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process exports to take the median of")
     parser.add_argument("--format", default="remote-code", choices=("remote-code", "gpt2"), help="export format")
     parser.add_argument("--keep", default=None, help="keep the model and exports in this folder")
     parser.add_argument("--_setup", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_measure", nargs=3, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_repeats(model_dir: Path, work: Path, args: argparse.Namespace, env: dict) -> list[dict]:
+    """One fresh-process export per repeat; each measurement is the child's JSON line."""
+    runs = []
+    for i in range(args.repeats):
+        out = work / f"export-{i}"
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run([sys.executable, __file__, "--_measure", str(model_dir), str(out), args.format],
+                              check=True, env=env, capture_output=True, text=True)
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    return runs
+
+
+def summarize(runs: list[dict], model_mb: float, args: argparse.Namespace) -> dict:
+    """Medians over the repeats, memory as multiples of the model's size, and the targets met."""
+
+    def med(key: str) -> float:
+        return round(statistics.median(r[key] for r in runs), 2)
+
+    report = {
+        "benchmark": "export + self-check, GPT-2 124M shape (random init, fp32)",
+        "format": args.format,
+        "repeats": args.repeats,
+        "num_parameters": runs[0]["num_parameters"],
+        "model_size_mb": round(model_mb, 1),
+        "export_seconds_median": med("export_seconds"),
+        "export_seconds_all": [round(r["export_seconds"], 2) for r in runs],
+        "cpu_seconds_median": med("cpu_seconds"),
+        "self_check_seconds_median": med("self_check_seconds"),
+        "parent_peak_rss_mb_median": med("parent_peak_mb"),
+        "parent_extra_mb_median": med("parent_extra_mb"),
+        "parent_extra_x_model": round(med("parent_extra_mb") / model_mb, 2),
+        "child_peak_rss_mb_median": med("child_peak_mb"),
+        "child_extra_mb_median": med("child_extra_mb"),
+        "child_extra_x_model": round(med("child_extra_mb") / model_mb, 2),
+        "max_abs_diff": max(r["max_abs_diff"] for r in runs),
+        "files": runs[0]["files"],
+        "target": {"seconds": 60, "memory_x_model": 2.0},
+        "load_average": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+    }
+    report["meets_time_target"] = report["export_seconds_median"] <= 60
+    report["meets_memory_target"] = max(report["parent_extra_x_model"], report["child_extra_x_model"]) <= 2.0
+    return report
+
+
+def main() -> None:
+    args = _parse_args()
     if args._setup:
         setup(Path(args._setup))
         return
@@ -113,54 +166,16 @@ def main() -> None:
         model_dir, out_dir, fmt = args._measure
         print(json.dumps(measure(Path(model_dir), Path(out_dir), fmt)))
         return
-
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-export-"))
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
     try:
         model_dir = work / "gpt2-124m-random"
-        if not (model_dir / "config.json").is_file():
+        if not run_folder.has_config(model_dir):
             subprocess.run([sys.executable, __file__, "--_setup", str(model_dir)], check=True, env=env)
-        weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
-        runs = []
-        for i in range(args.repeats):
-            out = work / f"export-{i}"
-            shutil.rmtree(out, ignore_errors=True)
-            proc = subprocess.run([sys.executable, __file__, "--_measure", str(model_dir), str(out), args.format],
-                                  check=True, env=env, capture_output=True, text=True)
-            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            if not args.keep:
-                shutil.rmtree(out, ignore_errors=True)
-        model_mb = weights / 2**20
-
-        def med(key: str) -> float:
-            return round(statistics.median(r[key] for r in runs), 2)
-
-        report = {
-            "benchmark": "export + self-check, GPT-2 124M shape (random init, fp32)",
-            "format": args.format,
-            "repeats": args.repeats,
-            "num_parameters": runs[0]["num_parameters"],
-            "model_size_mb": round(model_mb, 1),
-            "export_seconds_median": med("export_seconds"),
-            "export_seconds_all": [round(r["export_seconds"], 2) for r in runs],
-            "cpu_seconds_median": med("cpu_seconds"),
-        "self_check_seconds_median": med("self_check_seconds"),
-            "parent_peak_rss_mb_median": med("parent_peak_mb"),
-            "parent_extra_mb_median": med("parent_extra_mb"),
-            "parent_extra_x_model": round(statistics.median(r["parent_extra_mb"] for r in runs) / model_mb, 2),
-            "child_peak_rss_mb_median": med("child_peak_mb"),
-            "child_extra_mb_median": med("child_extra_mb"),
-            "child_extra_x_model": round(statistics.median(r["child_extra_mb"] for r in runs) / model_mb, 2),
-            "max_abs_diff": max(r["max_abs_diff"] for r in runs),
-            "files": runs[0]["files"],
-            "target": {"seconds": 60, "memory_x_model": 2.0},
-            "load_average": os.getloadavg(),
-            "cpu_count": os.cpu_count(),
-        }
-        report["meets_time_target"] = report["export_seconds_median"] <= 60
-        report["meets_memory_target"] = max(report["parent_extra_x_model"], report["child_extra_x_model"]) <= 2.0
-        print(json.dumps(report, indent=2))
+        model_mb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**20
+        runs = run_repeats(model_dir, work, args, env)
+        print(json.dumps(summarize(runs, model_mb, args), indent=2))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

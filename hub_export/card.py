@@ -40,6 +40,8 @@ _BASE_MODEL_KEYS = ("base_model", "model_name_or_path", "init_from", "pretrained
 _DATA_SUFFIXES = (".txt", ".md", ".py", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".gz", ".zip")
 # Metrics that measure the machine, not the model.
 _MACHINE_METRIC = re.compile(r"(runtime|_per_second|total_flos|memory)")
+# What the card says of the training split: how far it went and where the loss ended.
+_TRAIN_SUMMARY = re.compile(r"(loss|perplexity|^global_step$|^epoch$)")
 MAX_SETTINGS_ROWS = 40
 
 
@@ -97,7 +99,7 @@ def _flat_scalars(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             flat[name] = ", ".join(str(v) for v in value) if value else None
         elif isinstance(value, (str, int, float, bool)):
             flat[name] = value
-    return {k: v for k, v in flat.items() if v is not None}
+    return {k: v for k, v in flat.items() if v is not None and v != ""}
 
 
 def public_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
@@ -166,7 +168,7 @@ def read_run_records(run_dir: Path | None) -> RunRecords:
     validation = _model_metrics(results.get("eval", {})) or _model_metrics(last_eval)
     return RunRecords(
         settings=public_settings(run_folder.load_training_args(run_dir)),
-        train=_model_metrics(results.get("train", {})),
+        train={k: v for k, v in _model_metrics(results.get("train", {})).items() if _TRAIN_SUMMARY.search(k)},
         validation=validation,
         test=_model_metrics(results.get("test", {})),
         lm_eval=results.get("eval", {}).get(run_folder.LM_EVAL_KEY),

@@ -8,6 +8,8 @@ import shutil
 import signal
 from pathlib import Path
 
+import pytest
+
 from hub_export.export import export_model
 from scratch_gpt import run_folder
 from scratch_gpt.safe_output import CRASH_ENV
@@ -37,9 +39,10 @@ def _leftovers(parent: Path) -> list[str]:
     return [p.name for p in parent.iterdir() if ".staging-" in p.name or ".old-" in p.name]
 
 
-def test_kill_while_writing_leaves_nothing_and_a_plain_rerun_succeeds(run_dir, tmp_path):
+@pytest.mark.parametrize("point", ["export-weights-written", "before-fsync"])
+def test_kill_while_writing_leaves_nothing_and_a_plain_rerun_succeeds(run_dir, tmp_path, point):
     out = tmp_path / "export"
-    _killed_export(tmp_path, run_dir, out, "export-weights-written", overwrite=False)
+    _killed_export(tmp_path, run_dir, out, point, overwrite=False)
     assert not out.exists()
     assert _leftovers(tmp_path)  # the killed run's staging folder: not the output, and cleaned by the next run
     result = export_model(run_dir, out)  # no --overwrite needed: nothing complete was left
