@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from hub_export import commands as hub_commands
+from hub_export import playground as playground_commands
 from hub_export import serve as serve_commands
 from training.data import commands as data_commands
 from training.evaluate import commands as evaluate_commands
@@ -32,6 +33,7 @@ COMMAND_MODULES = (
     evaluate_commands,  # evaluate (lm-eval)
     hub_commands,  # export, push
     serve_commands,  # serve (transformers serve)
+    playground_commands,  # playground (Gradio page in the browser)
 )
 
 
