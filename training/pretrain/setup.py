@@ -162,13 +162,28 @@ def check_run_dir(args: TrainArguments, run_dir: Path) -> None:
         raise ValueError("--resume and --overwrite contradict each other; pick one")
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"output path {run_dir} exists and is not a folder")
-    busy = run_dir.is_dir() and any(run_dir.iterdir())
+    busy = run_dir.is_dir() and any(run_dir.iterdir()) and not holds_only_unfinished_run(run_dir)
     if busy and not (args.resume or args.overwrite):
         raise FileExistsError(
             f"run folder {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
             "or --output-dir for a new one"
         )
     check_no_overlap(run_dir, [args.dataset, args.tokenizer])
+
+
+_UNFINISHED_RUN_NAMES = frozenset(
+    (*run_folder.TOKENIZER_FILES, *run_folder.RECORD_FILES, run_folder.CHECKPOINTS_DIR,
+     run_folder.GENERATION_CONFIG_FILE, "tensorboard")
+)
+
+
+def holds_only_unfinished_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what a run writes before it has anything complete (its tokenizer,
+    settings, logs, unfinished checkpoints): no model and no complete checkpoint, so a plain rerun may start
+    it again (issue 11: a failed or killed first run must not block the rerun). Any other file keeps it."""
+    if run_folder.has_weights(run_dir) or list_checkpoints(run_dir):
+        return False
+    return all(item.name in _UNFINISHED_RUN_NAMES for item in run_dir.iterdir())
 
 
 def find_resume(args: TrainArguments, run_dir: Path) -> Path | None:
@@ -239,6 +254,9 @@ def start_run_folder(args: TrainArguments, run_dir: Path, tokenizer, resuming: b
     """Replace an old run (--overwrite, only now that everything is validated), save tokenizer and settings."""
     if args.overwrite and run_dir.exists():
         logger.warning("--overwrite: replacing %s", run_dir)
+        shutil.rmtree(run_dir)
+    elif not resuming and run_dir.is_dir() and any(run_dir.iterdir()) and holds_only_unfinished_run(run_dir):
+        logger.warning("%s holds only the start of an unfinished run (nothing complete); starting it again", run_dir)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
