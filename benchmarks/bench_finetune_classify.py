@@ -66,7 +66,7 @@ def make_synthetic(path: str, n: int, seed: int = 0, spam_fraction: float = 0.13
             fh.write(f"{'spam' if spam else 'ham'}\t{text}\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sms_path", help="SMS Spam Collection file (label<TAB>text per line)")
     ap.add_argument("--pretrained", required=True, help="scratch-gpt model folder (e.g. a `scratch-gpt train` run)")
@@ -83,22 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--make-synthetic", type=int, default=0, metavar="N",
                     help="first write N synthetic messages to SMS_PATH (figures then not comparable with the book)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    return ap.parse_args(argv)
 
+
+def make_variants(args: argparse.Namespace) -> tuple[dict[str, str], object]:
+    """The pretrained model and a randomly initialised copy of its shape (same tokenizer); and its config."""
     import torch
 
-    import scratch_gpt  # noqa: F401
     from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM
-    from training.finetune.arguments import ClassifyArguments, TrainerOptions
-    from training.finetune.classify import finetune_classifier
     from training.finetune.source import load_tokenizer_for, resolve_model_source
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.make_synthetic:
-        make_synthetic(args.sms_path, args.make_synthetic, seed=args.seed)
-    os.makedirs(args.workdir, exist_ok=True)
 
     pretrained = resolve_model_source(args.pretrained).name_or_path
     random_dir = os.path.join(args.workdir, "random_init")
@@ -106,36 +99,59 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     ScratchGPTForCausalLM(config).save_pretrained(random_dir)
     load_tokenizer_for(pretrained).save_pretrained(random_dir)
+    return {"pretrained": pretrained, "random_init": random_dir}, config
+
+
+def run_once(args: argparse.Namespace, name: str, model_dir: str, rep: int) -> tuple[dict, dict]:
+    """One finetuning run of a variant; (the figures kept, the split sizes)."""
+    from training.finetune.arguments import ClassifyArguments, TrainerOptions
+    from training.finetune.classify import finetune_classifier
 
     opts = TrainerOptions(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
                           weight_decay=0.1, eval_strategy="no", save_strategy="no", seed=args.seed,
                           logging_steps=50, disable_tqdm=True)
-    variants = {"pretrained": pretrained, "random_init": random_dir}
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its logs; stdout is the JSON only
+        result = finetune_classifier(ClassifyArguments(
+            model=model_dir, dataset=args.sms_path, output_dir=os.path.join(args.workdir, f"{name}-{rep}"),
+            balance=not args.no_balance, validation_fraction=0.1, test_fraction=0.2, max_length=args.max_length,
+            overwrite=True, train_last_blocks=args.train_last_blocks if name == "pretrained" else None,
+        ), opts)
+    test, val, train = (result.results[k] for k in ("test", "eval", "train"))
+    print(f"# {name} run {rep}: test accuracy {test['test_accuracy']:.4f}", file=sys.stderr)
+    sizes = {"train": train["train_samples"], "validation": val["eval_samples"], "test": test["test_samples"]}
+    return {
+        "test_accuracy": test["test_accuracy"], "test_f1_macro": test["test_f1_macro"],
+        "validation_accuracy": val["eval_accuracy"], "train_seconds": train["train_runtime"],
+        "total_seconds": time.perf_counter() - t0, "method": result.method,
+        "confusion_matrix": test["test_confusion_matrix"]["rows_true_columns_predicted"],
+    }, sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    import scratch_gpt  # noqa: F401
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.make_synthetic:
+        make_synthetic(args.sms_path, args.make_synthetic, seed=args.seed)
+    os.makedirs(args.workdir, exist_ok=True)
+    variants, config = make_variants(args)
     runs: dict[str, list[dict]] = {k: [] for k in variants}
     for rep in range(args.repeats):
-        for name, model_dir in variants.items():
-            out = os.path.join(args.workdir, f"{name}-{rep}")
-            t0 = time.perf_counter()
-            with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its logs; stdout is the JSON only
-                result = finetune_classifier(ClassifyArguments(
-                    model=model_dir, dataset=args.sms_path, output_dir=out, balance=not args.no_balance,
-                    validation_fraction=0.1, test_fraction=0.2, max_length=args.max_length, overwrite=True,
-                    train_last_blocks=args.train_last_blocks if name == "pretrained" else None,
-                ), opts)
-            test, val, train = (result.results[k] for k in ("test", "eval", "train"))
-            runs[name].append({
-                "test_accuracy": test["test_accuracy"], "test_f1_macro": test["test_f1_macro"],
-                "validation_accuracy": val["eval_accuracy"], "train_seconds": train["train_runtime"],
-                "total_seconds": time.perf_counter() - t0, "method": result.method,
-                "confusion_matrix": test["test_confusion_matrix"]["rows_true_columns_predicted"],
-            })
-            print(f"# {name} run {rep}: test accuracy {test['test_accuracy']:.4f}", file=sys.stderr)
-    sizes = {"train": train["train_samples"], "validation": val["eval_samples"], "test": test["test_samples"]}
+        for name, model_dir in variants.items():  # interleaved
+            figures, sizes = run_once(args, name, model_dir, rep)
+            runs[name].append(figures)
     result = {
         "data": {"path": args.sms_path, "synthetic": bool(args.make_synthetic), "split_sizes": sizes,
                  "balanced": not args.no_balance},
-        "model": {"pretrained": pretrained, "hidden_size": config.hidden_size, "layers": config.num_hidden_layers,
-                  "context": config.max_position_embeddings, "vocab_size": config.vocab_size},
+        "model": {"pretrained": variants["pretrained"], "hidden_size": config.hidden_size,
+                  "layers": config.num_hidden_layers, "context": config.max_position_embeddings,
+                  "vocab_size": config.vocab_size},
         "options": {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
                     "train_last_blocks": args.train_last_blocks, "threads": torch.get_num_threads()},
         "book_reference_test_accuracy": {"gpt2_124m_pretrained": 0.9567, "gpt2_124m_random_init": 0.9367},
@@ -148,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
         }
     print(json.dumps(result, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

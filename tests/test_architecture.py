@@ -101,3 +101,106 @@ def test_checker_catches_a_forbidden_import(tmp_path):
     bad.write_text("import numpy\nfrom . import attention\nfrom training import data\n")
     found = [(top, level) for top, level, _, _ in _imports(bad)]
     assert ("numpy", 0) in found and (None, 1) in found and ("training", 0) in found
+
+
+# ------------------------------------------------------------------------------------------------------------
+# size of functions, and the run-folder contract as the one place that names run files
+
+SOURCE_AREAS = ("training", "hub_export", "benchmarks", "scratch_gpt")
+MAX_FUNCTION_LINES = 60
+MAX_MEDIAN_LINES = 15
+
+
+def _sources() -> list[Path]:
+    files = [ROOT / "scratch_gpt_cli.py"]
+    for area in SOURCE_AREAS:
+        files += sorted((ROOT / area).rglob("*.py"))
+    return files
+
+
+def function_lengths(path: Path) -> list[tuple[str, int, int]]:
+    """(qualified-ish name, first line, number of lines) of every function and method in a file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [
+        (node.name, node.lineno, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+
+
+def _package(path: Path) -> str:
+    """The package a file belongs to: its folder (sub-packages count on their own), or the CLI module."""
+    return str(path.parent.relative_to(ROOT)) if path.parent != ROOT else path.stem
+
+
+def test_no_function_over_60_lines():
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} {name}() is {length} lines"
+        for path in _sources()
+        for name, line, length in function_lengths(path)
+        if length > MAX_FUNCTION_LINES
+    ]
+    assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(offenders)
+
+
+def test_median_function_length_per_package():
+    import statistics
+
+    per_package: dict[str, list[int]] = {}
+    for path in _sources():
+        per_package.setdefault(_package(path), []).extend(n for _, _, n in function_lengths(path))
+    medians = {pkg: statistics.median(lengths) for pkg, lengths in per_package.items() if lengths}
+    offenders = [f"{pkg}: median {m} lines" for pkg, m in sorted(medians.items()) if m > MAX_MEDIAN_LINES]
+    assert not offenders, f"packages whose median function is over {MAX_MEDIAN_LINES} lines:\n" + "\n".join(offenders)
+
+
+def test_function_length_checker_counts_lines(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("def a():\n    return 1\n\n\nclass C:\n    def b(self):\n        x = 1\n        return x\n")
+    assert sorted((n, length) for n, _, length in function_lengths(src)) == [("a", 2), ("b", 3)]
+
+
+def _run_file_names() -> set[str]:
+    from scratch_gpt import run_folder
+
+    current = {*run_folder.RECORD_FILES, run_folder.CHECKPOINTS_DIR, run_folder.COMPLETE_MARKER}
+    retired = {"metrics.jsonl", "finetune_report.json", "test_answers.json", "loss_plot.png"}
+    return current | retired
+
+
+def run_file_literals(path: Path, names: set[str]) -> list[str]:
+    """String literals (docstrings aside) that are, or end in ``/``, a run-folder file name."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            path_like = not any(c.isspace() for c in node.value)
+            if any(node.value == n or (path_like and node.value.endswith("/" + n)) for n in names):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_run_folder_names_appear_only_in_the_contract_module():
+    names = _run_file_names()
+    contract = ROOT / "scratch_gpt" / "run_folder.py"
+    offenders = [hit for path in _sources() if path != contract for hit in run_file_literals(path, names)]
+    assert not offenders, (
+        "run-folder file names outside scratch_gpt/run_folder.py (use its constants and functions):\n"
+        + "\n".join(offenders)
+    )
+
+
+def test_run_file_literal_checker_finds_names(tmp_path):
+    src = ROOT / "tests" / "_probe_run_names.py"
+    try:
+        src.write_text('"""trainer_state.json in a docstring is fine."""\nA = "trainer_state.json"\nB = f"{A}/loss.png"\n')
+        hits = run_file_literals(src, _run_file_names())
+    finally:
+        src.unlink()
+    assert [h.rsplit(": ", 1)[1] for h in hits] == ["'trainer_state.json'", "'/loss.png'"]
