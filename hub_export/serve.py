@@ -68,17 +68,48 @@ def check_port_free(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {host}:{port} ({err.strerror}): check --host and --port") from None
 
 
+def _load_kwargs(manager: Any, revision: str | None) -> dict[str, Any]:
+    """The ``from_pretrained`` arguments transformers' own loader passes, from the manager's settings."""
+    kwargs = {
+        "revision": revision,
+        "attn_implementation": manager.attn_implementation,
+        "dtype": manager.dtype,
+        "device_map": manager.device,
+        "trust_remote_code": manager.trust_remote_code,
+    }
+    quantization_config = manager.get_quantization_config()
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    return kwargs
+
+
+def _load_own_code(manager: Any, model_id: str, revision: str | None, class_ref: str) -> Any:
+    """Load with the repo's own ``auto_map`` class, named explicitly: transformers 5.24 would otherwise prefer our
+    registered class over a repo's code even with ``trust_remote_code`` (``explicit_local_code`` in
+    ``models/auto/auto_factory.py``)."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    logger.info("loading %s with its own modeling code (%s)", model_id, class_ref)
+    model_class = get_class_from_dynamic_module(class_ref, model_id, revision=revision)
+    return model_class.from_pretrained(model_id, **_load_kwargs(manager, revision))
+
+
+def _warn_without_chat_template(processor: Any, name: str) -> None:
+    if not getattr(processor, "chat_template", None):
+        logger.warning("%s has no chat template (a base model): /v1/chat/completions will fail, use /v1/completions "
+                       "(instruction-finetuned models carry one)", name)
+
+
 def scratch_model_manager() -> type:
     """transformers' ``ModelManager`` with a loader that also knows non-transformers architectures."""
     import transformers
     from transformers.cli.serving.model_manager import ModelManager
     from transformers.cli.serving.utils import split_revision
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     import scratch_gpt  # noqa: F401  (the import registers our config and model classes with the Auto factories)
 
     class ScratchModelManager(ModelManager):
-        """Loads architectures transformers does not ship through ``AutoModelForCausalLM``."""
+        """Loads architectures transformers does not ship through ``AutoModelForCausalLM`` (or the repo's code)."""
 
         def _load_model(self, model_id_and_revision: str, tqdm_class=None, progress_callback=None, gguf_file=None):
             model_id, revision = split_revision(model_id_and_revision)
@@ -88,38 +119,16 @@ def scratch_model_manager() -> type:
             architecture = (config.architectures or [""])[0]
             if gguf_file is not None or hasattr(transformers, architecture):
                 return super()._load_model(model_id_and_revision, tqdm_class, progress_callback, gguf_file)
-            auto_map = getattr(config, "auto_map", None) or {}
-            if self.trust_remote_code and "AutoModelForCausalLM" in auto_map:
-                # The repo's own code, named explicitly: transformers 5.24 would otherwise prefer our registered
-                # class over the auto_map code (``explicit_local_code`` in ``models/auto/auto_factory.py``).
-                logger.info("loading %s with its own modeling code (%s)", model_id, auto_map["AutoModelForCausalLM"])
-                model_class = get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], model_id,
-                                                            revision=revision)
-                return model_class.from_pretrained(model_id, **self._auto_kwargs(revision))
+            class_ref = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
+            if self.trust_remote_code and class_ref:
+                return _load_own_code(self, model_id, revision, class_ref)
             logger.info("loading %s (%s) through AutoModelForCausalLM", model_id, architecture)
-            return transformers.AutoModelForCausalLM.from_pretrained(model_id, **self._auto_kwargs(revision))
+            return transformers.AutoModelForCausalLM.from_pretrained(model_id, **_load_kwargs(self, revision))
 
         def _load_processor(self, model_id_and_revision: str, gguf_file=None):
             processor = super()._load_processor(model_id_and_revision, gguf_file)
-            if not getattr(processor, "chat_template", None):
-                logger.warning(
-                    "%s has no chat template (a base model): /v1/chat/completions will fail, use /v1/completions "
-                    "(instruction-finetuned models carry one)", model_id_and_revision
-                )
+            _warn_without_chat_template(processor, model_id_and_revision)
             return processor
-
-        def _auto_kwargs(self, revision: str | None) -> dict[str, Any]:
-            kwargs = {
-                "revision": revision,
-                "attn_implementation": self.attn_implementation,
-                "dtype": self.dtype,
-                "device_map": self.device,
-                "trust_remote_code": self.trust_remote_code,
-            }
-            quantization_config = self.get_quantization_config()
-            if quantization_config is not None:
-                kwargs["quantization_config"] = quantization_config
-            return kwargs
 
     return ScratchModelManager
 
