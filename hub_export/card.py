@@ -157,6 +157,7 @@ class RunRecords:
     test: dict[str, Any] = field(default_factory=dict)
     lm_eval: Any = None
     validation_step: Any = None
+    confusion: Any = None  # {"labels": [...], "rows_true_columns_predicted": [[...], ...]} of the test split
 
 
 def read_run_records(run_dir: Path | None) -> RunRecords:
@@ -173,6 +174,7 @@ def read_run_records(run_dir: Path | None) -> RunRecords:
         test=_model_metrics(results.get("test", {})),
         lm_eval=results.get("eval", {}).get(run_folder.LM_EVAL_KEY),
         validation_step=last_eval.get("step") if last_eval else None,
+        confusion=results.get("test", {}).get("test_confusion_matrix"),
     )
 
 
@@ -182,6 +184,17 @@ def with_perplexity(metrics: dict[str, Any]) -> dict[str, Any]:
     if _is_number(loss) and "eval_perplexity" not in metrics and "perplexity" not in metrics:
         return {**metrics, "eval_perplexity": math.exp(min(loss, 700.0))}
     return metrics
+
+
+def confusion_table(confusion: Any) -> str | None:
+    """A true-by-predicted count table of a classifier's test split, or ``None`` when not recorded."""
+    if not isinstance(confusion, dict):
+        return None
+    labels, rows = confusion.get("labels"), confusion.get("rows_true_columns_predicted")
+    if not isinstance(labels, list) or not isinstance(rows, list) or len(rows) != len(labels):
+        return None
+    body = [(f"**{label}**", *(_fmt(v) for v in row)) for label, row in zip(labels, rows)]
+    return _table(body, ("true \\ predicted", *map(str, labels)))
 
 
 def lm_eval_rows(data: Any) -> list[tuple[str, str, str]]:
@@ -377,6 +390,9 @@ def _evaluation(ctx: CardContext) -> str:
         parts += [f"Validation{at}:", "", _metric_table(validation, "eval_"), ""]
     if records.test:
         parts += ["Test (held-out split):", "", _metric_table(records.test, "test_"), ""]
+    confusion = confusion_table(records.confusion)
+    if confusion:
+        parts += ["Test confusion matrix (counts):", "", confusion, ""]
     rows = lm_eval_rows(records.lm_eval)
     if rows:
         parts += ["### Benchmarks (lm-evaluation-harness)", "", _table(rows, ("task", "metric", "value")), ""]

@@ -220,6 +220,11 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
     if not model_dir.is_dir():
         raise ValueError(f"{model_dir} is a file; pass the folder a scratch-gpt model was saved into")
+    if run_folder.has_adapter(model_dir) and not run_folder.has_weights(model_dir):
+        raise ValueError(
+            f"{model_dir} holds a LoRA adapter, not a full model; finetune with --lora --merge to get a model "
+            "that can be exported on its own"
+        )
     if not run_folder.has_config(model_dir):
         raise FileNotFoundError(
             f"{model_dir} has no {run_folder.CONFIG_FILE}, so it is not a saved model; pass the folder written by "

@@ -37,8 +37,13 @@ LM_EVAL = {
     },
     "config": {"model": "hf", "model_args": "pretrained=./some/local/model,trust_remote_code=True"},
 }
-CLS_EVAL = {"eval_loss": 0.6103, "eval_accuracy": 0.75, "eval_f1": 0.7333, "eval_runtime": 1.25, "epoch": 2.0}
-CLS_TEST = {"test_loss": 0.5521, "test_accuracy": 0.8125, "test_f1": 0.7857, "test_samples_per_second": 88.1}
+# What classification finetuning records (Trainer.predict metrics with the eval_/test_ prefix, a confusion matrix).
+CLS_EVAL = {"eval_loss": 0.6103, "eval_accuracy": 0.75, "eval_f1_macro": 0.7333, "eval_runtime": 1.25, "epoch": 2.0}
+CLS_TEST = {
+    "test_loss": 0.5521, "test_accuracy": 0.8125, "test_f1_macro": 0.7857, "test_samples_per_second": 88.1,
+    "test_confusion_matrix": {"labels": ["negative", "neutral", "positive"],
+                              "rows_true_columns_predicted": [[5, 1, 0], [1, 3, 0], [0, 1, 5]]},
+}
 # A 1x1 PNG, so the "loss plot" is a real image file.
 PNG_1x1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"

@@ -81,9 +81,12 @@ def test_finetuned_classifier_card_lists_validation_and_test_metrics(cls_export)
     assert meta["datasets"] == ["owner/sms-spam"]  # the settings name a Hub dataset: it goes into the header
     evaluation = _section(text, "Evaluation")
     test = _table_after(evaluation, "Test")
-    assert test == {"loss": CLS_TEST["test_loss"], "accuracy": CLS_TEST["test_accuracy"], "f1": CLS_TEST["test_f1"]}
+    assert test == {"loss": CLS_TEST["test_loss"], "accuracy": CLS_TEST["test_accuracy"],
+                    "f1_macro": CLS_TEST["test_f1_macro"]}
     validation = _table_after(evaluation, "Validation")
-    assert validation["accuracy"] == CLS_EVAL["eval_accuracy"] and validation["f1"] == CLS_EVAL["eval_f1"]
+    assert validation["accuracy"] == CLS_EVAL["eval_accuracy"] and validation["f1_macro"] == CLS_EVAL["eval_f1_macro"]
+    confusion = evaluation.split("Test confusion matrix", 1)[1]
+    assert "| **negative** | 5 | 1 | 0 |" in confusion and "| true \\ predicted | negative | neutral | positive |" in confusion
     assert "runtime" not in evaluation and "perplexity" not in evaluation  # machine timings; not a language model
     assert "No evaluation was recorded" not in text
     assert 'pipeline("text-classification"' in text and "trust_remote_code=True" in text

@@ -130,3 +130,12 @@ def test_corrupt_record_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="is not valid JSON"):
         export_model(model, tmp_path / "out")
     assert json.loads((model / run_folder.CONFIG_FILE).read_text())["model_type"] == "scratch_gpt"
+
+
+def test_unmerged_lora_adapter_is_pointed_to_merge(tmp_path):
+    folder = tmp_path / "lora-run"
+    folder.mkdir()
+    run_folder.write_json(folder, run_folder.ADAPTER_FILES[0], {"peft_type": "LORA"})
+    (folder / run_folder.ADAPTER_FILES[1]).write_bytes(b"")
+    with pytest.raises(ValueError, match="LoRA adapter.*--merge"):
+        export_model(folder, tmp_path / "out")
