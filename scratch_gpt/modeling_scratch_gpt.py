@@ -133,11 +133,13 @@ class ScratchGPTAttention(nn.Module):
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (b, h, past + t, d)
 
         implementation = self.config._attn_implementation
-        want_weights = kwargs.pop("output_attentions", None)
-        if (self.config.output_attentions if want_weights is None else want_weights) and implementation == "sdpa":
+        if kwargs.pop("output_attentions", False) and implementation == "sdpa":
             logger.warning_once("output_attentions=True needs attention weights: using the eager attention for it.")
             implementation = "eager"
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
+        try:  # one dict lookup on the decoding path; get_interface for prefixes, None and the error message
+            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+        except KeyError:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
         attn_output, attn_weights = attention(
             self,
             query,
@@ -296,6 +298,8 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
 
         mask = self._attention_mask(attention_mask, inputs_embeds, cache, position_ids, past_len, packed)
         kwargs.pop("output_hidden_states", None)  # captured by the hooks (_can_record_outputs)
+        if kwargs.get("output_attentions") is None and self.config.output_attentions:
+            kwargs["output_attentions"] = True  # the attention module needs to know to compute weights
         for block in self.h:
             hidden_states = block(hidden_states, mask, cache=cache, position_ids=position_ids, **kwargs)
         hidden_states = self.ln_f(hidden_states)
