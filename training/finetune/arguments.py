@@ -194,3 +194,29 @@ class InstructData:
 @dataclass
 class InstructArguments(InstructData, FinetuneArguments):
     """Every option of ``scratch-gpt finetune instruct`` (Trainer and LoRA settings aside)."""
+
+
+# ------------------------------------------------------------------------------------------ dpo
+DPO_LOSS_TYPES = ("sigmoid", "ipo")
+
+
+@dataclass
+class DPOData:
+    """Where the preference pairs come from, the held-out split, and the DPO loss."""
+
+    _argument_group_name = "data and preference"
+
+    dataset: str = field(default="", metadata={"required": True, "help": (
+        "a local .json/.jsonl file or Hub dataset id of preference pairs: the book's {instruction, input, "
+        "chosen, rejected}, TRL's {prompt, chosen, rejected}, or the conversational form (lists of messages)")})
+    validation_fraction: float = field(default=0.1, metadata={
+        "help": "last fraction of the pairs held out for reward accuracy and margins (when no validation split)"})
+    shuffle: bool = field(default=False, metadata={"help": "shuffle the pairs (with --seed) before splitting"})
+    beta: float = field(default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"})
+    loss_type: str = field(default="sigmoid", metadata={
+        "choices": DPO_LOSS_TYPES, "help": "DPO loss: sigmoid (the DPO paper) or ipo"})
+
+
+@dataclass
+class DPOArguments(DPOData, FinetuneArguments):
+    """Every option of ``scratch-gpt finetune dpo`` (Trainer and LoRA settings aside)."""

@@ -17,6 +17,8 @@ from .arguments import (
     BaseModelArgument,
     ClassifyArguments,
     ClassifyData,
+    DPOArguments,
+    DPOData,
     FinetuneOptions,
     InstructArguments,
     InstructData,
@@ -63,6 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "records (validation loss before and after in eval_results.json) and generated_predictions.json "
         "(answers for the test split).",
     ).set_defaults(func=_cmd_instruct)
+    _add_task(
+        sub, "dpo", DPOData, epochs=1.0,
+        help="Preference-tune with DPO through TRL's DPOTrainer (the book's chapter-7 bonus).",
+        description="Direct preference optimisation on chosen/rejected pairs (the book's {instruction, input, "
+        "chosen, rejected}, TRL's {prompt, chosen, rejected}, or conversational); the prompt is the model's chat "
+        "template. The reference is the loaded model (or, with --lora, the model with its adapter disabled). "
+        "Writes the model, tokenizer and the run records (reward accuracy and margins on the held-out pairs "
+        "before and after training in eval_results.json).",
+    ).set_defaults(func=_cmd_dpo)
 
 
 def _options(ns: argparse.Namespace) -> tuple[TrainerOptions, LoraOptions | None]:
@@ -90,5 +101,13 @@ def _cmd_instruct(ns: argparse.Namespace) -> int:
     from .instruct import finetune_instruct
 
     result = finetune_instruct(from_namespace(InstructArguments, ns), *_options(ns))
+    _print_summary(result, ns.output_dir)
+    return 0
+
+
+def _cmd_dpo(ns: argparse.Namespace) -> int:
+    from .dpo import finetune_dpo
+
+    result = finetune_dpo(from_namespace(DPOArguments, ns), *_options(ns))
     _print_summary(result, ns.output_dir)
     return 0

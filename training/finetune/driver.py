@@ -82,6 +82,10 @@ class FinetuneTask:
         """Extra ``Trainer`` arguments, e.g. ``compute_metrics``."""
         return {}
 
+    def make_trainer(self, model, tokenizer, opts: TrainerOptions, output_dir: str, encoded: dict[str, Any]):
+        """The trainer (default: ``transformers.Trainer`` from :func:`make_trainer`; DPO uses TRL's)."""
+        return make_trainer(model, tokenizer, opts, output_dir, encoded, self)
+
     def adapter_base(self, model, tokenizer, base_dir: str, source: ModelSource, work: str) -> str | None:
         """A folder to ship as ``OUT/base_model`` for an unmerged adapter, or None to point at ``base_dir``."""
         return base_dir if source.kind != "scratch_gpt" else None
@@ -213,7 +217,7 @@ def build_job(task: FinetuneTask, source: ModelSource, opts: TrainerOptions, lor
     train_model = apply_lora(model, lora, task=task.lora_task) if lora is not None else model
     parameters = parameter_counts(train_model)
     logger.info("training %d of %d parameters", parameters["trainable_parameters"], parameters["total_parameters"])
-    trainer = make_trainer(train_model, tokenizer, opts, args.output_dir, encoded, task)
+    trainer = task.make_trainer(train_model, tokenizer, opts, args.output_dir, encoded)
     return Job(source, opts, lora, tokenizer, train_model, encoded, trainer, base_dir, adapter_base, parameters)
 
 
