@@ -23,13 +23,41 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TimeBudgetSchedule", "cosine_factor"]
+__all__ = ["StepSchedule", "TimeBudgetSchedule", "cosine_factor", "lr_multiplier"]
 
 
 def cosine_factor(progress: float, min_ratio: float) -> float:
     """Cosine from 1 (``progress`` 0) down to ``min_ratio`` (``progress`` 1)."""
     progress = min(1.0, max(0.0, progress))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate factor for optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    return cosine_factor((step - warmup_steps) / decay_steps, min_ratio)
+
+
+@dataclass
+class StepSchedule:
+    """Warmup + cosine over a fixed number of steps: a pure function of the step (the clock is not read)."""
+
+    warmup_steps: int
+    total_steps: int
+    min_ratio: float
+
+    def multiplier(self, step: int, elapsed_s: float) -> float:
+        """Learning-rate factor for optimizer step ``step``; ``elapsed_s`` is ignored."""
+        return lr_multiplier(step, self.warmup_steps, self.total_steps, self.min_ratio)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to save: the step says everything."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
 
 
 @dataclass
