@@ -189,6 +189,29 @@ def test_evaluate_scores_equal_hand_computation(model_dir, tasks, offline, capsy
     assert recorded[run_folder.LM_EVAL_KEY]["n-samples"]["tiny_mc"]["effective"] == len(MC_DOCS)
 
 
+def test_exported_repo_is_evaluated_and_recorded(model_dir, tasks, offline, tmp_path):
+    from hub_export.export import export_model
+    from scratch_gpt import run_folder
+    from training.evaluate.evaluate import evaluate
+
+    folder, expected = tasks
+    export = export_model(model_dir, tmp_path / "export").out_dir
+    results = evaluate(str(export), "tiny_mc", include_path=str(folder))
+    assert results["results"]["tiny_mc"]["acc,none"] == pytest.approx(expected["tiny_mc"]["acc,none"], abs=1e-12)
+    recorded = run_folder.load_results(export)["eval"][run_folder.LM_EVAL_KEY]["results"]["tiny_mc"]
+    assert recorded["acc_norm,none"] == pytest.approx(expected["tiny_mc"]["acc_norm,none"], abs=1e-12)
+
+
+def test_model_card_picks_up_the_scores(model_dir, tasks, offline):
+    from hub_export.card import lm_eval_rows, read_run_records
+    from training.evaluate.evaluate import evaluate
+
+    folder, expected = tasks
+    evaluate(str(model_dir), "tiny_gen", include_path=str(folder))
+    rows = {(task, metric): shown for task, metric, shown in lm_eval_rows(read_run_records(model_dir).lm_eval)}
+    assert rows[("tiny_gen", "exact_match")].startswith("0.5")
+
+
 def test_evaluation_merges_into_earlier_results(model_dir, tasks, offline):
     from scratch_gpt import run_folder
     from training.evaluate.evaluate import evaluate
