@@ -141,4 +141,13 @@ ROWS = [
     row("convert-read-only-output", "convert-gpt2 {ws}/ro/gpt2 {ws}/ro/old --overwrite", 1, "ro|write",
         sandbox="rofs"),
     row("convert-config-wrong-type", "convert-gpt2 {ws}/badgpt2 {ws}/out", 1, "n_embd"),
+    # -- convert (GPT-2 / Llama / Qwen family), evaluate, serve -----------------------------------------------
+    row("family-missing-source", "convert {ws}/nosrc {ws}/out", 1, "nosrc|does not exist"),
+    row("family-bert-folder", "convert {ws}/bert {ws}/out", 1, "bert"),
+    row("family-output-inside-source", "convert {ws}/gpt2 {ws}/gpt2/out", 1, "gpt2|input"),
+    row("evaluate-missing-model", "evaluate {ws}/nomodel/ --tasks lambada_openai", 1, "nomodel"),
+    row("evaluate-not-a-model", "evaluate {ws}/corpus --tasks lambada_openai", 1, "corpus|config"),
+    row("serve-missing-model", "serve {ws}/nomodel/", 1, "nomodel"),
+    row("serve-not-a-model", "serve {ws}/emptydir", 1, "emptydir|config.json"),
+    row("playground-missing-model", "playground {ws}/nomodel/ --port 0", 1, "nomodel"),
 ]

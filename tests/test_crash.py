@@ -7,7 +7,8 @@ the new complete result (loads, and holds none of the old result's files) -- nev
 was left, a plain rerun (no ``--overwrite``) succeeds and leaves no staging folder behind.
 
 Points: ``before-fsync`` (all files written to the staging folder, nothing synced), ``before-swap`` (synced,
-not yet renamed), ``after-swap`` (renamed in, the old result not yet deleted), and the commands' own points.
+not yet renamed), ``after-swap`` (renamed in, the old result not yet deleted). ``export`` has its own crash
+tests in tests/hub_export/test_crash.py (same hook, its own ``export-weights-written`` point).
 """
 
 from __future__ import annotations
@@ -150,14 +151,31 @@ def test_train_killed_in_its_final_save(point, corpus, tmp_path):
     args = [*TRAIN, "--dataset", str(corpus), "--output-dir", str(out)]
     killed = run_cli(args, tmp_path, crash_at=point)
     assert killed.returncode == KILLED, killed.stderr[-3000:]
-    if out.exists() and run_folder_has_model(out):
+    if run_folder_has_model(out):
         assert assert_old_or_new(out, None, _trained_run) == "new"
         return
-    # nothing complete was left: a plain rerun (no --overwrite) succeeds
-    rerun = run_cli(args, tmp_path)
+    # no model: what is left is the start of the run, resumable from its final checkpoint
+    from scratch_gpt import run_folder
+
+    assert not (out / run_folder.CONFIG_FILE).exists() and not (out / run_folder.results_file("train")).exists()
+    again = args + (["--resume"] if run_folder.latest_checkpoint(out) else [])
+    rerun = run_cli(again, tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     _trained_run(out)
     assert leftovers(out) == []
+
+
+def test_failed_first_train_does_not_block_a_plain_rerun(corpus, tmp_path, capsys):
+    import scratch_gpt_cli
+
+    out = tmp_path / "run"
+    args = [*TRAIN, "--dataset", str(corpus), "--output-dir", str(out)]
+    assert scratch_gpt_cli.main([*args, "--debug-nan-step", "1"]) == 1  # fails after the run folder was started
+    assert "nan" in capsys.readouterr().err
+    assert scratch_gpt_cli.main(args) == 0  # no --overwrite needed: nothing complete was left
+    _trained_run(out)
+    (out / "notes.txt").write_text("mine")  # a folder holding anything else is still protected
+    assert scratch_gpt_cli.main(args) == 1 and "--overwrite" in capsys.readouterr().err
 
 
 def run_folder_has_model(folder: Path) -> bool:
@@ -175,7 +193,7 @@ def test_train_overwrite_killed_before_swap_keeps_the_old_run(corpus, tmp_path):
     assert assert_old_or_new(out, old, _trained_run) == "old"
 
 
-# -- finetune and export -----------------------------------------------------------------------------------
+# -- finetune (export's crash tests live in tests/hub_export/test_crash.py) -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -218,17 +236,3 @@ def test_finetune_classify_killed_during_its_write(point, base_model, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert assert_old_or_new(out, None, _classifier) == "new"
     assert leftovers(out) == []
-
-
-@pytest.mark.parametrize("point, expected", [("export-weights-written", "old"), ("after-swap", "new")])
-def test_export_overwrite_killed_is_old_or_new(point, expected, base_model, tmp_path):
-    out = tmp_path / "export"
-    old = seed_old(out, lambda p: (p.mkdir(), (p / "config.json").write_text(json.dumps({"old": True}))))
-    killed = run_cli(["export", str(base_model), str(out), "--overwrite"], tmp_path, crash_at=point)
-    assert killed.returncode == KILLED, killed.stderr[-3000:]
-
-    def exported(folder: Path) -> None:
-        assert (folder / "README.md").is_file() and (folder / "config.json").is_file()
-        assert json.loads((folder / "config.json").read_text()).get("auto_map")
-
-    assert assert_old_or_new(out, old, exported) == expected

@@ -231,7 +231,7 @@ def test_catalogue_covers_every_subcommand():
     commands = set(next(a for a in parser._actions if a.dest == "command").choices)
     covered = {r.args[0] for r in ROWS}
     assert len(ROWS) >= 40
-    assert commands - covered <= {"serve", "evaluate", "playground", "gguf"}, commands - covered
+    assert commands <= covered, f"no catalogue row for {sorted(commands - covered)}"
 
 
 # -- the allocator re-exec runs the installed code, never the working directory's (issue 11, point 5) ------
