@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="examples per forward pass, or 'auto' to find the largest that fits (default: 1)")
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples per prompt (default: the task's)")
     p.add_argument("--include-path", default=None, metavar="DIR", help="folder of extra task YAMLs (your own tasks)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: lm-eval's choice)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     p.add_argument("--no-write", action="store_true", help="print the table only; leave eval_results.json alone")
     p.set_defaults(func=cmd_evaluate)
 

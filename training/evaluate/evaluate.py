@@ -79,7 +79,7 @@ def run_lm_eval(model: str, tasks: list[str], manager: Any, **options: Any) -> d
 
     if options.get("device") is None:  # lm-eval's hf backend defaults to "cuda" even on a machine without one
         options["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    model_args = {"pretrained": model, "trust_remote_code": True, "dtype": options.pop("dtype", "auto")}
+    model_args = {"pretrained": model, "trust_remote_code": True, "dtype": "auto"}
     results = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=tasks, task_manager=manager,
                                       log_samples=False, **options)
     if results is None:  # lm-eval returns None on ranks other than 0
