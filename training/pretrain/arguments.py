@@ -31,6 +31,7 @@ REPORT_TO_CHOICES = ("none", "tensorboard")
 NORM_CHOICES = ("layernorm", "rmsnorm")
 ATTN_CHOICES = ("sdpa", "eager")
 SAMPLING_CHOICES = ("grid", "offset", "random")
+ARCHITECTURE_CHOICES = ("gpt2", "llama", "qwen3")
 
 
 @dataclass
@@ -40,14 +41,20 @@ class ModelArguments:
     _argument_group_name = "model"
 
     preset: str = field(default="tiny", metadata={
-        "help": "named preset the other options start from (default: tiny)", "choices": ("tiny", "small", "medium", "gpt2-124m")})
+        "help": "named preset the other options start from (default: tiny)", "choices": ("tiny", "small", "medium", "gpt2-124m", "tiny-llama", "tiny-qwen3")})
     hidden_size: int = _opt(128, "model width (embedding size)", metavar="N")
     num_hidden_layers: int = _opt(4, "number of transformer blocks", metavar="N")
     num_attention_heads: int = _opt(4, "attention heads per block (must divide hidden size)", metavar="N")
     intermediate_size: int | None = _opt(None, "MLP width (default 4 x hidden size)", metavar="N")
     block_size: int = _opt(128, "context length in tokens (training block size = max positions)", metavar="N")
     dropout: float = _opt(0.0, "dropout on embeddings, attention and residuals (0 is usual for pretraining)", metavar="X")
-    norm_type: str = _opt("layernorm", "normalisation layer", choices=NORM_CHOICES)
+    norm_type: str = _opt("layernorm", "normalisation layer (gpt2 architecture)", choices=NORM_CHOICES)
+    architecture: str = _opt(
+        "gpt2", "model family: gpt2 (learned positions, GELU MLP), or llama / qwen3 (RoPE, RMSNorm, SwiGLU, "
+        "grouped-query attention, no biases; qwen3 adds QK-norm); see docs/family.md", choices=ARCHITECTURE_CHOICES)
+    num_key_value_heads: int | None = _opt(
+        None, "key/value heads (grouped-query attention; default: all heads for gpt2, half for llama/qwen3)",
+        metavar="N")
     attn_implementation: str = _opt("sdpa", "attention implementation", choices=ATTN_CHOICES)
 
 
@@ -176,6 +183,12 @@ class TrainArguments(
                 f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
                 f"{self.num_attention_heads}; pick sizes where heads divide the width"
             )
+        kv_heads = self.num_key_value_heads
+        if kv_heads is not None and (not isinstance(kv_heads, int) or kv_heads < 1 or self.num_attention_heads % kv_heads):
+            raise ValueError(
+                f"--num-key-value-heads {kv_heads!r} must be a positive divisor of --num-attention-heads "
+                f"{self.num_attention_heads}"
+            )
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
         checks = {
@@ -243,7 +256,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_batches": 50, "checkpoint_every": 1000, "keep_checkpoints": 3, "mixed_precision": "bf16",
         "sample_max_new_tokens": 128,
     },
+    # `tiny` as a Llama / Qwen3 (RoPE, RMSNorm, SwiGLU, 2 key/value heads for 4 query heads; Qwen3 adds QK-norm).
+    "tiny-llama": {"architecture": "llama"},
+    "tiny-qwen3": {"architecture": "qwen3"},
 }
+
+
+def architecture_switches(args: TrainArguments) -> dict[str, Any]:
+    """The ScratchGPTConfig switches for ``--architecture`` (docs/family.md), with the MLP width and norm."""
+    heads = args.num_attention_heads
+    if args.architecture == "gpt2":
+        kv = {"num_key_value_heads": args.num_key_value_heads} if args.num_key_value_heads else {}
+        return {"norm_type": args.norm_type, "intermediate_size": args.intermediate_size, **kv}
+    kv_heads = args.num_key_value_heads or max(d for d in range(1, heads // 2 + 1) if heads % d == 0)
+    # Llama's SwiGLU width: 8/3 of the model width (three matrices instead of two), rounded up to 64.
+    width = args.intermediate_size or 64 * -(-8 * args.hidden_size // (3 * 64))
+    return {
+        "norm_type": "rmsnorm", "intermediate_size": width, "position_embedding_type": "rope",
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "mlp_type": "swiglu",
+        "hidden_act": "silu", "num_key_value_heads": kv_heads, "qkv_bias": False, "attention_bias": False,
+        "mlp_bias": False, "qk_norm": args.architecture == "qwen3",
+    }
 
 
 def _flag(name: str) -> str:

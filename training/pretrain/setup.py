@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 from scratch_gpt import run_folder
 from scratch_gpt.safe_output import check_no_overlap
 
-from .arguments import TrainArguments, parse_duration
+from .arguments import TrainArguments, architecture_switches, parse_duration
 from .checkpoints import list_checkpoints
 from .budget import StepSchedule, TimeBudgetSchedule, lr_multiplier  # noqa: F401 (lr_multiplier: re-exported)
 from .monitor import default_prompt
@@ -100,12 +100,11 @@ def build_model(args: TrainArguments, tokenizer) -> torch.nn.Module:
         hidden_size=args.hidden_size,
         num_hidden_layers=args.num_hidden_layers,
         num_attention_heads=args.num_attention_heads,
-        intermediate_size=args.intermediate_size,
         max_position_embeddings=args.block_size,
         attention_dropout=args.dropout,
         resid_dropout=args.dropout,
         embd_dropout=args.dropout,
-        norm_type=args.norm_type,
+        **architecture_switches(args),  # norm, MLP width and the Llama/Qwen3 switches
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
