@@ -44,20 +44,21 @@ def load_sms_spam(path: str, text_column: str = "text", label_column: str = "lab
     """
     from datasets import Dataset
 
+    from training.data.corpus import read_utf8
+
     labels, texts = [], []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            label, sep, text = line.partition("\t")
-            if not sep:
-                raise ValueError(
-                    f"{path} line {lineno} has no tab: the SMS Spam Collection format is 'label<TAB>text' per line "
-                    "(use --dataset-format csv/tsv/json for files with a header)"
-                )
-            labels.append(label.strip())
-            texts.append(text)
+    for lineno, line in enumerate(read_utf8(path).split("\n"), 1):  # not UTF-8: an error naming the byte
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        label, sep, text = line.partition("\t")
+        if not sep:
+            raise ValueError(
+                f"{path} line {lineno} has no tab: the SMS Spam Collection format is 'label<TAB>text' per line "
+                "(use --dataset-format csv/tsv/json for files with a header)"
+            )
+        labels.append(label.strip())
+        texts.append(text)
     if not texts:
         raise ValueError(f"{path} holds no 'label<TAB>text' lines")
     return Dataset.from_dict({label_column: labels, text_column: texts})

@@ -139,20 +139,22 @@ def split_records(
 
 def read_records(path: str) -> list[dict[str, Any]]:
     """Records from a local ``.json`` (a list of objects, or ``{"data": [...]}``) or ``.jsonl`` file."""
-    with open(path, encoding="utf-8") as fh:
-        if path.endswith(".jsonl"):
-            records = []
-            for i, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path} line {i} is not valid JSON: {err}") from err
-            return records
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); JSON Lines files need the .jsonl suffix") from err
+    from training.data.corpus import read_utf8
+
+    text = read_utf8(path)  # not UTF-8: an error naming the file and the byte offset
+    if path.endswith(".jsonl"):
+        records = []
+        for i, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path} line {i} is not valid JSON: {err}") from err
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); JSON Lines files need the .jsonl suffix") from err
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
