@@ -390,7 +390,7 @@ def resolve_arguments(
             values[key] = coerce_value(key, value)
     values["preset"] = name
     given = {**from_file, **overrides}
-    if given.get("max_time") is not None and not {"max_steps", "max_tokens"} & given.keys():
+    if "max_time" in given and values["max_time"] is not None and not {"max_steps", "max_tokens"} & given.keys():
         values["max_steps"] = None  # a time budget given alone plans the schedule; the preset's steps do not cap it
     args = TrainArguments(**values)
     args.validate()

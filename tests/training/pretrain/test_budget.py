@@ -112,3 +112,22 @@ def test_planned_steps_estimate():
 def test_bad_budget_rejected(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         TimeBudgetSchedule(warmup_steps=1, min_ratio=0.1, **kwargs)
+
+
+def test_max_time_alone_lets_the_time_plan_the_run():
+    from training.pretrain.arguments import resolve_arguments
+    from training.pretrain.budget import StepSchedule
+    from training.pretrain.setup import make_schedule, total_steps_for
+
+    preset = resolve_arguments()  # tiny: 800 steps and 7 minutes, whichever ends first
+    assert (preset.max_steps, preset.max_time) == (800, "7m")
+    sched = make_schedule(preset, total_steps_for(preset, 2048), 420.0)
+    assert isinstance(sched, TimeBudgetSchedule) and (sched.max_steps, sched.max_time_s) == (800, 420.0)
+    timed = resolve_arguments(overrides={"max_time": "10m"})
+    assert timed.max_steps is None and total_steps_for(timed, 2048) is None
+    assert resolve_arguments(overrides={"max_time": "10m", "max_steps": 50}).max_steps == 50
+    assert total_steps_for(resolve_arguments(overrides={"max_time": "10m", "max_tokens": 4096}), 2048) == 2
+    untimed = resolve_arguments(overrides={"max_time": "none"})
+    assert isinstance(make_schedule(untimed, 800, None), StepSchedule)
+    with pytest.raises(ValueError, match="--max-steps none needs --max-time or --max-tokens"):
+        resolve_arguments(overrides={"max_time": "none", "max_steps": "none"})
