@@ -236,3 +236,32 @@ def test_finetune_classify_killed_during_its_write(point, base_model, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert assert_old_or_new(out, None, _classifier) == "new"
     assert leftovers(out) == []
+
+
+def test_a_full_disk_for_the_plot_and_the_history_is_a_warning_not_the_end(corpus, tmp_path, monkeypatch, caplog):
+    """Non-essential outputs (the loss plot, the log history written during the run) never end a run."""
+    import errno
+    import logging
+
+    import scratch_gpt_cli
+    from training.pretrain import records
+    from training.shared import plot
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[-1]))
+
+    real_history = records.write_history
+
+    def history(run_dir, *args, **kwargs):  # the run folder's disk is full; the final staging succeeds
+        if not Path(run_dir).name.startswith("."):
+            full(run_dir)
+        return real_history(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(plot, "plot_losses", full)
+    monkeypatch.setattr(records, "write_history", history)
+    caplog.set_level(logging.WARNING)
+    out = tmp_path / "run"
+    assert scratch_gpt_cli.main([*TRAIN, "--dataset", str(corpus), "--output-dir", str(out)]) == 0
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "could not draw the loss plot" in warnings and "could not write the log history" in warnings
+    assert run_folder_has_model(out)

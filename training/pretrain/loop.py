@@ -193,7 +193,7 @@ def running(run: Run, job: Job, state: TrainState) -> Iterator[tuple[Iterator[di
             if trackers:
                 run.accelerator.end_training()
             if run.main:
-                records.write_history(run.run_dir, state.log_history, state.step, job.total_steps)
+                records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps)
 
 
 def next_batches(batches: Iterator[dict], count: int) -> list[torch.Tensor]:
@@ -269,7 +269,7 @@ def evaluate_if_due(
     record = {"step": state.step, "num_input_tokens_seen": state.step * job.tokens_per_step, **metrics}
     state.log_history.append(record)
     if run.main:
-        records.write_history(run.run_dir, state.log_history, state.step, job.total_steps)
+        records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps)
         save_plot(run.run_dir, state.log_history, run.run_dir.name)
         logger.info(
             "step %d: val loss %.4f, perplexity %.2f%s", state.step, metrics["eval_loss"],
@@ -299,7 +299,7 @@ def checkpoint_if_due(run: Run, job: Job, state: TrainState, stopping: bool, clo
     saved = {**asdict(state), "tokens": state.step * job.tokens_per_step, "total_steps": job.total_steps}
     save_checkpoint(run.accelerator, run.run_dir, state.step, saved, run.args.keep_checkpoints)
     if run.main:
-        records.write_history(run.run_dir, state.log_history, state.step, job.total_steps)
+        records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps)
     meter.restart()
 
 

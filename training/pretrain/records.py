@@ -56,6 +56,15 @@ def write_history(run_dir: Path, log_history: list[dict[str, Any]], global_step:
     run_folder.save_log_history(run_dir, log_history, global_step=global_step, max_steps=max_steps)
 
 
+def write_progress(run_dir: Path, log_history: list[dict[str, Any]], global_step: int, max_steps: int) -> None:
+    """The history so far, during the run: a failure (a full disk) is a warning, never the end of the run
+    (the final records are written again with the model, and each checkpoint holds its own state)."""
+    try:
+        write_history(run_dir, log_history, global_step, max_steps)
+    except OSError as err:
+        logger.warning("could not write the log history to %s (%s); training goes on", run_dir, err)
+
+
 def save_final_records(
     stage: Path, name: str, settings: dict[str, Any], log_history: list, results: dict[str, dict]
 ) -> None:
