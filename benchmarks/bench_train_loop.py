@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.pretrain.arguments import resolve_arguments  # noqa: E402
-from scratch_gpt.run_folder import load_log_history  # noqa: E402
+from scratch_gpt.run_folder import load_log_history, load_results  # noqa: E402
 from training.pretrain.loop import train  # noqa: E402
 from training.pretrain.setup import build_model, param_groups  # noqa: E402
 
@@ -54,6 +54,9 @@ class _Tok:
 
     def save_pretrained(self, *a, **k) -> None:
         pass
+
+    def decode(self, ids, **k) -> str:  # the default sample prompt; samples are off
+        return ""
 
 
 def bare_tokens_per_s(args, tok, blocks, steps: int) -> float:
@@ -82,6 +85,8 @@ def bare_tokens_per_s(args, tok, blocks, steps: int) -> float:
 def steady_tokens_per_s(run_dir: Path) -> float:
     """From the first logged window to the last one (startup, evaluation and saving excluded)."""
     rec = [r for r in load_log_history(run_dir) if "loss" in r]
+    if len(rec) < 2:  # too short a run for two log windows: the whole run's rate
+        return load_results(run_dir)["train"]["train_tokens_per_second"]
     first, last = rec[0], rec[-1]
     return (last["num_input_tokens_seen"] - first["num_input_tokens_seen"]) / (last["elapsed_s"] - first["elapsed_s"])
 

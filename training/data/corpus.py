@@ -29,7 +29,6 @@ import os
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 logger = logging.getLogger(__name__)
 

@@ -3,39 +3,47 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from training.shared.arguments import dataclass_parser, lenient_numbers
+
+
+@dataclass
+class GenerateArguments:
+    """How ``generate`` samples (every field a ``--flag``)."""
+
+    _argument_group_name = "generation"
+
+    prompt: str = field(default="", metadata={"help": "text to continue (empty: start from <|endoftext|>)"})
+    max_new_tokens: int = field(default=100, metadata={"help": "tokens to generate per sample"})
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature; 0 means greedy"})
+    top_k: int = field(default=50, metadata={"help": "sample from the k most likely tokens; 0 = all"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling probability mass (1.0 = off)"})
+    num_samples: int = field(default=1, metadata={"help": "number of continuations"})
+    seed: int = field(default=0, metadata={"help": "random seed; sample i uses seed+i"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1, ... (auto: cuda when available)"})
+    no_stream: bool = field(default=False, metadata={"help": "print each sample when it is complete"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "allow model code from the folder/repo (exported models)"})
+    dtype: str = field(default="fp32", metadata={"choices": ("fp32", "bf16", "int8"), "help": (
+        "weights precision: bf16 where the CPU has bf16 units (else fp32 with a warning), int8 quantized "
+        "linear layers on CPU")})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``generate``."""
     g = subparsers.add_parser(
         "generate",
+        parents=[dataclass_parser(GenerateArguments)],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="Sample text from a trained model folder (or Hub id), streaming tokens to the terminal.",
         description="Generate continuations of a prompt with a causal LM saved by save_pretrained.",
     )
     g.add_argument("model", metavar="MODEL", help="model folder (e.g. runs/tiny) or Hub id")
-    g.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>)")
-    g.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per sample (default: 100)")
-    g.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature; 0 means greedy (default: 0.8)"
-    )
-    g.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens; 0 = all (default: 50)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability mass (default: 1.0 = off)")
-    g.add_argument("--num-samples", type=int, default=1, help="number of continuations (default: 1)")
-    g.add_argument("--seed", type=int, default=0, help="random seed; sample i uses seed+i (default: 0)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    g.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
-    g.add_argument(
-        "--trust-remote-code", action="store_true", help="allow model code from the folder/repo (exported models)"
-    )
-    g.add_argument(
-        "--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
-        help="weights precision: bf16 where the CPU has bf16 units (else fp32 with a warning), int8 quantized "
-        "linear layers on CPU (default: fp32)",
-    )
+    lenient_numbers(g)
     g.set_defaults(func=cmd_generate)
-
 
 
 def _check_generate_args(ns: argparse.Namespace) -> None:

@@ -29,7 +29,8 @@ def dataclass_parser(*parts: type, suppress_defaults: bool = False) -> argparse.
     for part in parts:
         for f in dataclasses.fields(part):
             names.append(f.name)
-            if f.type is bool and f.default is not True:  # HfArgumentParser adds --no-X only for True defaults
+            # HfArgumentParser adds --no-X only for True defaults; a field named no_X is its own negation
+            if f.type is bool and f.default is not True and not f.name.startswith("no_"):
                 parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
                                     default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     if suppress_defaults:  # on the actions only (set_defaults would also put SUPPRESS into the namespace)

@@ -1,4 +1,4 @@
-"""In-process tests of the pretraining loop, its presets and the train/generate commands (tiny models, seconds)."""
+"""In-process tests of the pretraining loop, its presets and the train command (tiny models, seconds)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from tests.training.pretrain.helpers import make_blocks, make_tokenizer, tiny_args
-from training.pretrain.arguments import PRESETS, TrainArguments, coerce_value, parse_duration, resolve_arguments
+from training.pretrain.arguments import PRESETS, coerce_value, parse_duration, resolve_arguments
 from scratch_gpt import run_folder
 from training.pretrain.checkpoints import list_checkpoints
 from training.pretrain.loop import TrainingDivergedError, train
@@ -138,6 +138,30 @@ def test_existing_run_needs_resume_or_overwrite(finished_run):
         train(args, datasets=make_blocks(), tokenizer=make_tokenizer())
 
 
+def test_resume_needs_a_checkpoint_in_a_busy_folder(tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "model.safetensors").write_bytes(b"someone's model")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        train(tiny_args(busy, resume=True), datasets=make_blocks(), tokenizer=make_tokenizer())
+    assert (busy / "model.safetensors").read_bytes() == b"someone's model"
+    fresh = train(tiny_args(tmp_path / "fresh", resume=True, max_steps=1), datasets=make_blocks(),
+                  tokenizer=make_tokenizer())  # nothing to resume yet: a first run starts
+    assert fresh.metrics["global_step"] == 1
+
+
+def test_overwrite_replaces_a_run_only_after_the_data_is_checked(finished_run, tmp_path):
+    before = (finished_run / "model.safetensors").read_bytes()
+    args = tiny_args(finished_run, overwrite=True, dataset=str(tmp_path / "typo"), tokenizer=None)
+    with pytest.raises((FileNotFoundError, ValueError)):
+        train(args)
+    assert (finished_run / "model.safetensors").read_bytes() == before
+    (tmp_path / "corpus.txt").write_text("def f():\n    return 1\n" * 50)
+    with pytest.raises(ValueError, match="destroy the input"):
+        train(tiny_args(tmp_path, overwrite=True, dataset=str(tmp_path / "corpus.txt")))
+    assert (tmp_path / "corpus.txt").is_file()
+
+
 def test_print_config_shows_resolved_options(capsys):
     from scratch_gpt_cli import main
 
@@ -258,17 +282,6 @@ def test_log_history_results_and_plot(finished_run):
     assert state["step"] == 8 and state["tokens"] == 8 * 8 * 32
 
 
-def test_generate_command_streams(finished_run, capsys):
-    from scratch_gpt_cli import main
-
-    assert main(["generate", str(finished_run), "--prompt", "def f", "--max-new-tokens", "5",
-                 "--num-samples", "2", "--seed", "3"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("--- sample") == 2 and out.count("def f") >= 2
-    assert main(["generate", str(finished_run), "--top-p", "1.5"]) != 0
-    assert "--top-p" in capsys.readouterr().err
-
-
 def test_cli_train_on_a_local_corpus_then_resume(tmp_path, capsys):
     """The real path: files -> tokenizer -> blocks -> loop -> run folder, through `scratch-gpt train`."""
     from scratch_gpt_cli import main
@@ -312,7 +325,7 @@ def test_train_reexecs_once_with_allocator_variables(monkeypatch):
     monkeypatch.setattr(commands_train.sys, "argv", ["/usr/bin/scratch-gpt", "train", "--max-steps", "5"])
     commands_train._maybe_reexec_with_malloc_tuning(ns)
     (argv, env), = calls
-    assert argv[1:] == ["-m", "scratch_gpt_cli", "train", "--max-steps", "5"]
+    assert argv[1] == "-c" and argv[3:] == ["train", "--max-steps", "5"]  # not `-m`: no cwd on sys.path
     assert env["MALLOC_MMAP_MAX_"] == "0" and env["MALLOC_TRIM_THRESHOLD_"] == "100000000000"
     # opted out, already tuned, or not the CLI process: no re-exec
     commands_train._maybe_reexec_with_malloc_tuning(argparse.Namespace(no_malloc_tuning=True, print_config=False))
