@@ -235,6 +235,10 @@ def _drop_all_ones(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return attention_mask
 
 
+def _is_4d(attention_mask: torch.Tensor | None) -> bool:
+    return attention_mask is not None and attention_mask.dim() == 4
+
+
 def _default_positions(attention_mask: torch.Tensor | None, past_len: int, embeds: torch.Tensor) -> torch.Tensor:
     seq = embeds.shape[1]
     if attention_mask is not None and attention_mask.dim() == 2:
@@ -312,14 +316,12 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
         return bool(use_cache) and not (self.gradient_checkpointing and self.training)
 
     def _past_length(self, cache, attention_mask, position_ids, seq: int) -> int:
-        """Cached positions, checked against the context; 0 where the caller brought positions and a 4D mask
-        (static-cache ``generate``, compiled) or the cache is not a transformers ``Cache`` (continuous batching)."""
-        if not isinstance(cache, Cache):
-            past_len = 0
-        elif position_ids is not None and attention_mask is not None and attention_mask.dim() == 4:
+        """Cached positions, checked against the context. 0 and no check where the row is not one sequence
+        (continuous batching's paged cache, or packed requests: positions come with the batch) or the caller
+        brought positions and a 4D mask (static-cache ``generate``, compiled)."""
+        if position_ids is not None and (cache is None or not isinstance(cache, Cache) or _is_4d(attention_mask)):
             return 0
-        else:
-            past_len = cache.get_seq_length()
+        past_len = cache.get_seq_length() if isinstance(cache, Cache) else 0
         if not torch.compiler.is_compiling() and past_len + seq > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence length {past_len + seq} (cached {past_len} + new {seq}) exceeds "

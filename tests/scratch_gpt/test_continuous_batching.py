@@ -13,7 +13,7 @@ from transformers import ContinuousBatchingConfig, GenerationConfig
 from scratch_gpt import ScratchGPTForCausalLM
 from tests.conftest import make_tiny_config
 
-PROMPT_LENGTHS = (1, 3, 6, 9, 14, 21)
+PROMPT_LENGTHS = (2, 5, 9, 14, 20, 27)  # packed together: 77 tokens in one row, more than the context of 64
 NEW_TOKENS = 8
 
 
@@ -61,6 +61,7 @@ def test_generate_batch_equals_generate_per_prompt(model, implementation):
     model.set_attn_implementation("sdpa")
     assert model.config._attn_implementation == "sdpa"
     assert len(results) == len(prompts)
+    assert all(r.error is None for r in results.values()), [r.error for r in results.values()]
     by_prompt = {tuple(r.prompt_ids): r for r in results.values()}
     for prompt in prompts:
         tokens, logprobs = _alone(model, prompt)
