@@ -61,11 +61,15 @@ class CardOptions:
 # --------------------------------------------------------------------------------------------- public values
 
 
-def is_local_path(value: str) -> bool:
-    """Whether a setting names a local file or folder (never published) rather than a Hub id or a name."""
+def is_local_path(value: str, roots: tuple[Path, ...] = ()) -> bool:
+    """Whether a setting names a local file or folder (never published) rather than a Hub id or a name.
+
+    A relative path counts when it exists from the working directory or from one of ``roots`` (the run folder
+    and the folders above it, where the run was probably started).
+    """
     if value.startswith(("/", "./", "../", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value):
         return True
-    if os.path.exists(value) or value.count("/") > 1 or "\\" in value:
+    if value.count("/") > 1 or "\\" in value or any(os.path.exists(Path(r) / value) for r in ("", *roots)):
         return True
     return "/" in value and value.lower().endswith(_DATA_SUFFIXES)
 
@@ -83,9 +87,9 @@ def looks_like_hub_id(value: Any) -> bool:
     return True
 
 
-def public_dataset(value: str) -> str:
+def public_dataset(value: str, roots: tuple[Path, ...] = ()) -> str:
     """A dataset as the card may show it: a Hub id or name as is, a local path reduced to its base name."""
-    return Path(value.rstrip("/\\")).name if is_local_path(value) else value
+    return Path(value.rstrip("/\\")).name if is_local_path(value, roots) else value
 
 
 def _flat_scalars(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -102,7 +106,7 @@ def _flat_scalars(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return {k: v for k, v in flat.items() if v is not None and v != ""}
 
 
-def public_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+def public_settings(settings: dict[str, Any] | None, roots: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The settings a public card may show: no machine settings, no local paths (datasets by base name)."""
     public: dict[str, Any] = {}
     for key, value in _flat_scalars(settings or {}).items():
@@ -110,8 +114,8 @@ def public_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
         if leaf in _PRIVATE_SETTINGS or leaf.startswith("debug"):
             continue
         if isinstance(value, str) and leaf in _DATASET_KEYS:
-            value = ", ".join(public_dataset(v.strip()) for v in value.split(","))
-        elif isinstance(value, str) and any(is_local_path(v.strip()) for v in value.split(",")):
+            value = ", ".join(public_dataset(v.strip(), roots) for v in value.split(","))
+        elif isinstance(value, str) and any(is_local_path(v.strip(), roots) for v in value.split(",")):
             continue
         public[key] = value
     return public
@@ -160,6 +164,12 @@ class RunRecords:
     confusion: Any = None  # {"labels": [...], "rows_true_columns_predicted": [[...], ...]} of the test split
 
 
+def _roots(run_dir: Path) -> tuple[Path, ...]:
+    """The run folder and the two folders above it: where relative paths in its settings may start."""
+    resolved = run_dir.resolve()
+    return (resolved, *list(resolved.parents)[:2])
+
+
 def read_run_records(run_dir: Path | None) -> RunRecords:
     """Settings, results and evaluation of the run in ``run_dir`` (empty records when there is none)."""
     if run_dir is None or not Path(run_dir).is_dir():
@@ -168,7 +178,7 @@ def read_run_records(run_dir: Path | None) -> RunRecords:
     last_eval = run_folder.last_eval_metrics(run_dir)
     validation = _model_metrics(results.get("eval", {})) or _model_metrics(last_eval)
     return RunRecords(
-        settings=public_settings(run_folder.load_training_args(run_dir)),
+        settings=public_settings(run_folder.load_training_args(run_dir), _roots(Path(run_dir))),
         train={k: v for k, v in _model_metrics(results.get("train", {})).items() if _TRAIN_SUMMARY.search(k)},
         validation=validation,
         test=_model_metrics(results.get("test", {})),

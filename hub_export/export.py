@@ -116,27 +116,16 @@ class Source:
 # --------------------------------------------------------------------------------------------- orchestrator
 
 
-def export_model(
-    model_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    export_format: str = "remote-code",
-    max_shard_size: str | int = "5GB",
-    overwrite: bool = False,
-    require_tokenizer: bool = False,
-    run_dir: str | os.PathLike | None = None,
-    card_options: CardOptions | None = None,
-) -> ExportResult:
+def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, **options: Any) -> ExportResult:
     """Export a scratch-gpt model folder to a verified Hub repository folder at ``out_dir``.
 
+    ``options`` are :func:`plan_export`'s keywords: ``export_format="remote-code"``, ``max_shard_size="5GB"``,
+    ``overwrite=False``, ``require_tokenizer=False``, ``run_dir=None``, ``card_options=None``.
     Raises ``FileNotFoundError`` / ``ValueError`` / ``FileExistsError`` / ``OSError`` for bad input or a failed
     write (naming the file and the fix) and :class:`hub_export.verify.ExportVerificationError` when the export
     does not reproduce the source; in every failure case ``out_dir`` is left as it was.
     """
-    job = plan_export(
-        model_dir, out_dir, export_format=export_format, max_shard_size=max_shard_size, overwrite=overwrite,
-        require_tokenizer=require_tokenizer, run_dir=run_dir, card_options=card_options,
-    )
+    job = plan_export(model_dir, out_dir, **options)
     source = load_source(job)
     with _translating_write_errors(job.out_dir), staged_output(
         job.out_dir, overwrite=job.overwrite, inputs=[job.model_dir, job.run_dir]
@@ -169,7 +158,13 @@ def plan_export(
     run_dir: str | os.PathLike | None = None,
     card_options: CardOptions | None = None,
 ) -> ExportJob:
-    """Validate every argument and input and decide the export; nothing is loaded or written."""
+    """Validate every argument and input and decide the export; nothing is loaded or written.
+
+    ``export_format`` names an entry of :data:`FORMATS`; ``max_shard_size`` like ``5GB``; ``overwrite`` lets an
+    existing OUT_DIR be replaced (once the new export is verified); ``require_tokenizer`` refuses a model without
+    one; ``run_dir`` holds the run records (default: the model folder, or its parent when only it has them);
+    ``card_options`` are what the card cannot read from the run.
+    """
     _check_package()
     fmt = get_format(export_format)
     model_dir, out_dir = Path(model_dir), Path(out_dir)

@@ -143,6 +143,10 @@ def test_public_settings_drop_local_paths_and_keep_hub_ids(tmp_path):
                       "init_from": "owner/base", "lr": 1e-3, "targets": "c_attn, c_proj"}
     assert is_local_path("./x") and is_local_path("/abs") and is_local_path("a/b/c") and is_local_path("C:\\data")
     assert not is_local_path("python-stdlib") and not is_local_path("owner/dataset")
+    # a relative `runs/base` recorded when training started in the project folder, exported from elsewhere
+    (tmp_path / "runs" / "base").mkdir(parents=True)
+    assert not is_local_path("runs/base") and is_local_path("runs/base", roots=(tmp_path,))
+    assert public_settings({"model": "runs/base"}, roots=(tmp_path,)) == {}
 
 
 def test_lm_eval_rows_accept_plain_and_wrapped_results():
