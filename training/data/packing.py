@@ -73,7 +73,7 @@ def block_starts(total_tokens: int, block_size: int, stride: int, drop_remainder
     return starts
 
 
-def _tokenizer_hash(tokenizer) -> str:
+def tokenizer_hash(tokenizer) -> str:
     """Hash of what decides the token ids (not the padding/truncation state that ``__call__`` leaves)."""
     import json
 
@@ -145,7 +145,7 @@ def tokenize_documents(ds, tokenizer, num_proc: int = 1, text_column: str = "tex
     kwargs = dict(batched=True, batch_size=batch_size, remove_columns=ds.column_names,
                   fn_kwargs={"tokenizer": tokenizer, "eos_id": eos_id, "text_column": text_column})
     num_proc = max(1, min(num_proc, len(ds)))
-    fp = _fingerprint("tokenize", _PACKING_VERSION, ds._fingerprint, _tokenizer_hash(tokenizer), text_column)
+    fp = _fingerprint("tokenize", _PACKING_VERSION, ds._fingerprint, tokenizer_hash(tokenizer), text_column)
     with _tokenizers_parallelism(num_proc == 1):
         return ds.map(
             **kwargs,

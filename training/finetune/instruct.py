@@ -315,7 +315,7 @@ def generate_answers(
     return answers
 
 
-def _complete_splits(
+def complete_splits(
     splits: dict[str, list[dict]], train_fraction: float, test_fraction: float, shuffle: bool, seed: int
 ) -> dict[str, list[dict]]:
     """Carve the missing validation/test splits out of ``train`` (a Hub dataset may ship only some)."""
@@ -359,7 +359,7 @@ class InstructTask(FinetuneTask):
             if "train" not in loaded:
                 raise ValueError(f"dataset {a.dataset} has no 'train' split (found {sorted(loaded)})")
             splits = {k: validate_records(v, f"{a.dataset} [{k}]") for k, v in loaded.items()}
-            self.splits = _complete_splits(splits, a.train_fraction, a.test_fraction, a.shuffle, seed)
+            self.splits = complete_splits(splits, a.train_fraction, a.test_fraction, a.shuffle, seed)
         else:
             records = validate_records(loaded, a.dataset)
             self.splits = split_records(records, a.train_fraction, a.test_fraction, a.shuffle, seed)

@@ -205,10 +205,10 @@ def test_short_validation_split_suggests_the_fraction(tmp_path, tiny_tokenizer):
 
 
 def test_cache_key_ignores_padding_state_and_survives_a_reload(tmp_path, tiny_tokenizer):
-    from training.data.packing import _tokenizer_hash
+    from training.data.packing import tokenizer_hash
     from training.data.tokenizer import load_tokenizer
 
     tiny_tokenizer.save_pretrained(tmp_path / "tok")
     reloaded = load_tokenizer(str(tmp_path / "tok"))
     reloaded("some text", padding="max_length", max_length=20, truncation=True)  # leaves backend state
-    assert _tokenizer_hash(reloaded) == _tokenizer_hash(tiny_tokenizer)
+    assert tokenizer_hash(reloaded) == tokenizer_hash(tiny_tokenizer)

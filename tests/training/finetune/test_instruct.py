@@ -124,7 +124,7 @@ def test_records_missing_fields_name_the_record_index():
 
 
 def test_dataset_folder_splits_are_used_and_the_missing_one_carved(tmp_path):
-    from training.finetune.instruct import _complete_splits, load_instruction_records
+    from training.finetune.instruct import complete_splits, load_instruction_records
 
     recs = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(40)]
     folder = tmp_path / "ds"
@@ -133,7 +133,7 @@ def test_dataset_folder_splits_are_used_and_the_missing_one_carved(tmp_path):
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[30:]))
     loaded = load_instruction_records(str(folder))  # the same datasets path a Hub id takes
     assert sorted(loaded) == ["test", "train"]
-    splits = _complete_splits({k: validate_records(v) for k, v in loaded.items()}, 0.85, 0.10, False, 0)
+    splits = complete_splits({k: validate_records(v) for k, v in loaded.items()}, 0.85, 0.10, False, 0)
     assert [r["instruction"] for r in splits["test"]] == [f"q{i}" for i in range(30, 40)]  # kept as given
     # ~5% (round(1.5) = 2) carved off the end of train, nothing lost
     assert [r["instruction"] for r in splits["validation"]] == ["q28", "q29"]
