@@ -6,11 +6,16 @@ Design choices:
 - GPT-2 architecture (learned absolute positions, pre-norm blocks, GELU-tanh MLP, tied LM head) with GPT-2's
   module names and ``nn.Linear`` layers (``linear.py``: a subclass with a faster few-rows CPU path), so a GPT-2
   checkpoint maps over by transposing its Conv1D weights.
-- One fused ``c_attn`` projection for query/key/value; the attention math lives in ``attention.py`` behind one
-  signature and is picked by ``config._attn_implementation`` (``"sdpa"`` by default, ``"eager"`` writes it out).
-- No causal-mask buffer: on the unpadded training path no mask is built at all (SDPA's ``is_causal``); a
-  boolean mask is built only for padding or a cached prefix.
-- Position ids follow the attention mask, so a left-padded row gets the logits it would get alone.
+- One fused ``c_attn`` projection for query/key/value; the attention function is looked up in transformers'
+  ``AttentionInterface`` by ``config._attn_implementation`` with transformers' signature. ``"sdpa"`` (default)
+  and ``"eager"`` (the math written out) are ours (``attention.py``); every other registered name (paged, flex,
+  flash, a serving engine's) is transformers', with transformers' masks. ``**kwargs`` reach the function.
+- No causal-mask buffer: on the unpadded path our functions get no mask at all (``is_causal``); a boolean mask
+  is built only for padding, a cached prefix or packed sequences.
+- Learned positions use the ``position_ids`` passed in (packed requests restart them); without them they follow
+  the attention mask, so a left-padded row gets the logits it would get alone.
+- Hidden states and attention weights are captured by transformers' output-recording hooks
+  (``_can_record_outputs``); ``past_key_values=`` is a deprecated alias of ``cache=`` (``deprecate_kwarg``).
 - The KV cache is a transformers ``Cache`` (``DynamicCache`` by default; ``StaticCache`` works through
   ``generate(cache_implementation="static")``); ``generate()`` is GenerationMixin's, never overridden. The
   ``DynamicCache``s the model creates itself append in place (``cache.py``) instead of re-concatenating.
