@@ -82,6 +82,9 @@ def _unmask_empty_rows(mask: torch.Tensor) -> torch.Tensor:
     return mask | ~mask.any(dim=-1, keepdim=True)
 
 
+_SDPA_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa
+
+
 def repeat_kv(states: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Repeat each of the ``(b, kv, t, d)`` grouped key/value heads for the query heads it serves."""
     batch, kv_heads, seq, dim = states.shape
@@ -139,7 +142,12 @@ def sdpa_attention(
     """The same math through ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, no weights)."""
     if attention_mask is not None:
         attention_mask = attention_mask[..., : key.shape[-2]]
-    key, value = repeat_kv(key, query.shape[1]), repeat_kv(value, query.shape[1])  # grouped-query attention
+    gqa = {}
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: the kernel reads the groups, no copies
+        if _SDPA_GQA:
+            gqa = {"enable_gqa": True}
+        else:
+            key, value = repeat_kv(key, query.shape[1]), repeat_kv(value, query.shape[1])
     output = F.scaled_dot_product_attention(
         query,
         key,
@@ -148,6 +156,7 @@ def sdpa_attention(
         dropout_p=dropout,
         is_causal=attention_mask is None and query.shape[-2] > 1 and _is_causal(module, is_causal),
         scale=scaling,
+        **gqa,
     )  # (b, h, q, d)
     return output.transpose(1, 2), None  # (b, q, h, d)
 
