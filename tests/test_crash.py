@@ -193,6 +193,21 @@ def test_train_overwrite_killed_before_swap_keeps_the_old_run(corpus, tmp_path):
     assert assert_old_or_new(out, old, _trained_run) == "old"
 
 
+def test_train_overwrite_replaces_the_old_run_only_when_the_new_one_is_complete(corpus, tmp_path):
+    import scratch_gpt_cli
+
+    out = tmp_path / "run"
+    seed_old(out, lambda p: (p.mkdir(), (p / "checkpoints" / "checkpoint-00000009").mkdir(parents=True),
+                             (p / "checkpoints" / "checkpoint-00000009" / "COMPLETE").write_text("")))
+    args = [*TRAIN, "--dataset", str(corpus), "--output-dir", str(out), "--overwrite"]
+    assert scratch_gpt_cli.main([*args, "--debug-nan-step", "1"]) == 1  # a failed overwrite keeps the old run
+    assert (out / OLD_ONLY).is_file()
+    assert scratch_gpt_cli.main(args) == 0
+    assert assert_old_or_new(out, None, _trained_run) == "new"
+    assert not (out / "checkpoints" / "checkpoint-00000009").exists()  # nothing of the old run carried over
+    assert leftovers(out) == []  # no work or staging folder left beside it
+
+
 # -- finetune (export's crash tests live in tests/hub_export/test_crash.py) -----------------------------------------------------------------------------------
 
 

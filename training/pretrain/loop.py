@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from scratch_gpt.safe_output import staged_output
+from scratch_gpt.safe_output import carry_over, staged_output
 from training.shared.plot import save_plot
 
 from . import records
@@ -270,7 +271,7 @@ def evaluate_if_due(
     state.log_history.append(record)
     if run.main:
         records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps)
-        save_plot(run.run_dir, state.log_history, run.run_dir.name)
+        save_plot(run.run_dir, state.log_history, run.target.name)
         logger.info(
             "step %d: val loss %.4f, perplexity %.2f%s", state.step, metrics["eval_loss"],
             metrics["eval_perplexity"], "".join(f"\n  sample: {t!r}" for t in samples[:1]),
@@ -328,26 +329,31 @@ def finish(run: Run, job: Job, state: TrainState, last_eval, clock: Clock) -> Tr
     publish(run, job, state, results)
     if run.main:
         logger.info("finished: %s", {**results["train"], **results["eval"]})
-    return TrainOutput(run.run_dir, {**results["train"], **results["eval"]}, last_eval[1])
+    return TrainOutput(run.target, {**results["train"], **results["eval"]}, last_eval[1])
 
 
 def publish(run: Run, job: Job, state: TrainState, results: dict[str, dict[str, Any]]) -> None:
     """Stage the final model, tokenizer, generation settings and records beside the run, then swap them in.
 
-    Everything else the run folder holds (checkpoints, tracker logs) is carried into the new folder.
+    Everything else the run folder holds (checkpoints, tracker logs) is carried into the new folder. With
+    ``--overwrite`` the run trained in a work folder: the old run is replaced only now, and the work folder
+    (its files hard-linked into the new run) is removed after the swap.
     """
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(job.model)
     if run.main:
         keep = [p.name for p in run.run_dir.iterdir()]
-        with staged_output(run.run_dir, overwrite=True, carry=keep) as stage:
+        with staged_output(run.target, overwrite=True) as stage:
             job.unwrapped.generation_config.update(**generation_defaults(run.tokenizer, run.args.block_size))
             job.unwrapped.save_pretrained(stage, state_dict=state_dict)
             if run.tokenizer is not None:
                 run.tokenizer.save_pretrained(stage)
-            records.save_final_records(stage, run.run_dir.name, run.args.to_dict(), state.log_history, results)
-        logger.info("saved final model to %s", run.run_dir)
+            records.save_final_records(stage, run.target.name, run.args.to_dict(), state.log_history, results)
+            carry_over(run.run_dir, stage, keep)
+        if run.run_dir != run.target:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
+        logger.info("saved final model to %s", run.target)
     accelerator.wait_for_everyone()
 
 

@@ -128,10 +128,16 @@ class Run:
     tokenizer: Any
     resume_from: Path | None
     max_time_s: float | None
+    output_dir: Path | None = None  # where the finished run is published, when it is not run_dir (--overwrite)
 
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def target(self) -> Path:
+        """The folder the finished run replaces: ``--output-dir`` (``run_dir`` is a work folder with --overwrite)."""
+        return self.output_dir or self.run_dir
 
 
 def prepare(args: TrainArguments, datasets=None, tokenizer=None) -> Run:
@@ -139,8 +145,9 @@ def prepare(args: TrainArguments, datasets=None, tokenizer=None) -> Run:
     from accelerate.utils import set_seed
 
     args.validate()
-    run_dir = args.run_dir
-    check_run_dir(args, run_dir)
+    output_dir = args.run_dir
+    check_run_dir(args, output_dir)
+    run_dir = work_dir_for(args, output_dir)
     accelerator = build_accelerator(args, run_dir)
     resume_from = find_resume(args, run_dir)
     set_seed(args.seed)  # the same seed everywhere: identical initial weights on every process
@@ -152,7 +159,15 @@ def prepare(args: TrainArguments, datasets=None, tokenizer=None) -> Run:
     if datasets is None:  # other processes: the tokenizer the main process saved, the data it cached
         datasets, tokenizer = load_data(args, run_dir, show_progress=False)
     max_time_s = parse_duration(args.max_time) if args.max_time else None
-    return Run(args, accelerator, run_dir, datasets, tokenizer, resume_from, max_time_s)
+    return Run(args, accelerator, run_dir, datasets, tokenizer, resume_from, max_time_s, output_dir)
+
+
+def work_dir_for(args: TrainArguments, output_dir: Path) -> Path:
+    """Where the run trains: ``--output-dir`` itself, or with ``--overwrite`` of an existing run a work folder
+    beside it, so the old run stays complete until the new one is published over it (issue 11)."""
+    if args.overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
+        return output_dir.with_name(f".{output_dir.name}.overwrite")
+    return output_dir
 
 
 def check_run_dir(args: TrainArguments, run_dir: Path) -> None:
@@ -251,8 +266,7 @@ def load_data(args: TrainArguments, tokenizer_dir: Path | None, show_progress: b
 
 def start_run_folder(args: TrainArguments, run_dir: Path, tokenizer, resuming: bool) -> None:
     """Replace an old run (--overwrite, only now that everything is validated), save tokenizer and settings."""
-    if args.overwrite and run_dir.exists():
-        logger.warning("--overwrite: replacing %s", run_dir)
+    if args.overwrite and run_dir.exists():  # the work folder of an earlier --overwrite run that died
         shutil.rmtree(run_dir)
     elif not resuming and run_dir.is_dir() and any(run_dir.iterdir()) and holds_only_unfinished_run(run_dir):
         logger.warning("%s holds only the start of an unfinished run (nothing complete); starting it again", run_dir)
