@@ -29,6 +29,7 @@ import numpy as np
 from .arguments import DATA_FORMATS, ClassifyArguments, TrainerOptions
 from .driver import FinetuneResult, FinetuneTask, finetune
 from .lora import LoraOptions
+from .source import load_hub_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +115,7 @@ def load_classification_splits(
 
     fmt = _detect_format(dataset) if data_format == "auto" else data_format
     if fmt == "hub":
-        try:
-            loaded = datasets.load_dataset(dataset, dataset_config)
-        except Exception as err:  # datasets raises many types for a missing dataset
-            raise FileNotFoundError(
-                f"dataset {dataset!r} is neither a local file/folder nor a loadable Hub dataset ({err})"
-            ) from err
+        loaded = load_hub_dataset(dataset, dataset_config, "a local file/folder")
     else:
         loaded = load_file_dataset(dataset, fmt, text_column, label_column)
     if isinstance(loaded, datasets.Dataset):

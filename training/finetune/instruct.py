@@ -35,6 +35,7 @@ from scratch_gpt import run_folder
 from .arguments import InstructArguments, TrainerOptions
 from .driver import FinetuneResult, FinetuneTask, finetune
 from .lora import LoraOptions
+from .source import load_hub_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -171,14 +172,7 @@ def load_instruction_records(
         return read_records(dataset)
     if not os.path.isdir(dataset) and dataset.startswith((".", "/", "~")):
         raise FileNotFoundError(f"--dataset {dataset} does not exist (expected a .json/.jsonl file of records)")
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(dataset, dataset_config)
-    except Exception as err:  # datasets raises many types for a missing dataset
-        raise FileNotFoundError(
-            f"dataset {dataset!r} is neither a .json/.jsonl file, a dataset folder nor a loadable Hub dataset ({err})"
-        ) from err
+    loaded = load_hub_dataset(dataset, dataset_config, "a .json/.jsonl file, a dataset folder")
     return {("validation" if k in ("valid", "val", "dev") else k): v.to_list() for k, v in loaded.items()}
 
 

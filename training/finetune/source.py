@@ -104,3 +104,13 @@ def check_vocab(model, tokenizer) -> None:
             f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {n_embed}; "
             "use the tokenizer the model was trained with (--tokenizer)"
         )
+
+
+def load_hub_dataset(name: str, config: str | None, expected: str):
+    """``datasets.load_dataset(name, config)``; any failure becomes one ``FileNotFoundError`` naming ``expected``."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config)
+    except Exception as err:  # datasets raises many types for a missing dataset
+        raise FileNotFoundError(f"dataset {name!r} is neither {expected} nor a loadable Hub dataset ({err})") from err
