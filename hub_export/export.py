@@ -312,7 +312,9 @@ def check_weights(model_dir: Path) -> None:
     """Every safetensors file of the model is complete (header readable, size as the header says)."""
     with _translating_read_errors():
         index = run_folder.read_json(model_dir, SAFETENSORS_INDEX)
-        names = sorted(set(index.get("weight_map", {}).values())) if index else [run_folder.WEIGHTS_FILES[0]]
+        if index is not None and not isinstance(index.get("weight_map") if isinstance(index, dict) else None, dict):
+            raise ValueError(f"{model_dir / SAFETENSORS_INDEX} has no weight_map; save the model again")
+        names = sorted(set(index["weight_map"].values())) if index else [run_folder.WEIGHTS_FILES[0]]
         for name in names:
             path = model_dir / name
             if path.is_file():
