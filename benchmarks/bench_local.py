@@ -221,7 +221,8 @@ def gguf_child(folder: Path, quant: str) -> dict[str, float]:
 
 def run_child(*child_args: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", *child_args]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -163,7 +163,9 @@ def read_vocab(tokenizer: Any, vocab_size: int) -> GGUFVocab:
     """The tokenizer as llama.cpp's gpt2 vocabulary; ValueError naming what it cannot express."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ValueError("GGUF export needs a fast (tokenizers) byte-level BPE tokenizer; this one has no tokenizer.json")
+        raise ValueError(
+            "GGUF export needs a fast (tokenizers) byte-level BPE tokenizer; this one has no tokenizer.json"
+        )
     spec = json.loads(backend.to_str())
     _check_byte_level(spec)
     tokens, types = _token_table(spec, vocab_size)

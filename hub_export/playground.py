@@ -154,8 +154,8 @@ class Playground:
         """Stream the continuation of a plain-text prompt."""
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         if ids.shape[1] == 0:
-            start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
-            ids = ids.new_tensor([[start]])
+            tok = self.tokenizer
+            ids = ids.new_tensor([[tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]])
         yield from self.stream(ids, session, seed, **sampling_kwargs(**controls))
 
     def chat(self, messages: list[dict[str, Any]], session: str, seed: int = 0, **controls: Any) -> Iterator[str]:

@@ -172,6 +172,12 @@ def test_space_app_runs_the_same_playground(model_dir, browser, tmp_path, monkey
         page = _open(browser, port)
         assert page.get_by_role("tab", name="Chat").count() == 1  # the tokenizer has a chat template
         _check_streamed(_generate_and_watch(page, expected), expected)
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#chat_message textarea").fill("def add(a, b):")
+        page.locator("#chat_send").click()
+        reply = '#chatbot [data-testid="bot"]'
+        page.locator(reply).first.wait_for(timeout=60_000)  # the assistant's message appears and fills in
+        page.wait_for_function(f"() => document.querySelector('{reply}').innerText.trim().length > 5")
     finally:
         demo.close()
 
@@ -189,3 +195,32 @@ def test_port_in_use_is_one_clear_line(model_dir):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"port {port} on 127.0.0.1 is already in use" in lines[0], result.stderr
     assert "pass --port with a free port" in lines[0]
+
+
+def test_chat_reply_is_the_greedy_continuation_of_the_template(model_dir):
+    """The chat tab's function (no browser): the reply is greedy generation on the chat-template prompt."""
+    from hub_export.playground import Playground, load_model
+
+    model, tok = load_model(model_dir)
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    messages = [{"role": "user", "content": [{"type": "text", "text": "def add(a, b):"}]}]
+    reply = list(Playground(model, tok).chat(messages, "s", temperature=0, top_k=50, top_p=1.0, max_new_tokens=12))
+    ids = tok.apply_chat_template([{"role": "user", "content": "def add(a, b):"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    assert reply[-1] == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_sampling_controls_and_seed(model_dir):
+    """temperature > 0 samples with top-k/top-p; the same seed gives the same text, another seed another."""
+    from hub_export.playground import Playground, load_model, sampling_kwargs
+
+    assert sampling_kwargs(0, 50, 0.9, 8) == {"max_new_tokens": 8, "do_sample": False, "temperature": None,
+                                              "top_k": None, "top_p": None}
+    assert sampling_kwargs(0.7, 0, 0.9, 8)["top_k"] is None  # 0 = all tokens
+    play = Playground(*load_model(model_dir))
+    run = lambda seed: list(play.complete(PROMPT, "s", seed=seed, temperature=1.5, top_k=0, top_p=1.0,  # noqa: E731
+                                          max_new_tokens=16))[-1]
+    assert run(1) == run(1) and run(1) != run(2)
