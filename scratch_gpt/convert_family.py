@@ -355,15 +355,10 @@ def convert_checkpoint(
 
 
 def _verify_written(folder: Path, reference: PreTrainedModel) -> None:
-    """Reload the written weights and require them bit-identical to ``reference``'s."""
-    from safetensors.torch import load_file
-
-    written = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        written.update(load_file(file))
-    expected = reference.state_dict()
-    for key, tensor in written.items():
-        if key not in expected or not torch.equal(tensor, expected[key]):
+    """Reload the folder with transformers' own class and require weights bit-identical to ``reference``'s."""
+    reloaded = type(reference).from_pretrained(folder).state_dict()
+    for key, tensor in reference.state_dict().items():
+        if key not in reloaded or not torch.equal(reloaded[key], tensor):
             raise RuntimeError(f"export check failed: {key} in {folder} differs from the converted model")
 
 
