@@ -10,7 +10,6 @@ import torch
 
 from tests.conftest import TINY_TEXTS, make_tiny_config
 
-pytest.importorskip("gguf")  # the test extra installs it; the import guard gives a clear reason otherwise
 
 # 20 strings: ASCII, accents, CJK, emoji, code, whitespace runs, a special token, empty.
 ENCODE_STRINGS = [
