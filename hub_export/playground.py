@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7860
 DEFAULT_HOST = "127.0.0.1"
-SPACE_REQUIREMENTS = ("gradio>=5", "torch>=2.4", "transformers>=5.0,<6", "safetensors>=0.4")
+SPACE_REQUIREMENTS = ("gradio>=6", "torch>=2.4", "transformers>=5.0,<6", "safetensors>=0.4")
 SPACE_MAIN = '''
 
 if __name__ == "__main__":  # a Hub Space runs `python app.py` from the repo root
