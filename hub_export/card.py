@@ -22,11 +22,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from huggingface_hub import ModelCard, ModelCardData
+from typing import TYPE_CHECKING, Any
 
 from scratch_gpt import run_folder
+
+if TYPE_CHECKING:  # imported where used: `scratch-gpt --help` builds its options from CardOptions
+    from huggingface_hub import ModelCard, ModelCardData
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +48,27 @@ MAX_SETTINGS_ROWS = 40
 
 @dataclass
 class CardOptions:
-    """What the user tells the card beyond what the run folder holds."""
+    """What the user tells the card beyond what the run folder holds (the ``export`` command's card options)."""
 
-    license: str = "apache-2.0"
-    datasets: list[str] = field(default_factory=list)  # Hub dataset ids for the YAML header
-    tags: list[str] = field(default_factory=list)
-    base_model: str | None = None  # Hub id of the model this one was finetuned from
-    repo_id: str | None = None  # used in the usage snippet; a placeholder when unknown
-    language: list[str] | None = None
-    dataset_text: str | None = None  # --card-dataset: how to describe the training data, published verbatim
+    _argument_group_name = "model card"
+
+    license: str = field(default="apache-2.0", metadata={"help": "license id for the card's YAML header"})
+    datasets: list[str] = field(default_factory=list, metadata={
+        "aliases": ["--dataset"], "action": "append", "metavar": "HUB_ID",
+        "help": "Hub dataset id the model was trained on, for the card's YAML header (repeatable)"})
+    tags: list[str] = field(default_factory=list, metadata={
+        "aliases": ["--tag"], "action": "append", "metavar": "TAG", "help": "extra card tag (repeatable)"})
+    base_model: str | None = field(default=None, metadata={
+        "help": "Hub id of the model this one was finetuned from (card's base_model)"})
+    repo_id: str | None = field(default=None, metadata={
+        "metavar": "OWNER/NAME",
+        "help": "the repository the export will be pushed to, used in the card's usage snippet"})
+    language: list[str] | None = field(default=None, metadata={
+        "metavar": "CODE", "help": "language codes of the training data for the card's YAML header (e.g. en)"})
+    dataset_text: str | None = field(default=None, metadata={
+        "aliases": ["--card-dataset"], "metavar": "TEXT",
+        "help": "how the card describes the training data, published as given (default: the dataset's Hub id or, "
+        "for a local dataset, only its base name)"})
 
 
 # --------------------------------------------------------------------------------------------- public values
@@ -312,6 +325,8 @@ def build_model_card(
     ``text-classification``), ``plot_name`` the loss plot's file name inside the export (or ``None``),
     ``code_files`` the Python files shipped as remote code.
     """
+    from huggingface_hub import ModelCard
+
     options = options or CardOptions()
     records = read_run_records(run_dir)
     ctx = CardContext(
@@ -323,6 +338,8 @@ def build_model_card(
 
 
 def _card_data(ctx: CardContext) -> ModelCardData:
+    from huggingface_hub import ModelCardData
+
     tags = ["scratch-gpt", "gpt2", "pytorch", "safetensors"] + (["custom_code"] if ctx.remote else [])
     tags.append("causal-lm" if ctx.task == "text-generation" else "text-classification")
     tags += [t for t in ctx.options.tags if t not in tags]

@@ -1,23 +1,86 @@
 """`scratch-gpt export` and `scratch-gpt push`.
 
-Heavy imports (torch, transformers, huggingface_hub) happen inside the command functions so that
-``scratch-gpt --help`` stays fast. ``--format`` dispatches in :func:`_run_export`: the Hub-repo formats of
-:data:`hub_export.export.FORMATS` go through :func:`hub_export.export.export_model`; a format with a writer
-of its own is one more entry of :data:`EXPORT_FORMATS` and one more branch there.
+Options are declared once, as dataclasses (:class:`ExportOptions`, :class:`hub_export.card.CardOptions`,
+:class:`PushOptions`), and parsed through transformers' ``HfArgumentParser`` like every other command; the
+positional folders are added by hand. Heavy imports (torch, huggingface_hub) happen inside the command functions.
+
+``--format`` dispatches in :func:`_run_export`: the Hub-repo formats of :data:`hub_export.export.FORMATS` go
+through :func:`hub_export.export.export_model`; a format with a writer of its own is one more entry of
+:data:`EXPORT_FORMATS`, one more branch there, and its options are more fields (or ``add_argument`` calls in
+:func:`_register_export`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass, field
 from typing import Any
+
+from .card import CardOptions
 
 # --format value -> help text (keep in step with hub_export.export.FORMATS, which is not imported for --help).
 EXPORT_FORMATS = {
     "remote-code": "our modeling files + auto_map, loads with trust_remote_code=True (default)",
     "gpt2": "plain GPT-2 repo loadable by GPT2LMHeadModel, refused for configs GPT-2 cannot express",
 }
+
+
+@dataclass
+class ExportOptions:
+    """How ``export`` writes OUT_DIR (the card's options are :class:`hub_export.card.CardOptions`)."""
+
+    _argument_group_name = "export"
+
+    export_format: str = field(default="remote-code", metadata={
+        "aliases": ["--format"], "choices": tuple(EXPORT_FORMATS),
+        "help": "; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())})
+    max_shard_size: str = field(default="5GB", metadata={
+        "help": "split the safetensors weights into shards above this size, e.g. 5GB, 500MB (default: 5GB)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace OUT_DIR if it exists (the old folder is replaced only once the new one is verified)"})
+    require_tokenizer: bool = field(default=False, metadata={
+        "help": "refuse to export a model folder without tokenizer files (default: export with a warning)"})
+    run_dir: str | None = field(default=None, metadata={
+        "help": "run folder holding the settings, results, log history and loss plot for the card "
+        "(default: MODEL, or its parent when only that has them)"})
+
+
+@dataclass
+class PushOptions:
+    """How ``push`` uploads OUT_DIR."""
+
+    _argument_group_name = "upload"
+
+    private: bool = field(default=False, metadata={
+        "help": "create the repository as private (ignored if it exists)"})
+    revision: str | None = field(default=None, metadata={
+        "metavar": "BRANCH", "help": "branch to commit to, created from main when missing (default: main)"})
+    commit_message: str | None = field(default=None, metadata={
+        "help": "commit message (default: 'Upload scratch-gpt export')"})
+    token: str | None = field(default=None, metadata={
+        "help": "Hub write token (default: HF_TOKEN or the saved login; prefer those, since a command-line "
+        "argument is visible to other users of the machine)"})
+
+
+def _options_parser(*parts: type) -> argparse.ArgumentParser:
+    """The options of ``parts`` through transformers' ``HfArgumentParser`` (a parent parser, one group each)."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(parts, add_help=False)
+
+
+def _from_namespace(cls: type, args: argparse.Namespace) -> Any:
+    """Dataclass ``cls`` from the parsed options; repeatable list options (``--tag a --tag b``) flattened."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name)
+        if f.metadata.get("action") == "append":
+            value = [item for group in value for item in (group if isinstance(group, list) else [group])]
+        values[f.name] = value
+    return cls(**values)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _register_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
+        parents=[_options_parser(ExportOptions, CardOptions)],
         help="Export a model folder to a complete, self-verified Hugging Face Hub repository folder.",
         description="Write MODEL as a Hub repository folder at OUT_DIR: weights (safetensors), config, tokenizer, "
         "generation config, loss plot, the run's metrics and a model card (README). remote-code (default) ships "
@@ -40,39 +104,13 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
                    "by save_pretrained)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the Hub repository into (must not exist "
                    "unless --overwrite, and must not overlap MODEL)")
-    p.add_argument("--format", dest="export_format", choices=tuple(EXPORT_FORMATS), default="remote-code",
-                   help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()))
-    p.add_argument("--max-shard-size", default="5GB",
-                   help="split the safetensors weights into shards above this size, e.g. 5GB, 500MB (default: 5GB)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace OUT_DIR if it exists (the old folder is replaced only once the new one is verified)")
-    p.add_argument("--require-tokenizer", action="store_true",
-                   help="refuse to export a model folder without tokenizer files (default: export with a warning)")
-    p.add_argument("--run-dir", default=None,
-                   help="run folder holding the settings, results, log history and loss plot for the card "
-                   "(default: MODEL, or its parent when only that has them)")
-    _add_card_options(p)
     p.set_defaults(func=_cmd_export)
-
-
-def _add_card_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--license", default="apache-2.0",
-                   help="license id for the card's YAML header (default: apache-2.0)")
-    p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="HUB_ID",
-                   help="Hub dataset id the model was trained on, for the card's YAML header (repeatable)")
-    p.add_argument("--card-dataset", default=None, metavar="TEXT",
-                   help="how the card describes the training data, published as given (default: the dataset's "
-                   "Hub id or, for a local dataset, only its base name)")
-    p.add_argument("--base-model", default=None,
-                   help="Hub id of the model this one was finetuned from (card's base_model)")
-    p.add_argument("--tag", dest="tags", action="append", default=[], help="extra card tag (repeatable)")
-    p.add_argument("--repo-id", default=None,
-                   help="OWNER/NAME the export will be pushed to, used in the card's usage snippet")
 
 
 def _register_push(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser(
         "push",
+        parents=[_options_parser(PushOptions)],
         help="Upload an export folder to the Hugging Face Hub (create_repo + upload_folder).",
         description="Upload OUT_DIR (written by `scratch-gpt export`) to the model repository REPO_ID, creating "
         "it (and --revision's branch) when missing. The token comes from --token, HF_TOKEN or the saved "
@@ -80,38 +118,23 @@ def _register_push(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument("out_dir", metavar="OUT_DIR", help="export folder to upload")
     q.add_argument("repo_id", metavar="REPO_ID", help="target repository, OWNER/NAME")
-    q.add_argument("--private", action="store_true", help="create the repository as private (ignored if it exists)")
-    q.add_argument("--revision", default=None, metavar="BRANCH",
-                   help="branch to commit to, created from main when missing (default: main)")
-    q.add_argument("--commit-message", default=None, help="commit message (default: 'Upload scratch-gpt export')")
-    q.add_argument("--token", default=None,
-                   help="Hub write token (default: HF_TOKEN or the saved login; prefer those, since a command-line "
-                   "argument is visible to other users of the machine)")
     q.set_defaults(func=_cmd_push)
 
 
-def _card_options(args: argparse.Namespace) -> Any:
-    from .card import CardOptions
-
+def _card_options(args: argparse.Namespace) -> CardOptions:
     if args.repo_id:
         from .push import validate_repo_id
 
         validate_repo_id(args.repo_id)
-    return CardOptions(
-        license=args.license, datasets=list(args.datasets), tags=list(args.tags), base_model=args.base_model,
-        repo_id=args.repo_id, dataset_text=args.card_dataset,
-    )
+    return _from_namespace(CardOptions, args)
 
 
 def _run_export(args: argparse.Namespace) -> Any:
     """Dispatch on ``--format``: every Hub-repo format goes through export_model."""
     from .export import export_model
 
-    return export_model(
-        args.model, args.out_dir, export_format=args.export_format, max_shard_size=args.max_shard_size,
-        overwrite=args.overwrite, require_tokenizer=args.require_tokenizer, run_dir=args.run_dir,
-        card_options=_card_options(args),
-    )
+    options = dataclasses.asdict(_from_namespace(ExportOptions, args))
+    return export_model(args.model, args.out_dir, **options, card_options=_card_options(args))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -145,10 +168,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from .push import PushError, push_folder
 
     try:
-        url = push_folder(
-            args.out_dir, args.repo_id, private=args.private, revision=args.revision,
-            commit_message=args.commit_message, token=args.token,
-        )
+        url = push_folder(args.out_dir, args.repo_id, **dataclasses.asdict(_from_namespace(PushOptions, args)))
     except PushError as err:
         print(f"scratch-gpt push: error: {err}", file=sys.stderr)
         return 1
