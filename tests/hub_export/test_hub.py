@@ -243,3 +243,23 @@ def test_unreadable_file_in_push_is_named(lm_export, monkeypatch):
     monkeypatch.setattr(hub_export.push.os, "access", lambda p, mode: "README" not in str(p) and real_access(p, mode))
     with pytest.raises(PermissionError, match=r"cannot read .*README.md: permission denied; .*chmod"):
         push_folder(lm_export.out_dir, "owner/x", token=TOKEN)
+
+
+def test_export_and_push_options_parse_into_their_dataclasses():
+    import scratch_gpt_cli
+    from hub_export.card import CardOptions
+    from hub_export.commands import ExportOptions, PushOptions, _from_namespace
+
+    parser = scratch_gpt_cli.build_parser()
+    args = parser.parse_args(["export", "m", "o", "--dataset", "a/b", "--dataset", "c/d", "--tag", "x",
+                              "--card-dataset", "notes (internal)", "--format", "gpt2", "--overwrite",
+                              "--max-shard-size", "1GB", "--repo-id", "me/m"])
+    assert (args.model, args.out_dir) == ("m", "o")
+    assert _from_namespace(CardOptions, args) == CardOptions(datasets=["a/b", "c/d"], tags=["x"], repo_id="me/m",
+                                                             dataset_text="notes (internal)")
+    assert _from_namespace(ExportOptions, args) == ExportOptions(export_format="gpt2", max_shard_size="1GB",
+                                                                 overwrite=True)
+    args = parser.parse_args(["push", "o", "me/m", "--private", "--revision", "dev", "--commit-message", "c"])
+    assert _from_namespace(PushOptions, args) == PushOptions(private=True, revision="dev", commit_message="c")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "m", "o", "--format", "onnx"])
