@@ -24,6 +24,7 @@ class ModelSource:
 
 
 _TRAIN_RUN_SUBDIRS = ("final", "model", "final_model")
+_CONVERTIBLE = ("gpt2", "llama", "mistral", "qwen2", "qwen3")  # checkpoints `scratch-gpt convert` reads
 
 
 def resolve_model_source(name_or_path: str, revision: str | None = None) -> ModelSource:
@@ -56,10 +57,11 @@ def resolve_model_source(name_or_path: str, revision: str | None = None) -> Mode
     model_type = config_dict.get("model_type")
     if model_type == "scratch_gpt":
         return ModelSource(path, "scratch_gpt", revision)
-    if model_type == "gpt2":
-        return ModelSource(path, "gpt2", revision)
+    if model_type in _CONVERTIBLE:  # converted on the fly (scratch_gpt.convert_family.convert_checkpoint)
+        return ModelSource(path, model_type, revision)
     raise ValueError(
-        f"{path} holds a model of type {model_type!r}, but finetuning needs a scratch-gpt or GPT-2 model; {expected}"
+        f"{path} holds a model of type {model_type!r}, but finetuning needs a scratch-gpt or GPT-2 model (or a "
+        f"Llama, Mistral, Qwen2 or Qwen3 checkpoint, converted on the fly); {expected}"
     )
 
 
@@ -68,11 +70,11 @@ def materialize_scratch_model(source: ModelSource, workdir: str) -> str:
     ``workdir/base_model`` (weights, config and the source's tokenizer files)."""
     if source.kind == "scratch_gpt":
         return source.name_or_path
-    from scratch_gpt.convert import convert_gpt2_checkpoint
+    from scratch_gpt.convert_family import convert_checkpoint
 
     out = os.path.join(workdir, run_folder.BASE_MODEL_DIR)
-    logger.info("converting GPT-2 checkpoint %s into a scratch-gpt model at %s", source.name_or_path, out)
-    result = convert_gpt2_checkpoint(source.name_or_path, out, revision=source.revision, overwrite=True)
+    logger.info("converting %s checkpoint %s into a scratch-gpt model at %s", source.kind, source.name_or_path, out)
+    result = convert_checkpoint(source.name_or_path, out, revision=source.revision, overwrite=True)
     return str(result) if result is not None else out
 
 

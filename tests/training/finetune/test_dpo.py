@@ -200,3 +200,24 @@ def test_bad_datasets_get_one_clear_line(setup, tmp_path, capsys, mutate, messag
     assert code == 1 and re.search(message, err), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_llama_checkpoint_is_converted_on_the_fly(setup, tmp_path):
+    """A transformers LlamaForCausalLM folder is a valid base: converted, tuned, the converted base shipped."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(setup["model"])
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    out = tmp_path / "out"
+    args = DPOArguments(model=str(tmp_path / "llama"), dataset=setup["data"], output_dir=str(out), lora=True)
+    result = finetune_dpo(args, _opts(max_steps=2))
+    assert result.settings["base_model_kind"] == "llama"
+    base = ScratchGPTForCausalLM.from_pretrained(out / run_folder.BASE_MODEL_DIR)
+    assert base.config.position_embedding_type == "rope" and base.config.num_key_value_heads == 2
+    assert run_folder.has_adapter(out)
