@@ -33,10 +33,11 @@ def dataclass_parser(*parts: type, suppress_defaults: bool = False) -> argparse.
             if f.type is bool and f.default is not True and not f.name.startswith("no_"):
                 parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
                                     default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    if suppress_defaults:  # on the actions only (set_defaults would also put SUPPRESS into the namespace)
-        for action in parser._actions:
-            if action.dest in names:
-                action.default = argparse.SUPPRESS
+    for action in parser._actions:
+        # --help and usage show the --kebab-case spelling first (HfArgumentParser also accepts --snake_case)
+        action.option_strings.sort(key=lambda s: "_" in s)
+        if suppress_defaults and action.dest in names:  # not set_defaults: that would put SUPPRESS in the namespace
+            action.default = argparse.SUPPRESS
     return parser
 
 
