@@ -73,6 +73,8 @@ ROWS = [
     row("tokenizer-existing-output", "train-tokenizer {ws}/tok --dataset {ws}/corpus", 1, "tok|--overwrite"),
     row("tokenizer-output-is-dataset", "train-tokenizer {ws}/corpus.txt --dataset {ws}/corpus.txt --overwrite", 1,
         "corpus.txt|input"),
+    row("tokenizer-overwrite-onto-a-file", "train-tokenizer {ws}/bad.yaml --dataset {ws}/corpus --overwrite", 1,
+        "bad.yaml|file"),
     row("tokenizer-vocab-too-small", "train-tokenizer {ws}/out --dataset {ws}/corpus --vocab-size 1", 1,
         "--vocab-size|258"),
     row("tokenizer-disk-full", "train-tokenizer {ws}/full/tok --dataset {ws}/corpus --vocab-size 2000 "
