@@ -170,6 +170,19 @@ def test_print_config_shows_resolved_options(capsys):
     assert "learning_rate: 0.0001" in text and "hidden_size: 256" in text
 
 
+def test_flags_keep_their_spellings_and_values(capsys):
+    """HfArgumentParser flags: kebab and snake case, --no-FLAG, 1e3 / none for numbers, presets still layered."""
+    from scratch_gpt_cli import main
+
+    argv = ["train", "--preset", "small", "--max-steps", "1e3", "--eval_batches", "none", "--compile", "--no-compile",
+            "--per-device-batch-size", "4", "--print-config"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    for line in ("max_steps: 1000", "eval_batches: null", "compile: false", "per_device_batch_size: 4",
+                 "hidden_size: 256"):
+        assert line in text.splitlines(), line
+
+
 # ---------------------------------------------------------------------------------------------- the loop
 
 
