@@ -175,22 +175,10 @@ def is_ours(name: str | None) -> bool:
     return (name or "sdpa") in OURS
 
 
-def get_attention_function(name: str | None):
-    """The implementation registered under ``name`` (``None`` means ``"sdpa"``); one clear error if unknown."""
-    try:
-        return ALL_ATTENTION_FUNCTIONS.get_interface(name or "sdpa", eager_attention)
-    except KeyError:
-        raise ValueError(
-            f"attn_implementation {name!r} is not registered; use one of {sorted(ALL_ATTENTION_FUNCTIONS)} or "
-            "register it with transformers.AttentionInterface.register(name, function)."
-        ) from None
-
-
 __all__ = [
     "ALL_ATTENTION_FUNCTIONS",
     "build_attention_mask",
     "eager_attention",
-    "get_attention_function",
     "is_ours",
     "packed_sequence_mask",
     "sdpa_attention",
