@@ -138,6 +138,9 @@ class ScratchGPTConfig(PretrainedConfig):
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         self._derive_attention_shape()
+        if self.mlp_type == "swiglu":  # c_fc packs [gate; up]: a plain column split would pair the wrong halves
+            self.base_model_tp_plan = {**type(self).base_model_tp_plan, "h.*.mlp.c_fc": "colwise_gather_output",
+                                       "h.*.mlp.c_proj": "rowwise_split_input"}
         if self.position_embedding_type == "learned":
             self.rope_parameters = None  # transformers' RoPE handling fills in a default dict for every config
         self.validate_architecture()

@@ -265,3 +265,10 @@ def test_remote_code_export_loads_where_scratch_gpt_is_absent(tmp_path, tiny_tok
     assert result.export_format == "remote-code"
     assert "positions.py" in result.files and "mlp.py" in result.files
     assert result.verification
+
+
+def test_tensor_parallel_plan_gathers_the_fused_gate_and_up_projection():
+    plan = _family("llama-gqa").base_model_tp_plan
+    assert (plan["h.*.mlp.c_fc"], plan["h.*.mlp.c_proj"]) == ("colwise_gather_output", "rowwise_split_input")
+    assert make_tiny_config().base_model_tp_plan["h.*.mlp.c_fc"] == "colwise"  # GPT-2's MLP splits plainly
+    assert "base_model_tp_plan" not in _family("llama-gqa").to_json_string()
