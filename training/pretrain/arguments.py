@@ -1,11 +1,16 @@
-"""Pretraining options: one typed dataclass, named presets, config files, one resolver.
+"""Pretraining options: dataclass parts composed into ``TrainArguments``, named presets, config files, one resolver.
+
+The parts (model shape, tokenizer and packing, the data pipeline's ``DataArguments``, optimisation,
+evaluation, run folder) are each one ``--help`` group; ``TrainArguments`` inherits them all, so no field is
+declared twice and ``train`` reads the data part as it is.
 
 Precedence (lowest first): the dataclass defaults (= the ``tiny`` preset) < the named preset < a YAML/JSON
 config file < options given on the command line. Everything is validated in :func:`resolve_arguments`
 (and again in ``TrainArguments.validate``) before any data is read or a model is built, so a bad value fails
 in milliseconds with a message naming the option and the fix.
 
-This module imports only the standard library (and PyYAML lazily) so ``scratch-gpt --help`` stays fast.
+This module imports only the standard library (and PyYAML lazily); the parser is ``HfArgumentParser``
+(:mod:`training.shared.arguments`).
 """
 
 from __future__ import annotations
