@@ -164,6 +164,16 @@ class TrainArguments(
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option; cheap, touches no files."""
+        self._check_counts()
+        self._check_shape()
+        self._check_ranges()
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        if self.max_time is not None:
+            parse_duration(self.max_time)
+
+    def _check_counts(self) -> None:
+        """Counts: positive, positive or unset, or >= 0; and something that ends the run."""
         positive = (
             "hidden_size num_hidden_layers num_attention_heads block_size vocab_size per_device_batch_size "
             "gradient_accumulation_steps eval_every log_every keep_checkpoints num_proc "
@@ -183,6 +193,9 @@ class TrainArguments(
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"--{_flag(name)} must be an integer >= 0, got {value!r}")
+
+    def _check_shape(self) -> None:
+        """Heads divide the width, key/value heads divide the heads, the stride fits the block."""
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
@@ -194,6 +207,11 @@ class TrainArguments(
                 f"--num-key-value-heads {kv_heads!r} must be a positive divisor of --num-attention-heads "
                 f"{self.num_attention_heads}"
             )
+        if self.stride is not None and self.stride > self.block_size:
+            raise ValueError(f"--stride {self.stride} is larger than --block-size {self.block_size}")
+
+    def _check_ranges(self) -> None:
+        """Rates, fractions and coefficients in range; choices among their choices."""
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
         checks = {
@@ -215,12 +233,6 @@ class TrainArguments(
                 raise ValueError(
                     f"--{_flag(f.name)} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}"
                 )
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        if self.max_time is not None:
-            parse_duration(self.max_time)
-        if self.stride is not None and self.stride > self.block_size:
-            raise ValueError(f"--stride {self.stride} is larger than --block-size {self.block_size}")
 
     @property
     def run_dir(self) -> Path:
