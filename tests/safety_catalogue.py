@@ -78,7 +78,7 @@ ROWS = [
     row("tokenizer-vocab-too-small", "train-tokenizer {ws}/out --dataset {ws}/corpus --vocab-size 1", 1,
         "--vocab-size|258"),
     row("tokenizer-disk-full", "train-tokenizer {ws}/full/tok --dataset {ws}/corpus --vocab-size 2000 "
-        "--min-frequency 1", 1, "no space left|full/tok", sandbox="full"),
+        "--min-frequency 1", 1, "no space left|full/", sandbox="full"),
     # -- corpus-stats ---------------------------------------------------------------------------------------
     row("stats-empty-corpus", "corpus-stats --dataset {ws}/empty.txt", 1, "empty.txt|empty"),
     row("stats-missing-dataset", "corpus-stats --dataset {ws}/nothing/", 1, "nothing"),
@@ -139,7 +139,7 @@ ROWS = [
     row("convert-missing-weight", "convert-gpt2 {ws}/gpt2_missing {ws}/out", 1, "h.0.mlp.c_fc.bias"),
     row("convert-output-inside-source", "convert-gpt2 {ws}/gpt2 {ws}/gpt2/out", 1, "gpt2|input"),
     row("convert-existing-output", "convert-gpt2 {ws}/gpt2 {ws}/run", 1, "run|--overwrite"),
-    row("convert-disk-full", "convert-gpt2 {ws}/gpt2 {ws}/full/out", 1, "no space left|full/out", sandbox="full"),
+    row("convert-disk-full", "convert-gpt2 {ws}/gpt2 {ws}/full/out", 1, "no space left|full/", sandbox="full"),
     row("convert-read-only-output", "convert-gpt2 {ws}/ro/gpt2 {ws}/ro/old --overwrite", 1, "ro|write",
         sandbox="rofs"),
     row("convert-config-wrong-type", "convert-gpt2 {ws}/badgpt2 {ws}/out", 1, "n_embd"),

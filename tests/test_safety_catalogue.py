@@ -137,7 +137,10 @@ def _changed(before: dict[str, str], after: dict[str, str], writes: tuple[str, .
 
 
 def _namespace_prefix() -> list[str] | None:
-    """``unshare`` arguments that give a private mount namespace where mounts are allowed, or None."""
+    """``unshare`` arguments that give a private mount namespace where mounts are allowed, or None
+    (``SCRATCH_GPT_TEST_NO_NAMESPACE=1`` forces the in-process fallback, to test it where unshare works)."""
+    if os.environ.get("SCRATCH_GPT_TEST_NO_NAMESPACE") == "1":
+        return None
     for prefix in (["unshare", "-m"], ["unshare", "-rm"]):
         if shutil.which("unshare") is None:
             return None
