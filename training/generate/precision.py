@@ -128,10 +128,24 @@ def load_for_generation(path: str | Path, dtype: str = "fp32", device: str = "cp
 
     precision = resolve_dtype(dtype, device)
     torch_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    if precision == "int8":  # read, not mapped: the fp32 file's pages would stay resident beside the int8 copy
+        kwargs.setdefault("disable_mmap", True)
     model = AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=torch_dtype, **kwargs).eval()
     if precision == "int8":
-        return quantize_int8(model)
+        return _own_memory(quantize_int8(model))
     return model.to(device)
+
+
+def _own_memory(model: Any) -> Any:
+    """Copy the float tensors left after quantization (norms, biases) out of the weights file's memory map.
+
+    ``from_pretrained`` may leave parameters as views of the mmapped safetensors file; one such view keeps the
+    whole mapping, with every page quantization touched, resident.
+    """
+    for tensors in (model.parameters(), model.buffers()):
+        for tensor in tensors:
+            tensor.data = tensor.data.clone()
+    return model
 
 
 def weight_bytes(model: Any) -> int:
