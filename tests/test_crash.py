@@ -7,7 +7,8 @@ the new complete result (loads, and holds none of the old result's files) -- nev
 was left, a plain rerun (no ``--overwrite``) succeeds and leaves no staging folder behind.
 
 Points: ``before-fsync`` (all files written to the staging folder, nothing synced), ``before-swap`` (synced,
-not yet renamed), ``after-swap`` (renamed in, the old result not yet deleted). ``export`` has its own crash
+not yet renamed), ``after-swap`` (renamed in, the old result not yet deleted), ``train-model-written`` (the
+final weights staged, the records not yet). ``export`` has its own crash
 tests in tests/hub_export/test_crash.py (same hook, its own ``export-weights-written`` point).
 """
 
@@ -145,7 +146,7 @@ def _trained_run(folder: Path) -> None:
     assert run_folder.has_tokenizer(folder) and run_folder.load_results(folder).get("train")
 
 
-@pytest.mark.parametrize("point", ["before-swap", "after-swap"])
+@pytest.mark.parametrize("point", ["train-model-written", "before-swap", "after-swap"])
 def test_train_killed_in_its_final_save(point, corpus, tmp_path):
     out = tmp_path / "run"
     args = [*TRAIN, "--dataset", str(corpus), "--output-dir", str(out)]

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from scratch_gpt.safe_output import carry_over, staged_output
+from scratch_gpt.safe_output import carry_over, crash_point, staged_output
 from training.shared.plot import save_plot
 
 from . import records
@@ -347,6 +347,7 @@ def publish(run: Run, job: Job, state: TrainState, results: dict[str, dict[str, 
         with staged_output(run.target, overwrite=True) as stage:
             job.unwrapped.generation_config.update(**generation_defaults(run.tokenizer, run.args.block_size))
             job.unwrapped.save_pretrained(stage, state_dict=state_dict)
+            crash_point("train-model-written")  # crash tests: killed between the weights and the records
             if run.tokenizer is not None:
                 run.tokenizer.save_pretrained(stage)
             records.save_final_records(stage, run.target.name, run.args.to_dict(), state.log_history, results)
