@@ -71,6 +71,8 @@ class EpochWindows(Dataset):
             raise ValueError(f"--sampling {sampling} needs at least 2 training blocks; use --sampling grid")
         self.blocks, self.sampling, self.seed = blocks, sampling, seed
         self.block_size = len(blocks[0]["input_ids"])
+        with_format = getattr(blocks, "with_format", None)
+        self._numpy = with_format("numpy", columns=["input_ids"]) if with_format is not None else None
         self._starts: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
@@ -87,13 +89,19 @@ class EpochWindows(Dataset):
         return self._starts[epoch][i]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, i = key
-        k, o = divmod(self.start(epoch, i), self.block_size)
-        head = torch.as_tensor(self.blocks[k]["input_ids"], dtype=torch.long)
-        if o == 0:
-            return {"input_ids": head}
-        tail = torch.as_tensor(self.blocks[k + 1]["input_ids"], dtype=torch.long)
-        return {"input_ids": torch.cat([head[o:], tail[:o]])}
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """A batch of windows (the DataLoader asks for one batch at once), reading the rows it spans once."""
+        places = [divmod(self.start(epoch, i), self.block_size) for epoch, i in keys]
+        rows = self._rows(sorted({k for k, _ in places} | {k + 1 for k, o in places if o}))
+        return [{"input_ids": rows[k] if o == 0 else torch.cat([rows[k][o:], rows[k + 1][:o]])} for k, o in places]
+
+    def _rows(self, indices: list[int]) -> dict[int, torch.Tensor]:
+        if self._numpy is not None:  # a datasets.Dataset: one read of the whole batch as a (rows, block) array
+            block = torch.from_numpy(self._numpy[indices]["input_ids"]).long()
+            return dict(zip(indices, block))
+        return {k: torch.as_tensor(self.blocks[k]["input_ids"], dtype=torch.long) for k in indices}
 
 
 def epoch_windows(seed: int, epoch: int, count: int, num_blocks: int, block_size: int) -> list[int]:

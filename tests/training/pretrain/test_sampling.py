@@ -101,3 +101,18 @@ def test_bad_sampling_is_one_clear_error():
         EpochWindows(_grid(), "windows", seed=0)
     with pytest.raises(ValueError, match="needs at least 2 training blocks"):
         EpochWindows(_grid(n_blocks=1), "offset", seed=0)
+
+
+@pytest.mark.parametrize("sampling", ["offset", "random"])
+def test_a_datasets_batch_read_equals_the_row_by_row_windows(sampling):
+    from datasets import Dataset
+
+    rows = _grid()
+    packed = Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows]}).with_format("torch", columns=["input_ids"])
+    by_rows, batched = EpochWindows(rows, sampling, seed=2), EpochWindows(packed, sampling, seed=2)
+    sampler = WindowSampler(len(by_rows), seed=2)
+    sampler.set_epoch(1)
+    keys = list(sampler)
+    got = batched.__getitems__(keys)  # what the DataLoader calls for a batch
+    assert all(torch.equal(g["input_ids"], by_rows[k]["input_ids"]) for g, k in zip(got, keys))
+    assert all(g["input_ids"].dtype == torch.long for g in got)
