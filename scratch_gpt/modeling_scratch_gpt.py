@@ -1,6 +1,7 @@
 """ScratchGPT: a GPT-2-shaped decoder written from scratch as a transformers 5.x model.
 
-Reading order: norm factory -> MLP -> attention module -> block -> PreTrainedModel -> base model -> heads.
+Reading order: norm factory -> attention module -> block -> PreTrainedModel -> base model -> heads; the MLPs
+live in ``mlp.py``, rotary positions in ``positions.py``, the attention math in ``attention.py``.
 
 Design choices:
 - GPT-2 architecture (learned absolute positions, pre-norm blocks, GELU-tanh MLP, tied LM head) with GPT-2's
@@ -33,7 +34,6 @@ import math
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
@@ -53,7 +53,7 @@ from .cache import use_append_layers
 from .linear import Linear
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .loss import fused_causal_lm_loss
-from .mlp import ScratchGPTGatedMLP
+from .mlp import make_mlp
 from .positions import ScratchGPTRotaryEmbedding, apply_rotary
 
 logger = logging.get_logger(__name__)
@@ -68,28 +68,6 @@ def _make_norm(config: ScratchGPTConfig) -> nn.Module:
 def _dropout(p: float) -> nn.Module:
     # Pretraining runs with dropout 0: skip the no-op module call on every layer (it shows in decoding).
     return nn.Dropout(p) if p > 0 else nn.Identity()
-
-
-def _activation(name: str) -> nn.Module:
-    # GPT-2's "gelu_new" is the tanh GELU written out in five elementwise ops; torch's fused kernel computes
-    # the same function in one.
-    return ACT2FN["gelu_pytorch_tanh" if name == "gelu_new" else name]
-
-
-class ScratchGPTMLP(nn.Module):
-    """Position-wise feed-forward: expand, activate, project back."""
-
-    def __init__(self, config: ScratchGPTConfig, layer_idx: int | None = None):
-        super().__init__()
-        fast, bias = config.cpu_fast_paths, config.mlp_bias
-        self.c_fc = Linear(config.hidden_size, config.intermediate_size, bias=bias, cpu_fast_paths=fast)
-        self.act = _activation(config.hidden_act)
-        self.c_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias, cpu_fast_paths=fast)
-        self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
-        self.dropout = _dropout(config.resid_dropout)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
 
 
 class ScratchGPTAttention(nn.Module):
@@ -167,7 +145,7 @@ class ScratchGPTBlock(GradientCheckpointingLayer):
         self.ln_1 = _make_norm(config)
         self.attn = ScratchGPTAttention(config, layer_idx)
         self.ln_2 = _make_norm(config)
-        self.mlp = (ScratchGPTGatedMLP if config.mlp_type == "swiglu" else ScratchGPTMLP)(config, layer_idx)
+        self.mlp = make_mlp(config, layer_idx)  # GPT-2's GELU MLP or the gated SwiGLU (mlp.py)
 
     def forward(
         self,
