@@ -12,7 +12,7 @@ vocab 320, context 64, with tokenizer), ``run/`` (a finished training run: model
 ``gpt2/`` (GPT-2 checkpoint + tokenizer), ``gpt2_missing/`` (GPT-2 without ``h.0.mlp.c_fc.bias``), ``bert/``,
 ``bigvocab/`` (``model`` with ``bigtok``), ``badtypes/`` (scratch-gpt config with a string hidden size), ``truncated/`` (half a model.safetensors),
 ``emptydir/``, ``cls.csv``, ``cls_one.csv`` (one label), ``sms_latin1.txt``, ``instruct.json``,
-``instruct_latin1.json``, ``instruct_bad.json`` (a record without output), ``bad.yaml`` (max_steps: lots),
+``instruct_latin1.json``, ``instruct_bad.json`` (a record without output), ``instruct_empty.json`` (``[]``), ``bad.yaml`` (max_steps: lots),
 ``ro/gpt2`` + ``ro/old`` (for ``rofs``), ``full/`` (for ``full``).
 """
 
@@ -112,6 +112,10 @@ ROWS = [
     row("classify-bert-base", f"{FC} {{ws}}/bert --dataset {{ws}}/cls.csv -o {{ws}}/out", 1, "bert"),
     row("classify-tokenizer-over-vocab", f"{FC} {{ws}}/model --tokenizer {{ws}}/bigtok --dataset {{ws}}/cls.csv "
         "-o {ws}/out", 1, "600|320"),
+    row("classify-truncated-weights", f"{FC} {{ws}}/truncated --dataset {{ws}}/cls.csv -o {{ws}}/out", 1,
+        "truncated|corrupt"),
+    row("classify-resume-without-checkpoint", f"{FC} {{ws}}/model --dataset {{ws}}/cls.csv -o {{ws}}/run "
+        "--resume-from-checkpoint", 1, "run|checkpoint"),
     # -- finetune instruct ----------------------------------------------------------------------------------
     row("instruct-latin1", f"{FI} {{ws}}/model --dataset {{ws}}/instruct_latin1.json -o {{ws}}/out", 1,
         "instruct_latin1.json|byte"),
@@ -121,6 +125,8 @@ ROWS = [
         1, "model|input"),
     row("instruct-output-inside-base", f"{FI} {{ws}}/model --dataset {{ws}}/instruct.json -o {{ws}}/model/ft", 1,
         "model|input"),
+    row("instruct-no-records", f"{FI} {{ws}}/model --dataset {{ws}}/instruct_empty.json -o {{ws}}/out", 1,
+        "instruct_empty.json"),
     # -- export / push --------------------------------------------------------------------------------------
     row("export-missing-model", "export {ws}/nomodel {ws}/out", 1, "nomodel"),
     row("export-output-is-model", "export {ws}/model {ws}/model --overwrite", 1, "model|input"),

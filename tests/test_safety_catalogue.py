@@ -53,6 +53,7 @@ def _write_corpora(ws: Path) -> None:
     (ws / "instruct.json").write_text(json.dumps(records))
     latin = json.dumps([{**r, "output": "caf\u00e9"} for r in records], ensure_ascii=False)
     (ws / "instruct_latin1.json").write_bytes(latin.encode("latin-1"))
+    (ws / "instruct_empty.json").write_text("[]")
     (ws / "instruct_bad.json").write_text(json.dumps([records[0], {"instruction": "no answer"}]))
 
 
