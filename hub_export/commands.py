@@ -66,10 +66,18 @@ class PushOptions:
 
 
 def _options_parser(*parts: type) -> argparse.ArgumentParser:
-    """The options of ``parts`` through transformers' ``HfArgumentParser`` (a parent parser, one group each)."""
+    """The options of ``parts`` through transformers' ``HfArgumentParser`` (a parent parser, one group each).
+
+    --help and usage show an option's alias (``--format``, ``--tag``), else its --kebab-case spelling, first;
+    the --snake_case spelling HfArgumentParser adds keeps working.
+    """
     from transformers import HfArgumentParser
 
-    return HfArgumentParser(parts, add_help=False)
+    parser = HfArgumentParser(parts, add_help=False)
+    for action in parser._actions:
+        order = {name: i for i, name in enumerate(action.option_strings)}
+        action.option_strings.sort(key=lambda s: ("_" in s, -order[s]))
+    return parser
 
 
 def _from_namespace(cls: type, args: argparse.Namespace) -> Any:
