@@ -203,9 +203,10 @@ def test_instruct_refuses_bad_records_and_models(tmp_path, tok, capsys):
     assert rc == 1 and "record 1" in err and "missing 'output'" in err
 
     good = write_json(str(tmp_path / "good.json"), [{"instruction": "a", "output": "b"}] * 20)
-    other = tmp_path / "llama"
+    other = tmp_path / "bert"
     other.mkdir()
-    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
     rc = scratch_gpt_cli.main(["finetune", "instruct", str(other), "--dataset", good, "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 1 and "'llama'" in err and "scratch-gpt or GPT-2" in err
+    assert rc == 1 and "'bert'" in err and "scratch-gpt or GPT-2" in err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
