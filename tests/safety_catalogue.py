@@ -82,6 +82,10 @@ ROWS = [
     # -- corpus-stats ---------------------------------------------------------------------------------------
     row("stats-empty-corpus", "corpus-stats --dataset {ws}/empty.txt", 1, "empty.txt|empty"),
     row("stats-missing-dataset", "corpus-stats --dataset {ws}/nothing/", 1, "nothing"),
+    row("stats-unknown-file-kind", "corpus-stats --dataset {ws}/bert/model.safetensors", 2, "model.safetensors|extension"),
+    row("stats-latin1", "corpus-stats --dataset {ws}/latin1.txt", 1, "latin1.txt|byte|iconv"),
+    row("tokenizer-hub-dataset-offline", "train-tokenizer {ws}/out --dataset nobody-here/no-such-dataset", 1,
+        "nobody-here/no-such-dataset"),
     row("stats-tokenizer-is-bert-weights", "corpus-stats --dataset {ws}/corpus --tokenizer {ws}/bert", 1,
         "bert|tokenizer"),
     # -- generate -------------------------------------------------------------------------------------------

@@ -139,17 +139,20 @@ def stdlib_files() -> tuple[str, list[str]]:
 
 def _local_files(path: str) -> tuple[str, list[str]]:
     """Root folder and relative paths of the usable files of a local file or folder."""
+    supported = TEXT_EXTENSIONS + tuple(STRUCTURED_EXTENSIONS)
     if os.path.isfile(path):
+        if not path.lower().endswith(supported):
+            raise ValueError(f"--dataset {path}: unsupported file kind; rename it with one of the supported "
+                             f"extensions ({', '.join(supported)}), e.g. .txt for plain text")
         return os.path.dirname(os.path.abspath(path)), [os.path.basename(path)]
     rel = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _EXCLUDED_DIRS)
         for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(TEXT_EXTENSIONS + tuple(STRUCTURED_EXTENSIONS)):
+            if not name.startswith(".") and name.lower().endswith(supported):
                 rel.append(os.path.relpath(os.path.join(dirpath, name), path).replace(os.sep, "/"))
     if not rel:
-        raise ValueError(f"the folder {path} has no corpus files; supported extensions: "
-                         f"{', '.join(TEXT_EXTENSIONS + tuple(STRUCTURED_EXTENSIONS))}")
+        raise ValueError(f"the folder {path} has no corpus files; supported extensions: {', '.join(supported)}")
     return os.path.abspath(path), sorted(rel)
 
 
