@@ -3,9 +3,12 @@
 Decoding one token streams every weight once, so on a CPU its speed is set by the bytes of weights read per
 token. ``bf16`` halves them, ``int8`` quarters them:
 
-- ``bf16``: the whole model in bfloat16, only where the CPU has bf16 units (AVX512-BF16 or AMX). Elsewhere
-  PyTorch emulates bf16 arithmetic and it is many times slower than fp32, so the request falls back to fp32 with
-  a warning.
+- ``bf16``: the whole model in bfloat16, only where it is faster than fp32 on the running CPU: the CPU must
+  have bf16 units (AVX512-BF16 or AMX; elsewhere PyTorch emulates bf16 and is many times slower), and a short
+  probe (:func:`bf16_decode_speedup`, decoding-shaped products, ~0.2 s once per process) must show bf16 beating
+  scratch-gpt's fp32 few-row path. Otherwise the request falls back to fp32 with a warning saying why. (On
+  the 2-core AMD EPYC this project is developed on, which has AVX512-BF16, bf16 decoding measured slower than
+  our fp32: 16 vs 22 tokens/s at the 124M shape, one thread.)
 - ``int8``: every linear layer (and the token/position embeddings, which a tied LM head shares) stored as
   8-bit integers with one float scale per output row, through PyTorch's own quantized kernels (fbgemm:
   ``torch.ao.quantization.quantize_dynamic``). Activations are quantized per call on the fly, so the matrix
@@ -22,8 +25,10 @@ exact type.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "bf16", "int8")
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by this much in the probe to be used
 
 
 def cpu_has_bf16_units() -> bool:
@@ -51,17 +57,57 @@ def cpu_has_bf16_units() -> bool:
     return any(flag in flags.split() for flag in _BF16_CPU_FLAGS)
 
 
+@functools.lru_cache(maxsize=None)
+def bf16_decode_speedup(width: int = 768, matrices: int = 8, repeats: int = 12) -> float:
+    """fp32 time / bf16 time of decoding-shaped products on this CPU (one row through ``matrices`` weights of
+    ``(4 * width, width)``, together larger than the caches, as decoding streams them); > 1 means bf16 wins.
+
+    fp32 goes through scratch-gpt's few-row linear, bf16 through ``F.linear`` (what a bf16 model runs).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from scratch_gpt.linear import linear
+
+    weights = [torch.randn(4 * width, width) for _ in range(matrices)]
+    x = torch.randn(1, width)
+    halves, xb = [w.bfloat16() for w in weights], x.bfloat16()
+
+    def best(step: Any) -> float:
+        step()
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()  # CPU time of this process: other jobs on the machine do not count
+            step()
+            times.append(time.process_time() - start)
+        return min(times)
+
+    with torch.no_grad():
+        fp32 = best(lambda: [linear(x, w) for w in weights])
+        bf16 = best(lambda: [F.linear(xb, w) for w in halves])
+    return fp32 / bf16
+
+
+def _bf16_refusal() -> str | None:
+    """Why bf16 would not be faster than fp32 on this CPU, or None when it is."""
+    if not cpu_has_bf16_units():
+        return "this CPU has no bf16 units (AVX512-BF16 / AMX), so bf16 would be emulated and slower than fp32"
+    speedup = bf16_decode_speedup()
+    if speedup < BF16_MIN_SPEEDUP:
+        return (f"bf16 decoding measured {speedup:.2f}x the speed of fp32 on this CPU (needs "
+                f"{BF16_MIN_SPEEDUP}x), so it would not help")
+    return None
+
+
 def resolve_dtype(dtype: str, device: str = "cpu") -> str:
-    """The precision to use: ``dtype`` itself, or fp32 (with a warning) for bf16 on a CPU that emulates it."""
+    """The precision to use: ``dtype``, or fp32 (with a warning) for bf16 on a CPU where it is not faster."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if dtype == "int8" and not str(device).startswith("cpu"):
         raise ValueError(f"--dtype int8 runs on the CPU only (fbgemm kernels); got --device {device}")
-    if dtype == "bf16" and str(device).startswith("cpu") and not cpu_has_bf16_units():
-        message = (
-            "this CPU has no bf16 units (AVX512-BF16 / AMX), so bf16 would be emulated and slower than fp32; "
-            "falling back to --dtype fp32"
-        )
+    reason = _bf16_refusal() if dtype == "bf16" and str(device).startswith("cpu") else None
+    if reason:
+        message = f"{reason}; falling back to --dtype fp32"
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         logger.warning(message)
         return "fp32"
@@ -161,4 +207,4 @@ def weight_bytes(model: Any) -> int:
     return total
 
 
-__all__ = ["DTYPES", "cpu_has_bf16_units", "load_for_generation", "quantize_int8", "resolve_dtype", "weight_bytes"]
+__all__ = ["DTYPES", "bf16_decode_speedup", "cpu_has_bf16_units", "load_for_generation", "quantize_int8", "resolve_dtype", "weight_bytes"]

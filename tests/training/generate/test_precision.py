@@ -45,10 +45,11 @@ def trained_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def bf16_units(monkeypatch):
-    """Exercise the real bf16 model even on a CPU without bf16 units (slow there, but correct)."""
+    """Exercise the real bf16 model on any CPU (slow where bf16 is emulated, but correct)."""
     from training.generate import precision
 
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(precision, "bf16_decode_speedup", lambda: 2.0)
 
 
 def _greedy(model, tok, prompt: str) -> list[int]:
@@ -106,6 +107,21 @@ def test_bf16_without_bf16_units_warns_and_falls_back(trained_dir, monkeypatch):
     with pytest.warns(RuntimeWarning, match="no bf16 units .* falling back to --dtype fp32"):
         model = precision.load_for_generation(trained_dir, "bf16")
     assert model.dtype == torch.float32
+
+
+def test_bf16_measured_slower_falls_back(trained_dir, monkeypatch):
+    from training.generate import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(precision, "bf16_decode_speedup", lambda: 0.8)
+    with pytest.warns(RuntimeWarning, match="bf16 decoding measured 0.80x the speed of fp32 .* falling back"):
+        assert precision.load_for_generation(trained_dir, "bf16").dtype == torch.float32
+
+
+def test_bf16_probe_measures_a_ratio():
+    from training.generate.precision import bf16_decode_speedup
+
+    assert 0 < bf16_decode_speedup(width=64, matrices=2, repeats=2) < 100
 
 
 def test_bf16_with_units_loads_bf16(trained_dir, bf16_units):
