@@ -77,6 +77,8 @@ ROWS = [
         "bad.yaml|file"),
     row("tokenizer-vocab-too-small", "train-tokenizer {ws}/out --dataset {ws}/corpus --vocab-size 1", 1,
         "--vocab-size|258"),
+    row("tokenizer-model-max-length-0", "train-tokenizer {ws}/out --dataset {ws}/corpus --model-max-length 0", 2,
+        "--model-max-length"),
     row("tokenizer-disk-full", "train-tokenizer {ws}/full/tok --dataset {ws}/corpus --vocab-size 2000 "
         "--min-frequency 1", 1, "no space left|full/", sandbox="full"),
     # -- corpus-stats ---------------------------------------------------------------------------------------

@@ -105,6 +105,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     if data_args.streaming:
         raise ValueError("train-tokenizer reads the corpus once; drop --streaming "
                          "(or limit it with --max-documents)")
+    if args.model_max_length < 1:
+        raise ValueError(f"--model-max-length must be >= 1 (the model's context), got {args.model_max_length}")
     _check_tokenizer_output(args.out_dir, args.overwrite, data_args.dataset)
     splits = load_text_splits(data_args)
     train = splits["train"]
