@@ -155,6 +155,18 @@ ROWS = [
     row("convert-read-only-output", "convert-gpt2 {ws}/ro/gpt2 {ws}/ro/old --overwrite", 1, "ro|write",
         sandbox="rofs"),
     row("convert-config-wrong-type", "convert-gpt2 {ws}/badgpt2 {ws}/out", 1, "n_embd"),
+    # -- an output folder that contains the inputs (the workspace itself), with --overwrite ------------------
+    row("train-output-contains-inputs", f"{T} --dataset {{ws}}/corpus --output-dir {{ws}} --overwrite", 1,
+        "contains|input"),
+    row("tokenizer-output-contains-inputs", "train-tokenizer {ws} --dataset {ws}/corpus --overwrite", 1,
+        "contains|input"),
+    row("classify-output-contains-inputs", f"{FC} {{ws}}/model --dataset {{ws}}/cls.csv -o {{ws}} --overwrite", 1,
+        "input"),
+    row("classify-output-is-tokenizer", f"{FC} {{ws}}/model --dataset {{ws}}/cls.csv --tokenizer {{ws}}/tok "
+        "-o {ws}/tok --overwrite", 1, "tok|input"),
+    row("export-output-contains-model", "export {ws}/model {ws} --overwrite", 1, "contains|input"),
+    row("convert-gpt2-output-contains-source", "convert-gpt2 {ws}/gpt2 {ws} --overwrite", 1, "contains|input"),
+    row("convert-output-contains-source", "convert {ws}/gpt2 {ws} --overwrite", 1, "contains|input"),
     # -- convert (GPT-2 / Llama / Qwen family), evaluate, serve -----------------------------------------------
     row("family-missing-source", "convert {ws}/nosrc {ws}/out", 1, "nosrc|does not exist"),
     row("family-bert-folder", "convert {ws}/bert {ws}/out", 1, "bert"),
