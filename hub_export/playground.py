@@ -273,12 +273,20 @@ def serve(
 
 
 def write_space(repo_dir: str | Path) -> list[str]:
-    """Write ``app.py`` (this playground, verbatim, plus a ``__main__`` block) and ``requirements.txt``."""
+    """Write ``app.py`` (this playground, verbatim, plus a ``__main__`` block) and ``requirements.txt``.
+
+    Each file is written beside its name and renamed into place, so a repo never holds half a file.
+    """
     repo_dir = Path(repo_dir)
-    source = Path(__file__).read_text(encoding="utf-8")
-    (repo_dir / "app.py").write_text(source + SPACE_MAIN, encoding="utf-8")
-    (repo_dir / "requirements.txt").write_text("\n".join(SPACE_REQUIREMENTS) + "\n", encoding="utf-8")
-    return ["app.py", "requirements.txt"]
+    files = {
+        "app.py": Path(__file__).read_text(encoding="utf-8") + SPACE_MAIN,
+        "requirements.txt": "\n".join(SPACE_REQUIREMENTS) + "\n",
+    }
+    for name, text in files.items():
+        partial = repo_dir / f".{name}.partial-{os.getpid()}"
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, repo_dir / name)
+    return sorted(files)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
