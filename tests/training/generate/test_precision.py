@@ -152,3 +152,16 @@ def test_cpu_detection_reads_torch_probe(monkeypatch):
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert precision.cpu_has_bf16_units() is True
+
+
+def test_generate_command_dtype(trained_dir, capsys):
+    """`scratch-gpt generate --dtype int8` prints the same greedy text as fp32 on this trained model."""
+    from scratch_gpt_cli import main
+
+    texts = {}
+    for dtype in ("fp32", "int8"):
+        args = ["generate", str(trained_dir), "--prompt", "def add(a, b):", "--max-new-tokens", "16",
+                "--temperature", "0", "--dtype", dtype, "--no-stream"]
+        assert main(args) == 0
+        texts[dtype] = capsys.readouterr().out
+    assert texts["fp32"].startswith("def add(a, b):") and texts["int8"] == texts["fp32"]
