@@ -391,6 +391,11 @@ def _validate_source(model_dir: Path) -> Any:
 
     if task_of(read_model_config(model_dir)) != "text-generation":
         raise ValueError("--format gguf exports causal language models only; this folder holds a classifier")
+    if not (model_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir} has no tokenizer.json; a GGUF file carries its tokenizer, so save the model's byte-level "
+            "BPE tokenizer (tokenizer.save_pretrained) into the folder first"
+        )
     return ScratchGPTConfig.from_pretrained(model_dir)
 
 

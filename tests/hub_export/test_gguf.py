@@ -244,3 +244,13 @@ def test_existing_output_is_kept_without_overwrite(trained_dir, tmp_path):
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         export_gguf(trained_dir, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_model_without_tokenizer_is_refused(tmp_path):
+    from hub_export.gguf import export_gguf
+    from tests.hub_export.conftest import make_model_dir
+
+    src = make_model_dir(tmp_path / "bare", tokenizer=False)
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json; a GGUF file carries its tokenizer"):
+        export_gguf(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
