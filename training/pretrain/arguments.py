@@ -75,7 +75,8 @@ class TokenizerArguments:
     )
     stride: int | None = _opt(None, "sliding-window stride when packing (default: block size, no overlap)", metavar="N")
     sampling: str = _opt(
-        "grid", "training windows per epoch: the fixed block grid, the grid at a per-epoch offset, or random windows",
+        "offset", "training windows per epoch: grid (the packed blocks), offset (the block grid shifted by a seeded "
+        "offset each epoch: new windows on every pass over a small corpus) or random (nanoGPT's random windows)",
         choices=SAMPLING_CHOICES,
     )
 

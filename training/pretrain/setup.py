@@ -309,7 +309,7 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
     if model is None:
         model = build_model(args, run.tokenizer)
     num_parameters = sum(p.numel() for p in model.parameters())
-    train_set, sampler = training_windows(args, train_set, streaming, block)
+    train_set, sampler = training_windows(args, train_set, streaming, block, accelerator.num_processes)
     seeded = dict(generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
     train_dl = DataLoader(train_set, batch_size=args.per_device_batch_size, sampler=sampler, drop_last=True, **seeded)
     eval_dl = DataLoader(eval_set, batch_size=args.per_device_batch_size, **seeded)
@@ -333,13 +333,17 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
     )
 
 
-def training_windows(args: TrainArguments, train_set, streaming: bool, block: int) -> tuple[Any, Sampler | None]:
-    """The training set and its sampler for ``--sampling`` (see :mod:`.sampling`); a stream and overlapping
-    ``--stride`` blocks are read as packed (grid), since the other windows need a contiguous block grid."""
-    if streaming or args.sampling == "grid" or (args.stride or block) != block:
+def training_windows(
+    args: TrainArguments, train_set, streaming: bool, block: int, processes: int
+) -> tuple[Any, Sampler | None]:
+    """The training set and its sampler for ``--sampling`` (see :mod:`.sampling`). A stream, overlapping
+    ``--stride`` blocks and a split of one global batch are read as packed (grid): the shifted and random
+    windows need a contiguous in-memory block grid with one block to spare."""
+    too_small = not streaming and len(train_set) <= args.per_device_batch_size * processes
+    if streaming or args.sampling == "grid" or (args.stride or block) != block or too_small:
         if args.sampling != "grid":
-            logger.warning("--sampling %s needs in-memory, non-overlapping blocks; reading the packed blocks "
-                           "(grid) instead", args.sampling)
+            logger.info("--sampling %s needs in-memory, non-overlapping blocks and more than one batch of them; "
+                        "reading the packed blocks (grid)", args.sampling)
         return train_set, None if streaming else EpochSampler(len(train_set), args.seed)
     windows = EpochWindows(train_set, args.sampling, args.seed)
     return windows, WindowSampler(len(windows), args.seed)

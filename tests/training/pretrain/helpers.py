@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--hang-after", type=int, default=None, help="after this step (and its checkpoint) sleep")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--sampling", default="grid", help="--sampling of the run (grid, offset, random)")
+    p.add_argument("--sampling", default=None, help="--sampling of the run (default: the option's default)")
     ns = p.parse_args(argv)
 
     import torch
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = tiny_args(
         ns.out, max_steps=ns.steps, per_device_batch_size=ns.batch, checkpoint_every=ns.checkpoint_every,
-        resume=ns.resume, sampling=ns.sampling,
+        resume=ns.resume, **({} if ns.sampling is None else {"sampling": ns.sampling}),
     )
 
     def hang(step, record):

@@ -143,7 +143,8 @@ def test_offset_sampling_sigkill_then_resume_is_bit_identical(tmp_path):
     steps, every = 16, 5  # 95 windows / 8 = 11 batches an epoch: the run crosses into a second offset
     full = train(tiny_args(tmp_path / "full", max_steps=steps, checkpoint_every=every, sampling="offset"),
                  datasets=make_blocks(), tokenizer=make_tokenizer())
-    grid = train(tiny_args(tmp_path / "grid", max_steps=steps), datasets=make_blocks(), tokenizer=make_tokenizer())
+    grid = train(tiny_args(tmp_path / "grid", max_steps=steps, sampling="grid"), datasets=make_blocks(),
+                 tokenizer=make_tokenizer())
     part = tmp_path / "part"
     assert _run_child(part, steps, every, hang_after=13) == -signal.SIGKILL
     train(tiny_args(part, max_steps=steps, checkpoint_every=every, sampling="offset", resume=True),
