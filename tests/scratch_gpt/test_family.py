@@ -272,3 +272,26 @@ def test_tensor_parallel_plan_gathers_the_fused_gate_and_up_projection():
     assert (plan["h.*.mlp.c_fc"], plan["h.*.mlp.c_proj"]) == ("colwise_gather_output", "rowwise_split_input")
     assert make_tiny_config().base_model_tp_plan["h.*.mlp.c_fc"] == "colwise"  # GPT-2's MLP splits plainly
     assert "base_model_tp_plan" not in _family("llama-gqa").to_json_string()
+
+
+@pytest.mark.parametrize("name, implementation", [("llama-gqa", "sdpa"), ("qwen3-mqa", "eager")])
+def test_fullgraph_compiled_static_cache_generate_equals_eager(name, implementation):
+    from transformers import CompileConfig
+
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(_family(name)).eval()
+    model.set_attn_implementation(implementation)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [1, 1, 1, 10, 11]])
+    kwargs = dict(attention_mask=(ids != 1).long(), max_new_tokens=6, do_sample=False, eos_token_id=None)
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs, **options):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compile_config = CompileConfig(fullgraph=True, backend=counting_backend, dynamic=False)
+    compile_config._compile_all_devices = True  # generate() compiles only on accelerators unless told
+    eager = model.generate(ids, pad_token_id=1, **kwargs)
+    compiled = model.generate(ids, pad_token_id=1, cache_implementation="static", compile_config=compile_config,
+                              **kwargs)
+    assert len(graphs) == 1 and torch.equal(compiled, eager)  # RoPE, GQA and QK-norm trace without a break
