@@ -346,7 +346,6 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
     """ScratchGPT with a language-modelling head tied to the token embedding."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
-    _tp_plan = {"lm_head": "colwise_gather_output"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: ScratchGPTConfig):
