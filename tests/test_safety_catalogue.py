@@ -4,8 +4,8 @@ Each row runs one ``scratch-gpt`` command against a fresh copy of a small worksp
 models, a finished run) and asserts: a non-zero exit (the row's code), no traceback, exactly one error line
 naming the culprit (the row's words), and every file and folder under the workspace unchanged except the
 outputs the command was asked to write. Rows run in-process through ``scratch_gpt_cli.main`` (fast); the
-disk-full and read-only rows run in a subprocess inside a private mount namespace (``unshare``), where a tiny
-tmpfs or a read-only bind mount gives the real errno. Where namespaces are unavailable they fall back to an
+disk-full and read-only rows run in one subprocess inside a private mount namespace (``unshare``), where a
+tiny tmpfs or a read-only bind mount gives the real errno. Where namespaces are unavailable they fall back to an
 injected ``ENOSPC`` / a chmod (non-root) or a refused ``os.access`` (root).
 """
 
@@ -158,21 +158,59 @@ _MOUNTS = {
 }
 
 
-def _run_sandboxed(row: Row, argv: list[str], ws: Path, prefix: list[str]) -> tuple[int, str, str]:
+# One process runs every sandboxed row (importing the CLI once), each against its own workspace copy.
+_SANDBOX_DRIVER = r"""
+import contextlib, io, json, os, sys, traceback
+import scratch_gpt_cli
+results = {}
+for item in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = scratch_gpt_cli.main(item["argv"])
+        except SystemExit as exit_:
+            rc = exit_.code
+        except BaseException:
+            traceback.print_exc(file=err)
+            rc = None
+    left = sorted(os.listdir(item["full"])) if os.path.isdir(item["full"]) else []
+    results[item["id"]] = {"rc": rc, "err": err.getvalue(), "left": left}
+print("RESULTS:" + json.dumps(results))
+"""
+
+
+def _run_sandboxed(rows: list[Row], template: Path, root: Path, prefix: list[str]) -> dict:
+    """Every sandboxed row in one namespace: ``{row id: (workspace, snapshot before, result)}``."""
     import shlex
 
-    cli = " ".join(shlex.quote(a) for a in [sys.executable, "-P", "-m", "scratch_gpt_cli", *argv])
-    script = f"{_MOUNTS[row.sandbox].format(ws=shlex.quote(str(ws)))} || exit 97\n{cli}\nrc=$?\n"
-    script += f"echo LEFT: $(ls -A {shlex.quote(str(ws / 'full'))})\nexit $rc\n"
-    env = {**os.environ, **row.env, "SCRATCH_GPT_MALLOC_TUNING": "0"}
-    result = subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True, cwd=ws, env=env, timeout=300)
-    assert result.returncode != 97, result.stderr
-    left = result.stdout.rsplit("LEFT:", 1)[-1].strip()
-    assert not left, f"the full disk kept {left}"  # the failed write cleaned its staging folder
-    return result.returncode, result.stderr, result.stdout
+    items, before, mounts = [], {}, []
+    for row in rows:
+        assert not row.env, "sandboxed rows share one process: no per-row environment"
+        ws = root / row.id
+        shutil.copytree(template, ws, symlinks=True)
+        before[row.id] = snapshot(ws)
+        mounts.append(_MOUNTS[row.sandbox].format(ws=shlex.quote(str(ws))))
+        items.append({"id": row.id, "argv": [a.replace("{ws}", str(ws)) for a in row.args], "full": str(ws / "full")})
+    driver = " ".join(shlex.quote(a) for a in [sys.executable, "-P", "-c", _SANDBOX_DRIVER, json.dumps(items)])
+    script = f"{{ {' && '.join(mounts)}; }} || exit 97\n{driver}\n"
+    env = {**os.environ, "SCRATCH_GPT_MALLOC_TUNING": "0"}
+    result = subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True, cwd=root, env=env,
+                            timeout=600)
+    assert result.returncode == 0 and "RESULTS:" in result.stdout, result.stderr[-3000:]
+    data = json.loads(result.stdout.rsplit("RESULTS:", 1)[1])
+    return {row.id: (root / row.id, before[row.id], data[row.id]) for row in rows}
 
 
-def _run_in_process(row: Row, argv: list[str], ws: Path, capsys, monkeypatch) -> tuple[int, str, str]:
+@pytest.fixture(scope="module")
+def sandboxed(template, tmp_path_factory, namespace_prefix):
+    """The results of the sandboxed rows (None where mount namespaces are unavailable: rows run in-process)."""
+    if not namespace_prefix:
+        return None
+    rows = [row for row in ROWS if row.sandbox]
+    return _run_sandboxed(rows, template, tmp_path_factory.mktemp("sandboxed"), namespace_prefix)
+
+
+def _run_in_process(row: Row, argv: list[str], ws: Path, capsys, monkeypatch) -> tuple[int, str]:
     for key, value in row.env.items():
         monkeypatch.setenv(key, value)
     if row.sandbox:
@@ -181,8 +219,7 @@ def _run_in_process(row: Row, argv: list[str], ws: Path, capsys, monkeypatch) ->
         rc = scratch_gpt_cli.main(argv)
     except SystemExit as exit_:  # argparse
         rc = exit_.code
-    captured = capsys.readouterr()
-    return rc, captured.err, captured.out
+    return rc, capsys.readouterr().err
 
 
 def _inject_fallback(sandbox: str, ws: Path, monkeypatch) -> None:
@@ -208,19 +245,20 @@ def namespace_prefix():
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_catalogue_row(row: Row, template, tmp_path, capsys, monkeypatch, namespace_prefix):
-    ws = tmp_path / "ws"
-    shutil.copytree(template, ws, symlinks=True)
-    monkeypatch.chdir(ws)
-    argv = [a.replace("{ws}", str(ws)) for a in row.args]
-    before = snapshot(ws)
-    if row.sandbox and namespace_prefix:
-        rc, err, out = _run_sandboxed(row, argv, ws, namespace_prefix)
+def test_catalogue_row(row: Row, template, tmp_path, capsys, monkeypatch, sandboxed):
+    if row.sandbox and sandboxed:
+        ws, before, result = sandboxed[row.id]
+        rc, err = result["rc"], result["err"]
+        assert not result["left"], f"the full disk kept {result['left']}"  # the failed write cleaned up
     else:
-        rc, err, out = _run_in_process(row, argv, ws, capsys, monkeypatch)
-    if row.sandbox == "rofs" and not namespace_prefix and os.geteuid() != 0:
-        for path in [ws / "ro", *(ws / "ro").rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+        ws = tmp_path / "ws"
+        shutil.copytree(template, ws, symlinks=True)
+        monkeypatch.chdir(ws)
+        before = snapshot(ws)
+        rc, err = _run_in_process(row, [a.replace("{ws}", str(ws)) for a in row.args], ws, capsys, monkeypatch)
+        if row.sandbox == "rofs" and os.geteuid() != 0:
+            for path in [ws / "ro", *(ws / "ro").rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.startswith("scratch-gpt ")]
     assert rc == row.exit, f"exit {rc}, expected {row.exit}; stderr: {err[-2000:]}"
