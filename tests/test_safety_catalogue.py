@@ -359,3 +359,21 @@ def test_debug_shows_the_traceback(how, tmp_path, monkeypatch):
         argv.insert(0, "-v")
     with pytest.raises(FileNotFoundError, match="nomodel"):
         scratch_gpt_cli.main(argv)
+
+
+def test_interrupt_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    from training.generate import commands
+
+    def interrupted(ns):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "cmd_generate", interrupted)
+    assert scratch_gpt_cli.main(["generate", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "scratch-gpt generate: interrupted"
+
+    def bug(ns):
+        raise RuntimeError("index 7 is out of bounds")
+
+    monkeypatch.setattr(commands, "cmd_generate", bug)
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        scratch_gpt_cli.main(["generate", str(tmp_path)])
