@@ -295,3 +295,23 @@ def test_fullgraph_compiled_static_cache_generate_equals_eager(name, implementat
     compiled = model.generate(ids, pad_token_id=1, cache_implementation="static", compile_config=compile_config,
                               **kwargs)
     assert len(graphs) == 1 and torch.equal(compiled, eager)  # RoPE, GQA and QK-norm trace without a break
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "paged|eager"])
+def test_continuous_batching_equals_generate_per_prompt(implementation):
+    """Paged attention over grouped key/value heads, RoPE on packed rows with restarting positions."""
+    from tests.scratch_gpt.test_continuous_batching import _alone, _cb_config, _generation_config, _prompts
+
+    torch.manual_seed(0)
+    model = ScratchGPTForCausalLM(_family("qwen3-mqa", eos_token_id=None)).eval()
+    model.set_attn_implementation(implementation)
+    prompts = _prompts()
+    results = model.generate_batch(inputs=prompts, generation_config=_generation_config(),
+                                   continuous_batching_config=_cb_config(return_logprobs=True))
+    model.set_attn_implementation("sdpa")
+    by_prompt = {tuple(r.prompt_ids): r for r in results.values()}
+    for prompt in prompts:
+        tokens, logprobs = _alone(model, prompt)
+        assert len(tokens) == 8 and by_prompt[tuple(prompt)].generated_tokens == tokens
+        torch.testing.assert_close(torch.tensor(by_prompt[tuple(prompt)].logprobs), torch.tensor(logprobs),
+                                   atol=1e-5, rtol=0)
