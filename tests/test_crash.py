@@ -283,3 +283,21 @@ def test_a_full_disk_for_the_plot_and_the_history_is_a_warning_not_the_end(corpu
     warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "could not draw the loss plot" in warnings and "could not write the log history" in warnings
     assert run_folder_has_model(out)
+
+
+def test_finetune_overwrite_killed_before_swap_keeps_the_old_result(base_model, tmp_path):
+    rows = [f"{'win cash now' if i % 2 else 'see you soon'} {i},{'spam' if i % 2 else 'ham'}" for i in range(40)]
+    data = tmp_path / "sms.csv"
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "clf"
+    old = seed_old(out, lambda p: (p.mkdir(), (p / "config.json").write_text(json.dumps({"old": True}))))
+    args = ["finetune", "classify", str(base_model), "--dataset", str(data), "-o", str(out), "--max-steps", "2",
+            "--batch-size", "8", "--overwrite"]
+    killed = run_cli(args, tmp_path, crash_at="before-swap")
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
+    assert assert_old_or_new(out, old, _classifier) == "old"
+    import scratch_gpt_cli
+
+    assert scratch_gpt_cli.main([*args, "--keep-checkpoints"]) == 0  # the rerun replaces it, keeping its checkpoints
+    assert assert_old_or_new(out, old, _classifier) == "new"
+    assert (out / "checkpoints").is_dir() and leftovers(out) == []

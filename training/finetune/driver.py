@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scratch_gpt import run_folder
-from scratch_gpt.safe_output import check_no_overlap, staged_output
+from scratch_gpt.safe_output import carry_over, check_no_overlap, staged_output
 from training.shared.plot import save_plot
 
 from .arguments import FinetuneArguments, TrainerOptions
@@ -150,7 +150,7 @@ def finetune(
     resume = check_output_dir(args, task.inputs())
     with tempfile.TemporaryDirectory(prefix="scratch-gpt-base-") as work:
         job = build_job(task, source, opts, lora, work)
-        start_checkpoints(args, resume)
+        start_checkpoints(args)
         results = train_and_evaluate(task, job, resume)
         settings = {"task": task.pipeline_tag, "base_model_kind": source.kind, "method": task.method(lora),
                     **task.settings(), "trainer": asdict(opts), "lora_options": asdict(lora) if lora else None}
@@ -217,7 +217,7 @@ def build_job(task: FinetuneTask, source: ModelSource, opts: TrainerOptions, lor
     train_model = apply_lora(model, lora, task=task.lora_task) if lora is not None else model
     parameters = parameter_counts(train_model)
     logger.info("training %d of %d parameters", parameters["trainable_parameters"], parameters["total_parameters"])
-    trainer = task.make_trainer(train_model, tokenizer, opts, args.output_dir, encoded)
+    trainer = task.make_trainer(train_model, tokenizer, opts, checkpoint_home(args), encoded)
     return Job(source, opts, lora, tokenizer, train_model, encoded, trainer, base_dir, adapter_base, parameters)
 
 
@@ -244,12 +244,20 @@ def make_trainer(model, tokenizer, opts: TrainerOptions, output_dir: str, encode
     )
 
 
-def start_checkpoints(args: FinetuneArguments, resume: str | None) -> None:
-    """A new run (not a resumption) over an old one starts without the old run's checkpoints."""
-    old = run_folder.checkpoints_dir(args.output_dir)
-    if args.overwrite and not resume and old.is_dir():
-        logger.warning("--overwrite: removing the old checkpoints in %s", old)
-        shutil.rmtree(old)
+def checkpoint_home(args: FinetuneArguments) -> str:
+    """Where Trainer's ``checkpoints/`` go: OUT, or with ``--overwrite`` of a non-empty OUT (no resumption) a
+    work folder beside it, so the old result stays whole until the new one is swapped in (issue 11)."""
+    out = args.output_dir
+    if args.overwrite and not args.resume_from_checkpoint and os.path.isdir(out) and os.listdir(out):
+        return str(Path(out).with_name(f".{Path(out).name}.overwrite"))
+    return out
+
+
+def start_checkpoints(args: FinetuneArguments) -> None:
+    """A new run over an old one trains in a fresh work folder (one left by a killed run is removed)."""
+    home = checkpoint_home(args)
+    if home != args.output_dir and os.path.isdir(home):
+        shutil.rmtree(home)
 
 
 def train_and_evaluate(task: FinetuneTask, job: Job, resume: str | None) -> dict[str, dict[str, Any]]:
@@ -273,14 +281,19 @@ def train_and_evaluate(task: FinetuneTask, job: Job, resume: str | None) -> dict
 def publish(task: FinetuneTask, job: Job, settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
     """Model, tokenizer and records into a staging folder beside OUT, then swapped in at once."""
     args = task.args
-    carry = [run_folder.CHECKPOINTS_DIR] if args.keep_checkpoints else []
-    with staged_output(args.output_dir, overwrite=True, inputs=task.inputs(), carry=carry) as stage:
+    carry, home = [run_folder.CHECKPOINTS_DIR] if args.keep_checkpoints else [], checkpoint_home(args)
+    in_place = home == args.output_dir
+    with staged_output(args.output_dir, overwrite=True, inputs=task.inputs(), carry=carry if in_place else ()) as stage:
         final = final_model(job, args, stage)
         for split, metrics in task.finalize(final, job.tokenizer, stage, job.opts).items():
             results[split] = {**results.get(split, {}), **metrics}
         final.save_pretrained(stage)
         job.tokenizer.save_pretrained(stage)
         save_records(stage, settings, results, job.trainer.state.log_history, Path(args.output_dir).name)
+        if not in_place:
+            carry_over(Path(home), stage, carry)
+    if not in_place:
+        shutil.rmtree(home, ignore_errors=True)
     logger.info("saved the finetuned model to %s", args.output_dir)
 
 
