@@ -288,3 +288,31 @@ def test_cli_convert_dispatches_by_model_type_and_fails_in_one_line(tmp_path, ca
     assert "sliding_window=8" in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert scratch_gpt_cli.main(["convert", str(tmp_path / "out"), str(tmp_path / "out3")]) == 1
     assert "already a scratch-gpt model" in capsys.readouterr().err
+
+
+def test_cli_convert_a_hub_id_from_the_offline_hub_cache(tmp_path, tiny_tokenizer):
+    """SRC as a Hub id: resolved through the Hub cache layout with HF_HUB_OFFLINE=1 (no network)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--owner--tiny-qwen3"
+    reference = _reference("qwen3-small")
+    reference.save_pretrained(repo / "snapshots" / rev)
+    tiny_tokenizer.save_pretrained(repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
+    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", PYTHONPATH=str(root))
+    code = "import sys, scratch_gpt_cli; sys.exit(scratch_gpt_cli.main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "convert", "owner/tiny-qwen3", str(tmp_path / "out")],
+                          env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = ScratchGPTForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(2, VOCAB, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
