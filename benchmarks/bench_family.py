@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=15, help="timed fp32 optimizer steps per model")
     parser.add_argument("--memory-steps", type=int, default=3, help="optimizer steps in the memory run")
     parser.add_argument("--prompt", type=int, default=32, help="prompt length for generation")
-    parser.add_argument("--new-tokens", type=int, default=None, help="tokens per generation run (default: fill the context, at most 256)")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="tokens per generation run (default: fill the context, at most 256)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: train,generate,memory")
     parser.add_argument("--memory-child", choices=NAMES, help=argparse.SUPPRESS)
     args = parser.parse_args()

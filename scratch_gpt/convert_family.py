@@ -93,7 +93,8 @@ def check_family_config(config) -> None:
     if rope.get("rope_type", "default") not in SUPPORTED_ROPE_TYPES:
         raise _unsupported(config, f"rope_type={rope.get('rope_type')!r}", f"supported: {SUPPORTED_ROPE_TYPES}")
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise _unsupported(config, f"partial_rotary_factor={rope['partial_rotary_factor']}", "RoPE must rotate the whole head")
+        factor = rope["partial_rotary_factor"]
+        raise _unsupported(config, f"partial_rotary_factor={factor}", "RoPE must rotate the whole head")
     if getattr(config, "pretraining_tp", 1) not in (None, 1):
         raise _unsupported(config, f"pretraining_tp={config.pretraining_tp}", "re-save it with pretraining_tp=1")
 

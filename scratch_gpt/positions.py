@@ -37,7 +37,9 @@ class ScratchGPTRotaryEmbedding(nn.Module):
         self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
     @staticmethod
-    def compute_default_rope_parameters(config, device: torch.device | None = None, **kwargs) -> tuple[torch.Tensor, float]:
+    def compute_default_rope_parameters(
+        config, device: torch.device | None = None, **kwargs
+    ) -> tuple[torch.Tensor, float]:
         """Plain RoPE: ``inv_freq[i] = 1 / theta^(2i / head_dim)``, no attention scaling."""
         base = config.rope_parameters["rope_theta"]
         dim = config.head_dim

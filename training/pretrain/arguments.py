@@ -46,7 +46,8 @@ class ModelArguments:
     _argument_group_name = "model"
 
     preset: str = field(default="tiny", metadata={
-        "help": "named preset the other options start from (default: tiny)", "choices": ("tiny", "small", "medium", "gpt2-124m", "tiny-llama", "tiny-qwen3")})
+        "help": "named preset the other options start from (default: tiny)",
+        "choices": ("tiny", "small", "medium", "gpt2-124m", "tiny-llama", "tiny-qwen3")})
     hidden_size: int = _opt(128, "model width (embedding size)", metavar="N")
     num_hidden_layers: int = _opt(4, "number of transformer blocks", metavar="N")
     num_attention_heads: int = _opt(4, "attention heads per block (must divide hidden size)", metavar="N")
@@ -203,7 +204,8 @@ class TrainArguments(
                 f"{self.num_attention_heads}; pick sizes where heads divide the width"
             )
         kv_heads = self.num_key_value_heads
-        if kv_heads is not None and (not isinstance(kv_heads, int) or kv_heads < 1 or self.num_attention_heads % kv_heads):
+        bad_kv = not isinstance(kv_heads, int) or kv_heads < 1 or self.num_attention_heads % kv_heads
+        if kv_heads is not None and bad_kv:
             raise ValueError(
                 f"--num-key-value-heads {kv_heads!r} must be a positive divisor of --num-attention-heads "
                 f"{self.num_attention_heads}"

@@ -33,7 +33,8 @@ def preference_records(n: int, seed: int = 0) -> list[dict[str, str]]:
         instruction, extra = ("Name the colour of the thing.", thing) if i % 3 == 0 else (
             f"What colour is the {thing}?", "")
         records.append({"instruction": instruction, "input": extra, "output": f"The {thing} is {COLORS[thing]}.",
-                        "chosen": f"The {thing} is {COLORS[thing]}.", "rejected": f"Whatever, {wrong}. Go look yourself."})
+                        "chosen": f"The {thing} is {COLORS[thing]}.",
+                        "rejected": f"Whatever, {wrong}. Go look yourself."})
     return records
 
 
