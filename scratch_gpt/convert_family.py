@@ -202,7 +202,8 @@ def family_state_dict_to_scratch(state_dict: dict, expected: dict, num_layers: i
         absent = [key for key in theirs if key not in state_dict]
         missing += absent
         if not absent:
-            out[ours] = torch.cat([state_dict[key] for key in theirs]) if len(theirs) > 1 else state_dict[theirs[0]]
+            parts = [state_dict[key] for key in theirs]
+            out[ours] = torch.cat(parts) if len(parts) > 1 else parts[0].clone()  # never shares the source's memory
             used.update(theirs)
     unexpected = [key for key in state_dict if key not in used]
     if missing or unexpected:
@@ -236,14 +237,30 @@ def _expected_state(model_class, config) -> dict:
         return model_class(config).state_dict()
 
 
+def _materialize(model_class, config, state: dict) -> PreTrainedModel:
+    """``model_class`` built on the meta device, then given ``state``'s tensors: no random init and no second copy
+    of the weights (converting a large checkpoint needs the source and the result in memory, nothing more)."""
+    with torch.device("meta"):
+        new = model_class(config)
+    new.load_state_dict(state, strict=True, assign=True)
+    for name, module in list(new.named_modules()):
+        if "RotaryEmbedding" in type(module).__name__:  # computed buffers (inverse frequencies), never saved
+            parent, _, child = name.rpartition(".")
+            setattr(new.get_submodule(parent), child, type(module)(config=module.config))
+    new.tie_weights()
+    still_meta = [name for name, t in [*new.named_parameters(), *new.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise RuntimeError(f"conversion left tensors without values: {still_meta}")
+    return new
+
+
 def family_to_scratch(model: PreTrainedModel) -> ScratchGPTForCausalLM:
     """An in-memory ScratchGPT copy of a transformers Llama/Mistral/Qwen2/Qwen3 causal LM (same logits)."""
     config = scratch_config_from_family(model.config)
     state = family_state_dict_to_scratch(
         model.state_dict(), _expected_state(ScratchGPTForCausalLM, config), config.num_hidden_layers
     )
-    new = ScratchGPTForCausalLM(config).to(model.dtype)
-    new.load_state_dict(state, strict=True)
+    new = _materialize(ScratchGPTForCausalLM, config, state)
     new.generation_config = copy.deepcopy(model.generation_config)
     return new.train(model.training)
 
@@ -257,8 +274,7 @@ def scratch_to_family(model: ScratchGPTForCausalLM, target: str) -> PreTrainedMo
     state = scratch_state_dict_to_family(
         model.state_dict(), _expected_state(model_class, config), config.num_hidden_layers
     )
-    new = model_class(config).to(model.dtype)
-    new.load_state_dict(state, strict=True)
+    new = _materialize(model_class, config, state)
     new.generation_config = copy.deepcopy(model.generation_config)
     return new.train(model.training)
 

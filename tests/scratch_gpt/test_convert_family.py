@@ -316,3 +316,15 @@ def test_cli_convert_a_hub_id_from_the_offline_hub_cache(tmp_path, tiny_tokenize
     ids = torch.randint(2, VOCAB, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_conversion_owns_its_weights_keeps_the_tie_and_computes_rope_buffers():
+    reference = _reference("llama-mha-tied")
+    ours = family_to_scratch(reference)  # built on the meta device, then given the mapped tensors
+    source_memory = {t.data_ptr() for t in reference.state_dict().values()}
+    assert not any(t.data_ptr() in source_memory for t in ours.state_dict().values())
+    assert ours.lm_head.weight.data_ptr() == ours.transformer.wte.weight.data_ptr()
+    rotary = ours.transformer.rotary_emb
+    assert torch.equal(rotary.inv_freq, reference.model.rotary_emb.inv_freq) and not rotary.inv_freq.is_meta
+    back = scratch_to_family(ours, "llama")
+    assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()
