@@ -11,7 +11,8 @@ after step ``max_steps - 1``), so the planner can count the steps left including
 ``R = 1 + ceil((max_time - e) / step_time)`` (capped by the steps left), and moves the cosine progress ``p``
 a ``1/R`` share of the rest: ``p += (1 - p) / R``. With a steady step time this is an even cosine over the
 run; when the estimate changes, the rest of the decay is re-spread over the new estimate without a jump; and the
-last step always has ``R = 1``, so it runs at the minimum learning rate whatever the estimate said.
+last step always has ``R = 1``, so it runs at the minimum learning rate whatever the estimate said. The warmup
+takes at most a tenth of the planned steps, so a budget that allows only a few steps is not spent warming up.
 
 The state (progress, step-time estimate, last observation) is a small dict that goes into the checkpoint, so a
 resumed run continues the plan where it was (with the same clock readings it gives the same factors).
@@ -65,7 +66,9 @@ class TimeBudgetSchedule:
     """Warmup + cosine over a time budget and/or a step cap (see the module docstring).
 
     ``max_time_s``: the time budget in seconds (None: steps only); ``max_steps``: a step cap (None: time only);
-    ``smoothing``: weight of the newest step time in the moving average. The remaining fields are the state.
+    ``smoothing``: weight of the newest step time in the moving average; ``warmup_share``: the warmup takes at
+    most this share of the planned steps (a budget that allows few steps is not spent warming up; the warmup
+    only ever shortens, so the rate never steps back). The remaining fields are the state.
     """
 
     max_time_s: float | None
@@ -73,7 +76,9 @@ class TimeBudgetSchedule:
     warmup_steps: int
     min_ratio: float
     smoothing: float = 0.1
+    warmup_share: float = 0.1
     progress: float = 0.0
+    warmup: int | None = None
     step_time_s: float | None = None
     last_step: int | None = None
     last_elapsed_s: float | None = None
@@ -129,8 +134,12 @@ class TimeBudgetSchedule:
         """
         self.observe(step, elapsed_s)
         left = self.steps_left(step, elapsed_s)
-        if step < self.warmup_steps and not (left is not None and left <= 1):
-            return (step + 1) / self.warmup_steps
+        warmup = self.warmup_steps if self.warmup is None else self.warmup
+        if left is not None:
+            warmup = min(warmup, max(1, math.ceil(self.warmup_share * (step + left))))
+        self.warmup = warmup
+        if step < warmup and not (left is not None and left <= 1):
+            return (step + 1) / warmup
         if left is None:  # decaying before any step time is known (a warmup shorter than two steps)
             left = 2
         self.progress += (1.0 - self.progress) / left
@@ -149,4 +158,4 @@ class TimeBudgetSchedule:
                 setattr(self, key, state[key])
 
 
-_STATE_FIELDS = ("progress", "step_time_s", "last_step", "last_elapsed_s")
+_STATE_FIELDS = ("progress", "warmup", "step_time_s", "last_step", "last_elapsed_s")

@@ -131,3 +131,13 @@ def test_max_time_alone_lets_the_time_plan_the_run():
     assert isinstance(make_schedule(untimed, 800, None), StepSchedule)
     with pytest.raises(ValueError, match="--max-steps none needs --max-time or --max-tokens"):
         resolve_arguments(overrides={"max_time": "none", "max_steps": "none"})
+
+
+def test_a_short_budget_is_not_spent_warming_up():
+    # 10 s at 0.5 s a step allows 20 steps; a 50-step warmup shrinks to a tenth of that once a step is timed
+    sched = TimeBudgetSchedule(max_time_s=10.0, max_steps=None, warmup_steps=50, min_ratio=MIN_RATIO)
+    factors, steps, _ = _run(sched, _steady(0.5))
+    assert steps == 20 and sched.warmup == 2
+    assert factors[:2] == pytest.approx([1 / 50, 2 / 50])  # before any step time is known
+    assert max(factors) > 0.95 and factors[-1] == pytest.approx(MIN_RATIO)
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
