@@ -1,15 +1,15 @@
 """Issue 11, acceptance 2: a SIGKILL in the middle of a command's final write never leaves a mixed folder.
 
-Each case (one point per kind of write: the machine is small, every case is a full CLI process) runs the real CLI in a subprocess with ``SCRATCH_GPT_CRASH_AT=<point>``
+Each case runs the real CLI in a subprocess with ``SCRATCH_GPT_CRASH_AT=<point>``
 (:func:`scratch_gpt.safe_output.crash_point`), which kills the process with SIGKILL at that point of its
-all-or-nothing write. Afterwards the output folder must be absent, the old complete result (byte for byte) or
+all-or-nothing write (a few points per command: every case is a full CLI process on a small machine). Afterwards the output folder must be absent, the old complete result (byte for byte) or
 the new complete result (loads, and holds none of the old result's files) -- never a mix. When nothing complete
 was left, a plain rerun (no ``--overwrite``) succeeds and leaves no staging folder behind.
 
 Points: ``before-fsync`` (all files written to the staging folder, nothing synced), ``before-swap`` (synced,
 not yet renamed), ``after-swap`` (renamed in, the old result not yet deleted), ``train-model-written`` (the
-final weights staged, the records not yet). ``export`` has its own crash
-tests in tests/hub_export/test_crash.py (same hook, its own ``export-weights-written`` point).
+final weights staged, the records not yet). ``export`` has its own crash tests in tests/hub_export/test_crash.py
+(same hook, its own ``export-weights-written`` point).
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ from scratch_gpt.safe_output import CRASH_ENV
 
 OLD_ONLY = "OLD_RESULT_ONLY.txt"  # a file only the old result holds: finding it beside new files means a mix
 KILLED = -signal.SIGKILL
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []  # keep the cwd off sys.path where Python can
 
 
 def run_cli(args: list[str], cwd: Path, crash_at: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -P -m scratch_gpt_cli ARGS`` (the cwd is not on sys.path), optionally killed at ``crash_at``."""
+    """``python -P -m scratch_gpt_cli ARGS`` in ``cwd`` (a scratch folder), optionally killed at ``crash_at``."""
     env = {**os.environ, "SCRATCH_GPT_MALLOC_TUNING": "0", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop(CRASH_ENV, None)
     if crash_at:
         env[CRASH_ENV] = crash_at
-    cmd = [sys.executable, "-P", "-m", "scratch_gpt_cli", *args]
+    cmd = [sys.executable, *SAFE_PATH, "-m", "scratch_gpt_cli", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

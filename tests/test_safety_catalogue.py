@@ -191,7 +191,8 @@ def _run_sandboxed(rows: list[Row], template: Path, root: Path, prefix: list[str
         before[row.id] = snapshot(ws)
         mounts.append(_MOUNTS[row.sandbox].format(ws=shlex.quote(str(ws))))
         items.append({"id": row.id, "argv": [a.replace("{ws}", str(ws)) for a in row.args], "full": str(ws / "full")})
-    driver = " ".join(shlex.quote(a) for a in [sys.executable, "-P", "-c", _SANDBOX_DRIVER, json.dumps(items)])
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # the cwd (a scratch folder) off sys.path
+    driver = " ".join(shlex.quote(a) for a in [sys.executable, *safe_path, "-c", _SANDBOX_DRIVER, json.dumps(items)])
     script = f"{{ {' && '.join(mounts)}; }} || exit 97\n{driver}\n"
     env = {**os.environ, "SCRATCH_GPT_MALLOC_TUNING": "0"}
     result = subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True, cwd=root, env=env,
