@@ -54,16 +54,17 @@ def log(msg: str) -> None:
 
 
 def _split(docs: list[str], chars: int) -> tuple[list[str], list[str]]:
-    """Take documents up to ``chars`` characters; every 10th is held out."""
+    """Take documents up to ``chars`` characters; every 10th is held out (the last one if there are fewer)."""
     taken, total = [], 0
     for doc in docs:
         if total >= chars:
             break
         taken.append(doc)
         total += len(doc)
-    held_out = taken[HELD_OUT_EVERY - 1 :: HELD_OUT_EVERY]
-    train = [d for i, d in enumerate(taken) if (i + 1) % HELD_OUT_EVERY]
-    return train, held_out
+    if len(taken) < 2:
+        raise SystemExit(f"--chars {chars} takes {len(taken)} document(s); need at least 2 (one is held out)")
+    held = set(range(HELD_OUT_EVERY - 1, len(taken), HELD_OUT_EVERY)) or {len(taken) - 1}
+    return [d for i, d in enumerate(taken) if i not in held], [d for i, d in enumerate(taken) if i in held]
 
 
 def stdlib_corpus(chars: int) -> tuple[list[str], list[str]]:
