@@ -293,6 +293,8 @@ def write_gguf(path: Path, model: Any, vocab: GGUFVocab, quant: str, name: str) 
     import gguf
 
     writer = gguf.GGUFWriter(path, ARCH)
+    writer_log = logging.getLogger("gguf.gguf_writer")
+    level, writer_log.level = writer_log.level, max(writer_log.level, logging.WARNING)  # its per-file INFO chatter
     try:
         add_hyperparameters(writer, model.config, name, quant)
         add_vocab(writer, vocab)
@@ -302,6 +304,7 @@ def write_gguf(path: Path, model: Any, vocab: GGUFVocab, quant: str, name: str) 
         writer.write_tensors_to_file()
     finally:
         writer.close()
+        writer_log.setLevel(level)
     return types
 
 
