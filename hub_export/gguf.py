@@ -294,7 +294,8 @@ def write_gguf(path: Path, model: Any, vocab: GGUFVocab, quant: str, name: str) 
 
     writer = gguf.GGUFWriter(path, ARCH)
     writer_log = logging.getLogger("gguf.gguf_writer")
-    level, writer_log.level = writer_log.level, max(writer_log.level, logging.WARNING)  # its per-file INFO chatter
+    level = writer_log.level
+    writer_log.setLevel(max(level, logging.WARNING))  # its per-file INFO chatter
     try:
         add_hyperparameters(writer, model.config, name, quant)
         add_vocab(writer, vocab)
