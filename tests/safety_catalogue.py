@@ -154,6 +154,11 @@ ROWS = [
     row("convert-disk-full", "convert-gpt2 {ws}/gpt2 {ws}/full/out", 1, "no space left|full/", sandbox="full"),
     row("convert-read-only-output", "convert-gpt2 {ws}/ro/gpt2 {ws}/ro/old --overwrite", 1, "ro|write",
         sandbox="rofs"),
+    row("train-read-only-output", f"{T} --dataset {{ws}}/corpus --output-dir {{ws}}/ro/run", 1, "ro|write",
+        sandbox="rofs"),
+    row("tokenizer-read-only-output", "train-tokenizer {ws}/ro/tok --dataset {ws}/corpus", 1, "ro|write",
+        sandbox="rofs"),
+    row("export-disk-full", "export {ws}/model {ws}/full/export", 1, "no space left|full/", sandbox="full"),
     row("convert-config-wrong-type", "convert-gpt2 {ws}/badgpt2 {ws}/out", 1, "n_embd"),
     # -- an output folder that contains the inputs (the workspace itself), with --overwrite ------------------
     row("train-output-contains-inputs", f"{T} --dataset {{ws}}/corpus --output-dir {{ws}} --overwrite", 1,

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from scratch_gpt import run_folder
-from scratch_gpt.safe_output import check_no_overlap
+from scratch_gpt.safe_output import check_no_overlap, check_target
 
 from .arguments import TrainArguments, architecture_switches, parse_duration
 from .checkpoints import list_checkpoints
@@ -183,6 +183,7 @@ def check_run_dir(args: TrainArguments, run_dir: Path) -> None:
             "or --output-dir for a new one"
         )
     check_no_overlap(run_dir, [args.dataset, args.tokenizer])
+    check_target(run_dir, overwrite=True)  # its parent can be created and written (before any work)
 
 
 _UNFINISHED_RUN_NAMES = frozenset(
