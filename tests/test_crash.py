@@ -123,6 +123,22 @@ def test_convert_overwrite_killed_is_old_or_new_never_mixed(point, expected, gpt
     assert assert_old_or_new(out, old, _loads_causal_lm) == expected
 
 
+# -- train-tokenizer ---------------------------------------------------------------------------------------
+
+
+def test_train_tokenizer_killed_before_the_swap_reruns_without_overwrite(corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "tok"
+    args = ["train-tokenizer", str(out), "--dataset", str(corpus), "--vocab-size", "300"]
+    killed = run_cli(args, tmp_path, crash_at="before-swap")
+    assert killed.returncode == KILLED, killed.stderr[-2000:]
+    assert not out.exists()
+    rerun = run_cli(args, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(AutoTokenizer.from_pretrained(out)) == 300 and leftovers(out) == []
+
+
 # -- train -------------------------------------------------------------------------------------------------
 
 TRAIN = ["train", "--preset", "tiny", "--hidden-size", "32", "--num-hidden-layers", "1", "--num-attention-heads", "2",
