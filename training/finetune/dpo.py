@@ -33,7 +33,7 @@ from scratch_gpt import run_folder
 
 from .arguments import DPO_LOSS_TYPES, DPOArguments, TrainerOptions
 from .driver import FinetuneResult, FinetuneTask, finetune
-from .instruct import ALPACA_CHAT_TEMPLATE, load_instruction_records, set_greedy_generation
+from .instruct import ALPACA_CHAT_TEMPLATE, load_training_records, set_greedy_generation
 from .lora import LoraOptions
 
 logger = logging.getLogger(__name__)
@@ -162,10 +162,8 @@ class DPOTask(FinetuneTask):
 
     def load_splits(self, seed: int) -> None:
         a = self.args
-        loaded = load_instruction_records(a.dataset, a.dataset_config)
+        loaded = load_training_records(a.dataset, a.dataset_config)
         if isinstance(loaded, dict):
-            if "train" not in loaded:
-                raise ValueError(f"dataset {a.dataset} has no 'train' split (found {sorted(loaded)})")
             held_out = loaded.get("validation") or loaded.get("test")
             self.form = check_pairs(list(loaded["train"]) + list(held_out or []), a.dataset)
             self.splits = {"train": loaded["train"], "validation": held_out} if held_out else split_pairs(

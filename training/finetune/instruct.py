@@ -176,6 +176,16 @@ def load_instruction_records(
     return {("validation" if k in ("valid", "val", "dev") else k): v.to_list() for k, v in loaded.items()}
 
 
+def load_training_records(
+    dataset: str, dataset_config: str | None = None
+) -> dict[str, list[dict]] | list[dict]:
+    """:func:`load_instruction_records`, refusing a dict of splits that has no ``train`` split."""
+    loaded = load_instruction_records(dataset, dataset_config)
+    if isinstance(loaded, dict) and "train" not in loaded:
+        raise ValueError(f"dataset {dataset} has no 'train' split (found {sorted(loaded)})")
+    return loaded
+
+
 # ------------------------------------------------------------------------------------------ encoding
 @dataclass
 class EncodeStats:
@@ -348,10 +358,8 @@ class InstructTask(FinetuneTask):
 
     def load_splits(self, seed: int) -> None:
         a = self.args
-        loaded = load_instruction_records(a.dataset, a.dataset_config)
+        loaded = load_training_records(a.dataset, a.dataset_config)
         if isinstance(loaded, dict):
-            if "train" not in loaded:
-                raise ValueError(f"dataset {a.dataset} has no 'train' split (found {sorted(loaded)})")
             splits = {k: validate_records(v, f"{a.dataset} [{k}]") for k, v in loaded.items()}
             self.splits = complete_splits(splits, a.train_fraction, a.test_fraction, a.shuffle, seed)
         else:
