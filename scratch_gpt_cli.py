@@ -23,6 +23,7 @@ from training.evaluate import commands as evaluate_commands
 from training.finetune import commands as finetune_commands
 from training.generate import commands as generate_commands
 from training.pretrain import commands as train_commands
+from training.shared.arguments import add_command, arg
 
 # Modules that provide `register(subparsers)`. Order = order in `scratch-gpt --help`.
 COMMAND_MODULES = (
@@ -37,45 +38,47 @@ COMMAND_MODULES = (
 )
 
 
+_CONVERT_ARGUMENTS = (
+    arg("out_dir", help="folder to write the converted model into (must not exist unless --overwrite)"),
+    arg("--revision", default=None, help="Hub revision (branch, tag or commit) when SRC is a Hub id"),
+    arg("--overwrite", action="store_true", help="replace OUT_DIR if it exists"),
+)
+
+
 def _register_convert(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "convert",
+    add_command(
+        subparsers, "convert", _cmd_convert_any,
+        arguments=[arg("src", help="a local checkpoint folder or a Hub model id such as HuggingFaceTB/SmolLM2-135M"),
+                   *_CONVERT_ARGUMENTS],
         help="Convert a GPT-2, Llama, Mistral, Qwen2 or Qwen3 checkpoint into a scratch-gpt model folder.",
         description="Convert a transformers GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM (no sliding "
         "window), Qwen2ForCausalLM or Qwen3ForCausalLM checkpoint into a scratch-gpt model folder with the "
         "source's tokenizer and chat template. Strict: missing, unexpected or mis-shaped weights and config "
         "features scratch-gpt lacks are errors naming them (docs/family.md).",
     )
-    p.add_argument("src", help="a local checkpoint folder or a Hub model id such as HuggingFaceTB/SmolLM2-135M")
-    p.add_argument("out_dir", help="folder to write the converted model into (must not exist unless --overwrite)")
-    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when SRC is a Hub id")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-    p.set_defaults(func=_cmd_convert_any)
-    p = subparsers.add_parser(
-        "convert-gpt2",
+    add_command(
+        subparsers, "convert-gpt2", _cmd_convert,
+        arguments=[arg("src", help="a local GPT-2 checkpoint folder or a Hub model id such as openai-community/gpt2"),
+                   *_CONVERT_ARGUMENTS],
         help="Convert a GPT-2 checkpoint (local folder or Hub id) into a scratch-gpt model folder.",
         description="Convert a transformers GPT-2 checkpoint into a scratch-gpt model folder "
         "(config.json, model.safetensors, generation_config.json and the source's tokenizer files).",
     )
-    p.add_argument("src", help="a local GPT-2 checkpoint folder or a Hub model id such as openai-community/gpt2")
-    p.add_argument("out_dir", help="folder to write the converted model into (must not exist unless --overwrite)")
-    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when SRC is a Hub id")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-    p.set_defaults(func=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from scratch_gpt.convert import convert_gpt2_checkpoint
 
-    out = convert_gpt2_checkpoint(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite)
-    print(f"wrote scratch-gpt model to {out}")
-    return 0
+    return _converted(convert_gpt2_checkpoint(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite))
 
 
 def _cmd_convert_any(args: argparse.Namespace) -> int:
     from scratch_gpt.convert_family import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite)
+    return _converted(convert_checkpoint(args.src, args.out_dir, revision=args.revision, overwrite=args.overwrite))
+
+
+def _converted(out: object) -> int:
     print(f"wrote scratch-gpt model to {out}")
     return 0
 

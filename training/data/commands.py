@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from training.shared.arguments import dataclass_parser, from_namespace, lenient_numbers
+from training.shared.arguments import add_command, arg, from_namespace
 
 from .corpus import DataArguments
 
@@ -51,31 +51,22 @@ class CorpusStatsArguments(BpeArguments):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train-tokenizer`` and ``corpus-stats`` to the ``scratch-gpt`` dispatcher."""
-    p = subparsers.add_parser(
-        "train-tokenizer",
-        parents=[dataclass_parser(DataArguments, TokenizerOutputArguments)],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    add_command(
+        subparsers, "train-tokenizer", cmd_train_tokenizer, parts=(DataArguments, TokenizerOutputArguments),
+        arguments=[arg("out_dir", help="folder to write the tokenizer into (must not exist unless --overwrite)")],
         help="Train a byte-level BPE tokenizer on a corpus and save it as a transformers tokenizer folder.",
         description="Train a byte-level BPE tokenizer (tokenizers) on the train split of --dataset and save it "
         "with save_pretrained, so AutoTokenizer.from_pretrained(OUT_DIR) loads it. <|endoftext|> is bos/eos "
         "(id 0) and <|pad|> the pad token (id 1).",
     )
-    p.add_argument("out_dir", help="folder to write the tokenizer into (must not exist unless --overwrite)")
-    lenient_numbers(p)
-    p.set_defaults(func=cmd_train_tokenizer)
-
-    s = subparsers.add_parser(
-        "corpus-stats",
-        parents=[dataclass_parser(DataArguments, CorpusStatsArguments)],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    add_command(
+        subparsers, "corpus-stats", cmd_corpus_stats, parts=(DataArguments, CorpusStatsArguments),
         help="Print documents, characters, tokens, bytes per token and blocks of a corpus.",
         description="Load --dataset, tokenise it (with --tokenizer, or a BPE trained on its train split) and "
         "pack it into blocks of --block-size tokens, then print per-split statistics. The tokenised and "
         "packed data stay in the datasets cache: a later run with the same corpus, tokenizer and block size "
         "(e.g. `scratch-gpt train`) reuses them.",
     )
-    lenient_numbers(s)
-    s.set_defaults(func=cmd_corpus_stats)
 
 
 def _check_tokenizer_output(out_dir: str, overwrite: bool, dataset: str | None) -> None:

@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import argparse
 
+from training.shared.arguments import add_command, arg
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``evaluate``."""
-    p = subparsers.add_parser(
-        "evaluate",
+    add_command(
+        subparsers, "evaluate", cmd_evaluate, arguments=_ARGUMENTS,
         help="Score a model on lm-evaluation-harness tasks (HellaSwag, ARC, LAMBADA, your own YAML tasks).",
         description="Run lm-evaluation-harness (its Python API, `hf` backend) on MODEL, print its results table "
         "and merge the results into MODEL's eval_results.json (key lm_eval), where the model card picks them "
         "up. Standard tasks download their datasets from the Hub; tasks of your own (a YAML over a local "
         "JSONL) run offline with --include-path. Needs `pip install 'scratch-gpt[eval]'`.",
     )
-    p.add_argument("model", metavar="MODEL", help="scratch-gpt run folder, export folder or Hub repo id")
-    p.add_argument("--tasks", required=True,
-                   help="comma-separated lm-eval task names or globs, e.g. hellaswag,arc_easy,lambada_openai")
-    p.add_argument("--limit", type=float, default=None,
-                   help="at most N examples per task (a fraction when below 1); for quick checks, not for reporting")
-    p.add_argument("--batch-size", default="1",
-                   help="examples per forward pass, or 'auto' to find the largest that fits (default: 1)")
-    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples per prompt (default: the task's)")
-    p.add_argument("--include-path", default=None, metavar="DIR", help="folder of extra task YAMLs (your own tasks)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    p.add_argument("--no-write", action="store_true", help="print the table only; leave eval_results.json alone")
-    p.set_defaults(func=cmd_evaluate)
+
+
+_ARGUMENTS = (
+    arg("model", metavar="MODEL", help="scratch-gpt run folder, export folder or Hub repo id"),
+    arg("--tasks", required=True,
+        help="comma-separated lm-eval task names or globs, e.g. hellaswag,arc_easy,lambada_openai"),
+    arg("--limit", type=float, default=None,
+        help="at most N examples per task (a fraction when below 1); for quick checks, not for reporting"),
+    arg("--batch-size", default="1",
+        help="examples per forward pass, or 'auto' to find the largest that fits (default: 1)"),
+    arg("--num-fewshot", type=int, default=None, help="few-shot examples per prompt (default: the task's)"),
+    arg("--include-path", default=None, metavar="DIR", help="folder of extra task YAMLs (your own tasks)"),
+    arg("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"),
+    arg("--no-write", action="store_true", help="print the table only; leave eval_results.json alone"),
+)
 
 
 def _batch_size(value: str) -> int | str:

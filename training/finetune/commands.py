@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from training.shared.arguments import dataclass_parser, from_namespace, lenient_numbers
+from training.shared.arguments import add_command, arg, from_namespace
 
 from .arguments import (
     BaseModelArgument,
@@ -27,20 +26,29 @@ from .arguments import (
 from .lora import LoraOptions
 
 
-def _add_task(sub: argparse._SubParsersAction, name: str, data_part: type, epochs: float, **texts: Any):
-    """A task subcommand: MODEL, then the shared, data, LoRA and Trainer option groups."""
-    p = sub.add_parser(
-        name, parents=[dataclass_parser(FinetuneOptions, data_part, LoraOptions, TrainerOptions)],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, **texts,
-    )
-    p.add_argument("model", help=BaseModelArgument.__dataclass_fields__["model"].metadata["help"])
-    lenient_numbers(p)
-    p.set_defaults(epochs=epochs)
-    return p
+# (name, data part, default epochs, help, description); the command functions are below, in _COMMANDS.
+_TASKS = (
+    ("classify", ClassifyData, 5.0, "Finetune a text classifier (the book's chapter 6).",
+     "Finetune a sequence classifier on TEXT/LABEL columns. Labels (strings or ints) come from the data; missing "
+     "validation/test splits are carved out with a fixed seed, stratified by label. Writes the model, tokenizer "
+     "and the run records (eval_results.json, test_results.json with accuracy, macro F1 and the confusion "
+     "matrix, trainer_state.json)."),
+    ("instruct", InstructData, 2.0, "Instruction-finetune on Alpaca-style records (the book's chapter 7).",
+     "Finetune on {instruction, input, output} records with the Alpaca prompt (also saved as the tokenizer's "
+     "chat template); only response tokens are learned. Writes the model, tokenizer, the run records "
+     "(validation loss before and after in eval_results.json) and generated_predictions.json (answers for the "
+     "test split)."),
+    ("dpo", DPOData, 1.0, "Preference-tune with DPO through TRL's DPOTrainer (the book's chapter-7 bonus).",
+     "Direct preference optimisation on chosen/rejected pairs (the book's {instruction, input, chosen, "
+     "rejected}, TRL's {prompt, chosen, rejected}, or conversational); the prompt is the model's chat template. "
+     "The reference is the loaded model (or, with --lora, the model with its adapter disabled). Writes the "
+     "model, tokenizer and the run records (reward accuracy and margins on the held-out pairs before and after "
+     "training in eval_results.json)."),
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``finetune`` with sub-subcommands ``classify`` and ``instruct``."""
+    """Add ``finetune`` with one sub-subcommand per task: MODEL, then the shared, data, LoRA and Trainer options."""
     ft = subparsers.add_parser(
         "finetune",
         help="Finetune a model with transformers.Trainer: a text classifier or an instruction follower.",
@@ -49,31 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = ft.add_subparsers(dest="finetune_command", metavar="TASK")
     ft.set_defaults(func=lambda args: (ft.print_help(), 2)[1])
-    _add_task(
-        sub, "classify", ClassifyData, epochs=5.0,
-        help="Finetune a text classifier (the book's chapter 6).",
-        description="Finetune a sequence classifier on TEXT/LABEL columns. Labels (strings or ints) come from "
-        "the data; missing validation/test splits are carved out with a fixed seed, stratified by label. "
-        "Writes the model, tokenizer and the run records (eval_results.json, test_results.json with accuracy, "
-        "macro F1 and the confusion matrix, trainer_state.json).",
-    ).set_defaults(func=_cmd_classify)
-    _add_task(
-        sub, "instruct", InstructData, epochs=2.0,
-        help="Instruction-finetune on Alpaca-style records (the book's chapter 7).",
-        description="Finetune on {instruction, input, output} records with the Alpaca prompt (also saved as the "
-        "tokenizer's chat template); only response tokens are learned. Writes the model, tokenizer, the run "
-        "records (validation loss before and after in eval_results.json) and generated_predictions.json "
-        "(answers for the test split).",
-    ).set_defaults(func=_cmd_instruct)
-    _add_task(
-        sub, "dpo", DPOData, epochs=1.0,
-        help="Preference-tune with DPO through TRL's DPOTrainer (the book's chapter-7 bonus).",
-        description="Direct preference optimisation on chosen/rejected pairs (the book's {instruction, input, "
-        "chosen, rejected}, TRL's {prompt, chosen, rejected}, or conversational); the prompt is the model's chat "
-        "template. The reference is the loaded model (or, with --lora, the model with its adapter disabled). "
-        "Writes the model, tokenizer and the run records (reward accuracy and margins on the held-out pairs "
-        "before and after training in eval_results.json).",
-    ).set_defaults(func=_cmd_dpo)
+    model = arg("model", help=BaseModelArgument.__dataclass_fields__["model"].metadata["help"])
+    for name, data_part, epochs, help_text, description in _TASKS:
+        add_command(
+            sub, name, _COMMANDS[name], parts=(FinetuneOptions, data_part, LoraOptions, TrainerOptions),
+            arguments=[model], help=help_text, description=description,
+        ).set_defaults(epochs=epochs)
 
 
 def _options(ns: argparse.Namespace) -> tuple[TrainerOptions, LoraOptions | None]:
@@ -111,3 +100,6 @@ def _cmd_dpo(ns: argparse.Namespace) -> int:
     result = finetune_dpo(from_namespace(DPOArguments, ns), *_options(ns))
     _print_summary(result, ns.output_dir)
     return 0
+
+
+_COMMANDS = {"classify": _cmd_classify, "instruct": _cmd_instruct, "dpo": _cmd_dpo}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.shared.arguments import dataclass_parser, lenient_numbers
+from training.shared.arguments import add_command, arg
 
 
 @dataclass
@@ -34,16 +34,12 @@ class GenerateArguments:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``generate``."""
-    g = subparsers.add_parser(
-        "generate",
-        parents=[dataclass_parser(GenerateArguments)],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    add_command(
+        subparsers, "generate", cmd_generate, parts=(GenerateArguments,),
+        arguments=[arg("model", metavar="MODEL", help="model folder (e.g. runs/tiny) or Hub id")],
         help="Sample text from a trained model folder (or Hub id), streaming tokens to the terminal.",
         description="Generate continuations of a prompt with a causal LM saved by save_pretrained.",
     )
-    g.add_argument("model", metavar="MODEL", help="model folder (e.g. runs/tiny) or Hub id")
-    lenient_numbers(g)
-    g.set_defaults(func=cmd_generate)
 
 
 def _check_generate_args(ns: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from training.shared.arguments import dataclass_parser, given_options, lenient_numbers
+from training.shared.arguments import add_command, arg, given_options
 
 from .arguments import PRESETS, TRAIN_PARTS, TrainArguments
 
@@ -35,26 +35,22 @@ _SAFE_START = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``: one ``--flag`` per field of the :class:`TrainArguments` parts, defaults left to presets."""
-    p = subparsers.add_parser(
-        "train",
-        parents=[dataclass_parser(*TRAIN_PARTS, suppress_defaults=True)],
+    add_command(
+        subparsers, "train", cmd_train, parts=TRAIN_PARTS, suppress_defaults=True, arguments=_ARGUMENTS,
         help="Pretrain a GPT from scratch (default: the tiny preset on the Python standard library, CPU minutes).",
         description="Pretrain a ScratchGPT with Accelerate. With no options: the `tiny` preset on the .py files "
         "of this interpreter's standard library, writing runs/tiny. Runs unchanged under `accelerate launch`.",
         epilog="Options layer as: defaults (= tiny) < --preset < --config FILE < flags. Presets: "
         + ", ".join(PRESETS),
     )
-    lenient_numbers(p)
-    p.add_argument("--config", default=None, metavar="FILE", help="YAML or JSON file of option: value pairs")
-    p.add_argument(
-        "--print-config", action="store_true", help="print the resolved options as YAML and exit without training"
-    )
-    p.add_argument(
-        "--no-malloc-tuning",
-        action="store_true",
-        help="do not re-run the process with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11 (a 15-40%% CPU speedup)",
-    )
-    p.set_defaults(func=cmd_train)
+
+
+_ARGUMENTS = (
+    arg("--config", default=None, metavar="FILE", help="YAML or JSON file of option: value pairs"),
+    arg("--print-config", action="store_true", help="print the resolved options as YAML and exit without training"),
+    arg("--no-malloc-tuning", action="store_true",
+        help="do not re-run the process with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11 (a 15-40%% CPU speedup)"),
+)
 
 
 # ------------------------------------------------------------------------------------------------------------

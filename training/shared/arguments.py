@@ -5,15 +5,18 @@ with its help in the field metadata). :func:`dataclass_parser` turns the parts i
 that a subcommand takes as a parent (``subparsers.add_parser(..., parents=[...])``), one argument group per
 part (its ``_argument_group_name``). Two additions keep today's command lines working: ``--no-FLAG`` for every
 boolean, and number options that also read ``1e6``, ``10_000`` and ``none`` (see :func:`lenient_numbers`).
+:func:`add_command` registers one subcommand from its parts, its extra arguments and its function.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+Argument = tuple[tuple[str, ...], dict[str, Any]]
 
 
 def dataclass_parser(*parts: type, suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -73,3 +76,36 @@ def given_options(ns: argparse.Namespace, *parts: type) -> dict[str, Any]:
     """The options of ``parts`` given on the command line (with suppressed defaults, the ones present)."""
     names = {f.name for part in parts for f in dataclasses.fields(part)}
     return {k: v for k, v in vars(ns).items() if k in names}
+
+
+def arg(*flags: str, **options: Any) -> Argument:
+    """One extra argument for :func:`add_command`: ``add_argument``'s positional and keyword arguments."""
+    return flags, options
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    parts: Sequence[type] = (),
+    arguments: Sequence[Argument] = (),
+    suppress_defaults: bool = False,
+    **texts: Any,
+) -> argparse.ArgumentParser:
+    """Subcommand ``name`` that runs ``func``: the option groups of the dataclass ``parts``, then ``arguments``.
+
+    With ``parts``, number options are lenient and ``--help`` shows each default (unless ``suppress_defaults``,
+    which leaves the defaults to presets); ``texts`` are ``add_parser``'s (``help``, ``description``, ...).
+    """
+    if parts:
+        texts["parents"] = [dataclass_parser(*parts, suppress_defaults=suppress_defaults)]
+        if not suppress_defaults:
+            texts.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    parser = subparsers.add_parser(name, **texts)
+    for flags, options in arguments:
+        parser.add_argument(*flags, **options)
+    if parts:
+        lenient_numbers(parser)
+    parser.set_defaults(func=func)
+    return parser
