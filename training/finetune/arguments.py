@@ -140,30 +140,33 @@ DATA_FORMATS = ("auto", "sms", "csv", "tsv", "json", "jsonl", "parquet", "hub")
 
 
 # ------------------------------------------------------------------------------------------ classify
+def _dataset(help: str) -> Any:
+    """The ``--dataset`` option of a task's data part: required, with the task's own help."""
+    return _opt("", help, required=True)
+
+
 @dataclass
 class ClassifyData:
     """Where the labelled texts come from and how they are split."""
 
     _argument_group_name = "data"
 
-    dataset: str = field(default="", metadata={"required": True, "help": (
+    dataset: str = _dataset(
         "a local csv/tsv/json/jsonl/parquet file, a folder, a Hub dataset id, or an SMS-Spam-Collection "
-        "style file (label<TAB>text per line; .txt or no suffix)")})
-    dataset_format: str = field(default="auto", metadata={
-        "choices": DATA_FORMATS, "help": "how to read --dataset (auto: by suffix; .txt and no suffix mean sms)"})
-    text_column: str = field(default="text", metadata={"help": "column holding the text"})
-    label_column: str = field(default="label", metadata={"help": "column holding the label (strings or ints)"})
-    label_names: list[str] | None = field(default=None, metadata={"help": "names for int labels 0..K-1, in order"})
-    validation_file: str | None = field(default=None, metadata={
-        "help": "a separate validation file (same format as --dataset)"})
-    test_file: str | None = field(default=None, metadata={"help": "a separate test file (same format as --dataset)"})
-    validation_fraction: float = field(default=0.1, metadata={
-        "help": "fraction of the data for validation when not given"})
-    test_fraction: float = field(default=0.2, metadata={"help": "fraction of the data for test when not given"})
-    balance: bool = field(default=False, metadata={
-        "help": "undersample the training data to equal class sizes (the book's spam set)"})
-    train_last_blocks: int | None = field(default=None, metadata={"metavar": "N", "help": (
-        "train only the last N blocks, the final norm and the head (the book's recipe; default: all weights)")})
+        "style file (label<TAB>text per line; .txt or no suffix)")
+    dataset_format: str = _opt(
+        "auto", "how to read --dataset (auto: by suffix; .txt and no suffix mean sms)", choices=DATA_FORMATS)
+    text_column: str = _opt("text", "column holding the text")
+    label_column: str = _opt("label", "column holding the label (strings or ints)")
+    label_names: list[str] | None = _opt(None, "names for int labels 0..K-1, in order")
+    validation_file: str | None = _opt(None, "a separate validation file (same format as --dataset)")
+    test_file: str | None = _opt(None, "a separate test file (same format as --dataset)")
+    validation_fraction: float = _opt(0.1, "fraction of the data for validation when not given")
+    test_fraction: float = _opt(0.2, "fraction of the data for test when not given")
+    balance: bool = _opt(False, "undersample the training data to equal class sizes (the book's spam set)")
+    train_last_blocks: int | None = _opt(
+        None, "train only the last N blocks, the final norm and the head (the book's recipe; default: all weights)",
+        metavar="N")
 
 
 @dataclass
@@ -178,17 +181,13 @@ class InstructData:
 
     _argument_group_name = "data"
 
-    dataset: str = field(default="", metadata={
-        "required": True, "help": "a local .json (list of records) or .jsonl file, or a Hub dataset id"})
-    train_fraction: float = field(default=0.85, metadata={"help": "first fraction of the records used for training"})
-    test_fraction: float = field(default=0.10, metadata={
-        "help": "next fraction used for test answers (the rest validates)"})
-    shuffle: bool = field(default=False, metadata={
-        "help": "shuffle the records (with --seed) before splitting (the book keeps file order)"})
-    train_on_prompt: bool = field(default=False, metadata={
-        "help": "also learn the prompt tokens (default: only the response)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "length limit of the generated test answers"})
-    max_test_answers: int = field(default=0, metadata={"help": "answer only the first N test records (0: all)"})
+    dataset: str = _dataset("a local .json (list of records) or .jsonl file, or a Hub dataset id")
+    train_fraction: float = _opt(0.85, "first fraction of the records used for training")
+    test_fraction: float = _opt(0.10, "next fraction used for test answers (the rest validates)")
+    shuffle: bool = _opt(False, "shuffle the records (with --seed) before splitting (the book keeps file order)")
+    train_on_prompt: bool = _opt(False, "also learn the prompt tokens (default: only the response)")
+    max_new_tokens: int = _opt(256, "length limit of the generated test answers")
+    max_test_answers: int = _opt(0, "answer only the first N test records (0: all)")
 
 
 @dataclass
@@ -206,15 +205,14 @@ class DPOData:
 
     _argument_group_name = "data and preference"
 
-    dataset: str = field(default="", metadata={"required": True, "help": (
+    dataset: str = _dataset(
         "a local .json/.jsonl file or Hub dataset id of preference pairs: the book's {instruction, input, "
-        "chosen, rejected}, TRL's {prompt, chosen, rejected}, or the conversational form (lists of messages)")})
-    validation_fraction: float = field(default=0.1, metadata={
-        "help": "last fraction of the pairs held out for reward accuracy and margins (when no validation split)"})
-    shuffle: bool = field(default=False, metadata={"help": "shuffle the pairs (with --seed) before splitting"})
-    beta: float = field(default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"})
-    loss_type: str = field(default="sigmoid", metadata={
-        "choices": DPO_LOSS_TYPES, "help": "DPO loss: sigmoid (the DPO paper) or ipo"})
+        "chosen, rejected}, TRL's {prompt, chosen, rejected}, or the conversational form (lists of messages)")
+    validation_fraction: float = _opt(
+        0.1, "last fraction of the pairs held out for reward accuracy and margins (when no validation split)")
+    shuffle: bool = _opt(False, "shuffle the pairs (with --seed) before splitting")
+    beta: float = _opt(0.1, "DPO beta: how far the policy may move from the reference")
+    loss_type: str = _opt("sigmoid", "DPO loss: sigmoid (the DPO paper) or ipo", choices=DPO_LOSS_TYPES)
 
 
 @dataclass
