@@ -25,6 +25,7 @@ from .card import CardOptions
 EXPORT_FORMATS = {
     "remote-code": "our modeling files + auto_map, loads with trust_remote_code=True (default)",
     "gpt2": "plain GPT-2 repo loadable by GPT2LMHeadModel, refused for configs GPT-2 cannot express",
+    "gguf": "one model.gguf (llama.cpp's gpt2 architecture) + README + Ollama Modelfile, see --quant",
 }
 
 
@@ -46,6 +47,11 @@ class ExportOptions:
     run_dir: str | None = field(default=None, metadata={
         "help": "run folder holding the settings, results, log history and loss plot for the card "
         "(default: MODEL, or its parent when only that has them)"})
+    quant: str | None = field(default=None, metadata={
+        "help": "--format gguf only: f32 (default), f16 or q8_0 (llama.cpp's 8-bit blocks)"})
+    space: bool = field(default=False, metadata={
+        "help": "also write app.py + requirements.txt, so the repo runs the `scratch-gpt playground` page as a "
+        "Hub Space"})
 
 
 @dataclass
@@ -142,7 +148,28 @@ def _run_export(args: argparse.Namespace) -> Any:
     from .export import export_model
 
     options = dataclasses.asdict(_from_namespace(ExportOptions, args))
-    return export_model(args.model, args.out_dir, **options, card_options=_card_options(args))
+    quant, space = options.pop("quant"), options.pop("space")
+    if options["export_format"] == "gguf":
+        return _run_gguf(args, options["overwrite"], quant, space)
+    if quant is not None:
+        raise ValueError(f"--quant {quant} applies to --format gguf only")
+    result = export_model(args.model, args.out_dir, **options, card_options=_card_options(args))
+    if space and result.task == "text-generation":
+        from .playground import write_space
+
+        result.files = sorted(set(result.files) | set(write_space(result.out_dir)))
+    elif space:
+        result.warnings.append("--space skipped: the playground runs text-generation models only")
+    return result
+
+
+def _run_gguf(args: argparse.Namespace, overwrite: bool, quant: str | None, space: bool) -> Any:
+    """``--format gguf``: one GGUF file for llama.cpp / Ollama (see :mod:`hub_export.gguf`)."""
+    from .gguf import export_gguf
+
+    if space:
+        raise ValueError("--space needs a Hub-repo format (remote-code or gpt2): a Space loads it with transformers")
+    return export_gguf(args.model, args.out_dir, quant=quant or "f32", overwrite=overwrite)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -153,6 +180,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ExportVerificationError as err:
         print(f"scratch-gpt export: self-check failed, nothing written to {args.out_dir}: {err}", file=sys.stderr)
         return 1
+    if getattr(result, "quant", None):  # --format gguf
+        print(f"exported GGUF ({result.quant}) to {result.out_dir} in {result.seconds:.1f} s; files: "
+              f"{', '.join(result.files)}; run it: ollama create NAME -f {result.out_dir}/Modelfile")
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        return 0
     _print_export(result)
     return 0
 

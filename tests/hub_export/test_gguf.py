@@ -254,3 +254,32 @@ def test_model_without_tokenizer_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no tokenizer.json; a GGUF file carries its tokenizer"):
         export_gguf(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def test_cli_export_format_gguf(trained_dir, tmp_path, capsys):
+    from scratch_gpt_cli import main
+
+    out = tmp_path / "out"
+    assert main(["export", str(trained_dir), str(out), "--format", "gguf", "--quant", "q8_0"]) == 0
+    assert "exported GGUF (q8_0)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", "model.gguf"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--format", "gguf", "--quant", "q4_k"], "unknown --quant 'q4_k'; use one of f32, f16, q8_0"),
+        (["--quant", "q8_0"], "--quant q8_0 applies to --format gguf only"),
+        (["--format", "gguf", "--space"], "--space needs a Hub-repo format"),
+    ],
+)
+def test_cli_bad_gguf_options_are_one_line(trained_dir, tmp_path, capsys, extra, message):
+    from scratch_gpt_cli import main
+
+    assert main(["export", str(trained_dir), str(tmp_path / "out"), *extra]) in (1, 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()

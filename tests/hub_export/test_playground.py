@@ -147,10 +147,10 @@ def test_playground_streams_greedy_text_and_stops(model_dir, browser, tmp_path, 
 
 
 def test_space_app_runs_the_same_playground(model_dir, browser, tmp_path, monkeypatch):
-    """export (remote code) + write_space: app.py is imported from the repo and launched like a Space."""
-    from hub_export.export import export_model
-    from hub_export.playground import write_space
+    """`export --space`: app.py is imported from the exported repo and launched like a Space."""
     from transformers import AutoTokenizer
+
+    from scratch_gpt_cli import main
 
     src = tmp_path / "src"
     shutil.copytree(model_dir, src)
@@ -158,8 +158,8 @@ def test_space_app_runs_the_same_playground(model_dir, browser, tmp_path, monkey
     tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
     tok.save_pretrained(src)
     repo = tmp_path / "repo"
-    export_model(src, repo)
-    assert write_space(repo) == ["app.py", "requirements.txt"]
+    assert main(["export", str(src), str(repo), "--space"]) == 0  # scratch-gpt export SRC REPO --space
+    assert (repo / "app.py").read_text().startswith('"""A browser playground')
     assert "gradio" in (repo / "requirements.txt").read_text()
     spec = importlib.util.spec_from_file_location("space_app", repo / "app.py")
     app = importlib.util.module_from_spec(spec)
