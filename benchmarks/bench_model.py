@@ -22,7 +22,9 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -31,6 +33,7 @@ SHAPES = {
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, n_positions=256, vocab_size=50257),
 }
 TRAIN_BATCH = {"tiny": 8, "gpt2-124m": 2}
+NAMES = ("scratch_gpt", "gpt2")  # ours, then the reference
 
 
 def build_models(shape: str):
@@ -116,33 +119,29 @@ def interleaved(models: dict, fn, reps: int) -> dict[str, list[float]]:
     return times
 
 
-def summarise(times: dict[str, list[float]], work: float, unit: str) -> dict:
+def summarise(times: dict[str, list[float]], work: float, unit: str, reference: str = "gpt2") -> dict:
+    """Work per second of each model (medians), the ratio of medians and the median of per-run ratios
+    (``reference`` / ours, so above 1 means scratch-gpt is faster)."""
     med = {name: statistics.median(t) for name, t in times.items()}
     return {
         f"scratch_gpt_{unit}": round(work / med["scratch_gpt"], 2),
-        f"gpt2_{unit}": round(work / med["gpt2"], 2),
-        "ratio": round(med["gpt2"] / med["scratch_gpt"], 3),
-        "paired_ratio": round(statistics.median(g / o for g, o in zip(times["gpt2"], times["scratch_gpt"])), 3),
+        f"{reference}_{unit}": round(work / med[reference], 2),
+        "ratio": round(med[reference] / med["scratch_gpt"], 3),
+        "paired_ratio": round(statistics.median(r / o for r, o in zip(times[reference], times["scratch_gpt"])), 3),
         "runs": {name: [round(x, 4) for x in t] for name, t in times.items()},
     }
 
 
-def peak_memory_child(shape: str, which: str, steps: int) -> None:
-    """Run in a subprocess: print the peak RSS (MiB) during training above the RSS with the model built.
+def peak_rss_added(run: Callable[[], object]) -> float:
+    """MiB of peak RSS that ``run()`` adds above the RSS before it, sampled every millisecond by a thread (psutil).
 
-    The RSS is sampled every millisecond by a thread (psutil); the model's weights are in the baseline, so the
-    figure is what training adds: activations, logits, gradients, optimizer state.
+    Called with the model built, the figure is what training adds: activations, logits, gradients, optimizer state.
     """
-    import threading
-
     import psutil
 
     proc = psutil.Process()
-    model = build_models(shape)[which]
-    cfg = SHAPES[shape]
     base = proc.memory_info().rss
-    peak = [base]
-    done = threading.Event()
+    peak, done = [base], threading.Event()
 
     def sample():
         while not done.is_set():
@@ -151,49 +150,78 @@ def peak_memory_child(shape: str, which: str, steps: int) -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    train_steps(model, TRAIN_BATCH[shape], cfg["n_positions"], cfg["vocab_size"], steps, bf16=False)
+    run()
     done.set()
     sampler.join()
-    print(json.dumps({"peak_mib": round((peak[0] - base) / 2**20, 1)}))
+    return round((peak[0] - base) / 2**20, 1)
 
 
-def peak_memory(shape: str, steps: int) -> dict:
+def peak_memory_child(shape: str, which: str, steps: int) -> None:
+    """Run in a subprocess: print the peak RSS (MiB) that training adds above the RSS with the model built."""
+    model = build_models(shape)[which]
+    cfg = SHAPES[shape]
+    batch, seq, vocab = TRAIN_BATCH[shape], cfg["n_positions"], cfg["vocab_size"]
+    print(json.dumps({"peak_mib": peak_rss_added(lambda: train_steps(model, batch, seq, vocab, steps, bf16=False))}))
+
+
+def peak_memory(shape: str, steps: int, script: str = __file__, names: tuple[str, ...] = NAMES) -> dict:
+    """Peak training RSS of each model, each in a fresh ``script --memory-child`` process, and ours / reference."""
     result = {}
-    for which in ("scratch_gpt", "gpt2"):
+    for which in names:
         out = subprocess.run(
-            [sys.executable, __file__, "--shape", shape, "--memory-child", which, "--memory-steps", str(steps)],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            [sys.executable, script, "--shape", shape, "--memory-child", which, "--memory-steps", str(steps)],
+            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
         result[f"{which}_peak_train_mib"] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
-    result["ratio"] = round(result["scratch_gpt_peak_train_mib"] / result["gpt2_peak_train_mib"], 3)
+    result["ratio"] = round(result[f"{names[0]}_peak_train_mib"] / result[f"{names[1]}_peak_train_mib"], 3)
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model shape to compare")
-    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per measurement")
+def comparison_parser(
+    description: str | None, shapes: dict, default_shape: str, names: tuple[str, ...], skip: str, reps: str
+) -> argparse.ArgumentParser:
+    """The options of a scratch-gpt vs reference benchmark (this one, bench_family); the caller adds its own."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(shapes), default=default_shape, help="model shape to compare")
+    parser.add_argument("--reps", type=int, default=5, help=f"interleaved repetitions per {reps}")
     parser.add_argument("--train-steps", type=int, default=15, help="timed fp32 optimizer steps per model")
-    parser.add_argument("--bf16-steps", type=int, default=3, help="timed bf16-autocast steps per model")
     parser.add_argument("--memory-steps", type=int, default=3, help="optimizer steps in the memory run")
-    parser.add_argument(
-        "--new-tokens",
-        type=int,
-        default=None,
-        help="tokens generated per generation run (default: 256, capped so that prompt + new fits the context)",
-    )
     parser.add_argument("--prompt", type=int, default=32, help="prompt length for generation")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: train,bf16,generate,memory")
-    parser.add_argument("--memory-child", choices=["scratch_gpt", "gpt2"], help=argparse.SUPPRESS)
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="tokens generated per generation run (default: 256, capped so that prompt + new fits "
+                        "the context)")
+    parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {skip}")
+    parser.add_argument("--memory-child", choices=names, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_comparison(parser: argparse.ArgumentParser, memory_child: Callable[[str, str, int], None]
+                     ) -> tuple[argparse.Namespace, set[str]] | None:
+    """The options and the parts to skip; ``None`` once ``memory_child`` has run (the subprocess of
+    :func:`peak_memory`, started with ``--memory-child NAME``)."""
     args = parser.parse_args()
     if args.memory_child:
-        peak_memory_child(args.shape, args.memory_child, args.memory_steps)
-        return
+        memory_child(args.shape, args.memory_child, args.memory_steps)
+        return None
+    return args, set(filter(None, args.skip.split(",")))
 
-    skip = set(filter(None, args.skip.split(",")))
+
+def environment() -> dict:
+    """What the figures depend on besides the shape: torch, its threads, the allocator tuning."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "malloc_tuned": os.environ.get("MALLOC_MMAP_MAX_") == "0",
+    }
+
+
+def main() -> None:
+    parser = comparison_parser(__doc__, SHAPES, "tiny", NAMES, "train,bf16,generate,memory", "measurement")
+    parser.add_argument("--bf16-steps", type=int, default=3, help="timed bf16-autocast steps per model")
+    parsed = parse_comparison(parser, peak_memory_child)
+    if parsed is None:
+        return
+    args, skip = parsed
     cfg = SHAPES[args.shape]
     if args.new_tokens is None:
         args.new_tokens = min(256, cfg["n_positions"] - args.prompt)
@@ -201,9 +229,7 @@ def main() -> None:
     batch, seq, vocab = TRAIN_BATCH[args.shape], cfg["n_positions"], cfg["vocab_size"]
     report = {
         "shape": {**cfg, "train_batch": batch},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "malloc_tuned": os.environ.get("MALLOC_MMAP_MAX_") == "0",
+        **environment(),
         "generation": {"prompt": args.prompt, "new_tokens": args.new_tokens},
     }
     tokens = batch * seq
