@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,6 +84,31 @@ def child_env() -> dict[str, str]:
     env["HF_HUB_OFFLINE"] = "1"
     env["HF_DATASETS_OFFLINE"] = "1"
     return env
+
+
+def kill_hanging_child(out, steps: int, every: int, hang_after: int, *extra: str, timeout: float = 300) -> int:
+    """Run this module as a training child into ``out`` until it hangs after step ``hang_after``, SIGKILL it
+    there (a real crash, mid-run) and return its exit code; the test fails if it exits early or never hangs."""
+    import pytest
+
+    cmd = [sys.executable, "-m", "tests.training.pretrain.helpers", "--out", str(out), "--steps", str(steps),
+           "--checkpoint-every", str(every), "--hang-after", str(hang_after), *extra]
+    child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not Path(out, "HANGING").exists():
+            if child.poll() is not None:
+                pytest.fail(f"training child exited early ({child.returncode}): {child.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"training child did not reach step {hang_after} in time")
+            time.sleep(0.2)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,17 +4,22 @@ bit-identical and 2-process sharding equal to one process."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from scratch_gpt import run_folder
-from tests.training.pretrain.helpers import REPO_ROOT, child_env, make_blocks, make_tokenizer, tiny_args
+from tests.training.pretrain.helpers import (
+    REPO_ROOT,
+    child_env,
+    kill_hanging_child,
+    make_blocks,
+    make_tokenizer,
+    tiny_args,
+)
 from training.pretrain import loop
 from training.pretrain.loop import train
 from training.pretrain.monitor import default_prompt
@@ -118,24 +123,7 @@ def test_sample_prompt_comes_from_the_validation_split(tmp_path, monkeypatch):
 
 
 def _run_child(out, steps, every, hang_after):
-    cmd = [sys.executable, "-m", "tests.training.pretrain.helpers", "--out", str(out), "--steps", str(steps),
-           "--checkpoint-every", str(every), "--hang-after", str(hang_after), "--sampling", "offset"]
-    child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "HANGING").exists():
-            if child.poll() is not None:
-                pytest.fail(f"training child exited early ({child.returncode}): {child.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("training child did not reach its step in time")
-            time.sleep(0.2)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    return child.returncode
+    return kill_hanging_child(out, steps, every, hang_after, "--sampling", "offset")
 
 
 def test_offset_sampling_sigkill_then_resume_is_bit_identical(tmp_path):

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from tests.training.pretrain.helpers import REPO_ROOT, child_env, make_blocks, make_tokenizer, tiny_args
+from tests.training.pretrain.helpers import (
+    REPO_ROOT,
+    child_env,
+    kill_hanging_child,
+    make_blocks,
+    make_tokenizer,
+    tiny_args,
+)
 from scratch_gpt import run_folder
 from training.pretrain.checkpoints import list_checkpoints
 from training.pretrain.loop import train
@@ -35,24 +40,7 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, cap
                  datasets=make_blocks(), tokenizer=make_tokenizer()).run_dir
 
     part = tmp_path / "part"
-    cmd = [sys.executable, "-m", "tests.training.pretrain.helpers", "--out", str(part), "--steps", str(steps),
-           "--checkpoint-every", str(every), "--hang-after", "7"]
-    child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while not (part / "HANGING").exists():
-            if child.poll() is not None:
-                pytest.fail(f"training child exited early ({child.returncode}): {child.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("training child did not reach step 7 in time")
-            time.sleep(0.2)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == -signal.SIGKILL
+    assert kill_hanging_child(part, steps, every, hang_after=7, timeout=240) == -signal.SIGKILL
     assert [s for s, _ in list_checkpoints(part)] == [3, 6]
     assert not (part / "model.safetensors").exists()
     # what a crash during a later save leaves behind: a .tmp folder, and a folder without the COMPLETE marker
