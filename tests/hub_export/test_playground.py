@@ -224,3 +224,11 @@ def test_sampling_controls_and_seed(model_dir):
     run = lambda seed: list(play.complete(PROMPT, "s", seed=seed, temperature=1.5, top_k=0, top_p=1.0,  # noqa: E731
                                           max_new_tokens=16))[-1]
     assert run(1) == run(1) and run(1) != run(2)
+
+
+def test_missing_model_folder_is_one_clear_line(tmp_path, capsys):
+    from scratch_gpt_cli import main
+
+    assert main(["playground", str(tmp_path / "nope"), "--port", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist; pass a folder written by save_pretrained" in err[0], err
