@@ -8,7 +8,7 @@ token. ``bf16`` halves them, ``int8`` quarters them:
   probe (:func:`bf16_decode_speedup`, decoding-shaped products, ~0.2 s once per process) must show bf16 beating
   scratch-gpt's fp32 few-row path. Otherwise the request falls back to fp32 with a warning saying why. (On
   the 2-core AMD EPYC this project is developed on, which has AVX512-BF16, bf16 decoding measured slower than
-  our fp32: 16 vs 22 tokens/s at the 124M shape, one thread.)
+  our fp32: 26 vs 31 tokens/s at the 124M shape, one thread, CPU time.)
 - ``int8``: every linear layer (and the token/position embeddings, which a tied LM head shares) stored as
   8-bit integers with one float scale per output row, through PyTorch's own quantized kernels (fbgemm:
   ``torch.ao.quantization.quantize_dynamic``). Activations are quantized per call on the fly, so the matrix
