@@ -6,6 +6,7 @@ import torch
 from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.attention import build_attention_mask, eager_attention, sdpa_attention
 from tests.conftest import make_tiny_config
+from tests.scratch_gpt.helpers import random_left_padded_batch
 
 
 def _pair(**overrides):
@@ -18,16 +19,6 @@ def _pair(**overrides):
     return eager, sdpa
 
 
-def _left_padded_batch():
-    torch.manual_seed(1)
-    ids = torch.randint(2, 320, (3, 12))
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    mask[2, :9] = 0
-    ids[mask == 0] = 1
-    return ids, mask
-
-
 def test_eager_and_sdpa_agree_without_padding():
     eager, sdpa = _pair()
     ids = torch.randint(2, 320, (2, 20))
@@ -36,7 +27,7 @@ def test_eager_and_sdpa_agree_without_padding():
 
 def test_eager_and_sdpa_agree_with_padding():
     eager, sdpa = _pair()
-    ids, mask = _left_padded_batch()
+    ids, mask = random_left_padded_batch()
     real = mask.bool()
     torch.testing.assert_close(
         eager(ids, attention_mask=mask).logits[real], sdpa(ids, attention_mask=mask).logits[real], atol=1e-5, rtol=0

@@ -17,6 +17,7 @@ from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward as gp
 from scratch_gpt import ScratchGPTForCausalLM
 from scratch_gpt.attention import sdpa_attention
 from tests.conftest import make_tiny_config
+from tests.scratch_gpt.helpers import random_left_padded_batch
 
 AttentionInterface.register("transformers_sdpa", sdpa_attention_forward)
 ALL_MASK_ATTENTION_FUNCTIONS.register("transformers_sdpa", sdpa_mask)
@@ -30,16 +31,6 @@ BACKENDS = ["sdpa", "transformers_sdpa", "transformers_eager", "flex_attention"]
 def model():
     torch.manual_seed(0)
     return ScratchGPTForCausalLM(make_tiny_config()).eval()
-
-
-def _left_padded_batch():
-    torch.manual_seed(1)
-    ids = torch.randint(2, 320, (3, 12))
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    mask[2, :9] = 0
-    ids[mask == 0] = 1
-    return ids, mask
 
 
 def _logits(model, implementation, **inputs):
@@ -60,7 +51,7 @@ def test_backend_matches_our_eager_without_padding(model, implementation):
 
 @pytest.mark.parametrize("implementation", BACKENDS)
 def test_backend_matches_our_eager_with_left_padding(model, implementation):
-    ids, mask = _left_padded_batch()
+    ids, mask = random_left_padded_batch()
     real = mask.bool()
     reference = _logits(model, "eager", input_ids=ids, attention_mask=mask)
     got = _logits(model, implementation, input_ids=ids, attention_mask=mask)
@@ -68,7 +59,7 @@ def test_backend_matches_our_eager_with_left_padding(model, implementation):
 
 
 def test_paged_eager_with_the_additive_mask_continuous_batching_passes(model):
-    ids, mask = _left_padded_batch()
+    ids, mask = random_left_padded_batch()
     real = mask.bool()
     causal = torch.ones(12, 12, dtype=torch.bool).tril()
     allowed = causal[None, None] & real[:, None, None, :]

@@ -28,6 +28,7 @@ from scratch_gpt.convert_family import (
     scratch_to_family,
 )
 from tests.conftest import make_tiny_config
+from tests.scratch_gpt.helpers import left_padded
 
 VOCAB = 96
 _COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=1)
@@ -77,16 +78,6 @@ def _reference(name: str):
     return model
 
 
-def _left_padded(rows, pad_id=1):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_converted_model_matches_transformers_logits_and_greedy_generation(name):
     reference = _reference(name)
@@ -103,7 +94,7 @@ def test_converted_model_matches_transformers_logits_and_greedy_generation(name)
 def test_left_padded_batch_matches_rows_alone(name):
     ours = family_to_scratch(_reference(name))
     rows = [[5, 17, 90, 23, 42, 8, 7], [61, 3], [20, 21, 22, 23]]
-    ids, mask = _left_padded(rows)
+    ids, mask = left_padded(rows)
     kwargs = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=1)
     batch = ours.generate(ids, attention_mask=mask, **kwargs)
     with torch.no_grad():

@@ -13,6 +13,14 @@ from scratch_gpt.convert import gpt2_config_from_scratch
 from scratch_gpt.mlp import ScratchGPTGatedMLP
 from scratch_gpt.positions import ScratchGPTRotaryEmbedding
 from tests.conftest import make_tiny_config
+from tests.scratch_gpt.helpers import (
+    assert_checkpointing_keeps_gradients,
+    big_and_accumulated_grads,
+    compiled_static_and_eager_generation,
+    left_padded,
+    manual_greedy,
+    uneven_label_rows,
+)
 
 _ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 FAMILY = {
@@ -130,18 +138,8 @@ def test_gated_mlp_matches_llama_mlp_with_copied_weights():
 # -- the model tests, on the family switches -----------------------------------------------------------
 
 
-def _left_padded(rows, pad_id=1):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
 def test_eager_equals_sdpa_with_and_without_padding(family_model):
-    ids, mask = _left_padded([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]])
+    ids, mask = left_padded([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]])
     with torch.no_grad():
         family_model.config._attn_implementation = "sdpa"
         sdpa = family_model(ids, attention_mask=mask).logits, family_model(ids).logits
@@ -151,22 +149,13 @@ def test_eager_equals_sdpa_with_and_without_padding(family_model):
     torch.testing.assert_close(sdpa[1], eager[1], atol=1e-5, rtol=0)
 
 
-def _manual_greedy(model, row, new_tokens):
-    seq = torch.tensor([row])
-    for _ in range(new_tokens):
-        with torch.no_grad():
-            logits = model(seq, use_cache=False).logits[:, -1]
-        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
-    return seq[0, len(row) :].tolist()
-
-
 def test_cached_generation_equals_uncached_and_static_cache(family_model):
     rows = [[5, 17, 99, 23, 42, 8, 7], [61, 3], [200, 201, 202, 203]]
-    ids, mask = _left_padded(rows)
+    ids, mask = left_padded(rows)
     kwargs = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=1)
     dynamic = family_model.generate(ids, **kwargs)
     for i, row in enumerate(rows):
-        assert dynamic[i, ids.shape[1] :].tolist() == _manual_greedy(family_model, row, 10)
+        assert dynamic[i, ids.shape[1] :].tolist() == manual_greedy(family_model, row, 10)
     assert torch.equal(family_model.generate(ids, cache_implementation="static", **kwargs), dynamic)
 
 
@@ -179,21 +168,9 @@ def test_kv_cache_stores_the_grouped_heads(family_model):
     assert full.shape == (1, 12, 320)
 
 
-def _grads(model, ids):
-    model.zero_grad()
-    model(ids, labels=ids).loss.backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 def test_gradient_checkpointing_gives_the_same_gradients(family_model):
     family_model.train()
-    ids = torch.randint(2, 320, (2, 16))
-    plain = _grads(family_model, ids)
-    family_model.gradient_checkpointing_enable()
-    checkpointed = _grads(family_model, ids)
-    assert plain.keys() == checkpointed.keys() and len(plain) > 10
-    for name in plain:
-        torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5)
+    assert_checkpointing_keeps_gradients(family_model, torch.randint(2, 320, (2, 16)))
 
 
 def test_resize_token_embeddings(family_model):
@@ -221,33 +198,9 @@ def test_peft_lora_trains_and_generates(family_model):
 
 
 def test_trainer_gradient_accumulation_matches_one_big_batch(tmp_path):
-    from tests.scratch_gpt.test_integrations import _CaptureGrads
-    from datasets import Dataset
-    from transformers import TrainingArguments
-
-    torch.manual_seed(0)
-    rows = []
-    for n_real in (16, 3, 9, 12):
-        ids = torch.randint(2, 320, (16,))
-        labels = ids.clone()
-        labels[n_real:] = -100
-        rows.append({"input_ids": ids.tolist(), "labels": labels.tolist()})
-    data = Dataset.from_list(rows)
+    data = uneven_label_rows()
     model = ScratchGPTForCausalLM(_family("qwen3-mqa"))
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def run(batch_size, accumulation):
-        model.load_state_dict(start)
-        _CaptureGrads.captured = None
-        args = TrainingArguments(
-            output_dir=str(tmp_path / f"run{batch_size}"), per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=1e-3, report_to=[], use_cpu=True,
-            save_strategy="no", logging_strategy="no", seed=0, data_seed=0,
-        )
-        _CaptureGrads(model=model, args=args, train_dataset=data).train()
-        return _CaptureGrads.captured
-
-    big, accumulated = run(4, 1), run(1, 4)
+    big, accumulated = big_and_accumulated_grads(model, data, tmp_path)
     for name in big:
         torch.testing.assert_close(accumulated[name], big[name], atol=1e-6, rtol=1e-4)
 
@@ -276,25 +229,11 @@ def test_tensor_parallel_plan_gathers_the_fused_gate_and_up_projection():
 
 @pytest.mark.parametrize("name, implementation", [("llama-gqa", "sdpa"), ("qwen3-mqa", "eager")])
 def test_fullgraph_compiled_static_cache_generate_equals_eager(name, implementation):
-    from transformers import CompileConfig
-
     torch.manual_seed(0)
     model = ScratchGPTForCausalLM(_family(name)).eval()
     model.set_attn_implementation(implementation)
-    ids = torch.tensor([[5, 6, 7, 8, 9], [1, 1, 1, 10, 11]])
-    kwargs = dict(attention_mask=(ids != 1).long(), max_new_tokens=6, do_sample=False, eos_token_id=None)
-    graphs = []
-
-    def counting_backend(graph_module, example_inputs, **options):
-        graphs.append(graph_module)
-        return graph_module.forward
-
-    compile_config = CompileConfig(fullgraph=True, backend=counting_backend, dynamic=False)
-    compile_config._compile_all_devices = True  # generate() compiles only on accelerators unless told
-    eager = model.generate(ids, pad_token_id=1, **kwargs)
-    compiled = model.generate(ids, pad_token_id=1, cache_implementation="static", compile_config=compile_config,
-                              **kwargs)
-    assert len(graphs) == 1 and torch.equal(compiled, eager)  # RoPE, GQA and QK-norm trace without a break
+    graphs, compiled, eager = compiled_static_and_eager_generation(model)
+    assert graphs == 1 and torch.equal(compiled, eager)  # RoPE, GQA and QK-norm trace without a break
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "paged|eager"])

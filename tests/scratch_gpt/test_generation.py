@@ -6,6 +6,7 @@ from transformers import GenerationConfig, TextIteratorStreamer
 
 from scratch_gpt import ScratchGPTForCausalLM
 from tests.conftest import make_tiny_config
+from tests.scratch_gpt.helpers import left_padded, manual_greedy
 
 
 @pytest.fixture
@@ -14,37 +15,18 @@ def model():
     return ScratchGPTForCausalLM(make_tiny_config()).eval()
 
 
-def _left_padded(rows, pad_id=1):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
-def _manual_greedy(model, row, new_tokens):
-    """Arg-max decoding by re-running the whole sequence each step: no cache, no padding."""
-    seq = torch.tensor([row])
-    for _ in range(new_tokens):
-        logits = model(seq, use_cache=False).logits[:, -1]
-        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
-    return seq[0, len(row) :].tolist()
-
-
 def test_greedy_with_cache_equals_manual_uncached_loop_on_left_padded_batch(model):
     rows = [[5, 17, 99, 23, 42, 8, 7], [61, 3], [200, 201, 202, 203]]
-    ids, mask = _left_padded(rows)
+    ids, mask = left_padded(rows)
     out = model.generate(
         ids, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=1
     )
     for i, row in enumerate(rows):
-        assert out[i, ids.shape[1] :].tolist() == _manual_greedy(model, row, 12)
+        assert out[i, ids.shape[1] :].tolist() == manual_greedy(model, row, 12)
 
 
 def test_static_cache_matches_dynamic_cache(model):
-    ids, mask = _left_padded([[5, 6, 7, 8, 9], [10, 11]])
+    ids, mask = left_padded([[5, 6, 7, 8, 9], [10, 11]])
     kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=1)
     dynamic = model.generate(ids, **kwargs)
     static = model.generate(ids, cache_implementation="static", **kwargs)

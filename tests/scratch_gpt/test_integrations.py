@@ -2,69 +2,20 @@
 
 import pytest
 import torch
-from datasets import Dataset
-from transformers import Trainer, TrainingArguments, pipeline
+from transformers import pipeline
 
 from scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification
 from tests.conftest import make_tiny_config
-
-
-class _CaptureGrads(Trainer):
-    """Record the accumulated gradients just before the first optimizer step."""
-
-    captured = None
-
-    def create_optimizer(self, *args, **kwargs):
-        optimizer = super().create_optimizer(*args, **kwargs)
-        original_step = optimizer.step
-
-        def step(*a, **k):
-            if _CaptureGrads.captured is None:
-                _CaptureGrads.captured = {n: p.grad.clone() for n, p in self.model.named_parameters()}
-            return original_step(*a, **k)
-
-        optimizer.step = step
-        return optimizer
+from tests.scratch_gpt.helpers import big_and_accumulated_grads, uneven_label_rows
 
 
 def test_trainer_gradient_accumulation_matches_one_big_batch(tmp_path):
     """Uneven numbers of real tokens per micro-batch: only a loss that honours num_items_in_batch matches."""
-    torch.manual_seed(0)
-    rows = []
-    for n_real in (16, 3, 9, 12):
-        ids = torch.randint(2, 320, (16,))
-        labels = ids.clone()
-        labels[n_real:] = -100
-        rows.append({"input_ids": ids.tolist(), "labels": labels.tolist()})
-    data = Dataset.from_list(rows)
+    data = uneven_label_rows()
     torch.manual_seed(0)
     model = ScratchGPTForCausalLM(make_tiny_config())
     start = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def run(batch_size, accumulation):
-        model.load_state_dict(start)
-        _CaptureGrads.captured = None
-        args = TrainingArguments(
-            output_dir=str(tmp_path / f"run{batch_size}"),
-            per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation,
-            max_steps=1,
-            learning_rate=1e-3,
-            report_to=[],
-            use_cpu=True,
-            save_strategy="no",
-            logging_strategy="no",
-            dataloader_drop_last=False,
-            seed=0,
-            data_seed=0,
-        )
-        trainer = _CaptureGrads(model=model, args=args, train_dataset=data)
-        trainer.train()
-        return _CaptureGrads.captured
-
-    big = run(4, 1)
-    accumulated = run(1, 4)
-    assert big is not None and accumulated is not None
+    big, accumulated = big_and_accumulated_grads(model, data, tmp_path)
     for name in big:
         torch.testing.assert_close(accumulated[name], big[name], atol=1e-6, rtol=1e-4)
 

@@ -15,6 +15,7 @@ from scratch_gpt import (
     ScratchGPTModel,
 )
 from tests.conftest import make_tiny_config
+from tests.scratch_gpt.helpers import assert_checkpointing_keeps_gradients
 
 
 @pytest.mark.parametrize(
@@ -151,23 +152,11 @@ def test_legacy_past_key_values_alias(tiny_causal_lm):
         tiny_causal_lm(ids, cache=prefix.cache, past_key_values=prefix.cache)
 
 
-def _grads(model, ids):
-    model.zero_grad()
-    model(ids, labels=ids).loss.backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = ScratchGPTForCausalLM(make_tiny_config()).train()
-    ids = torch.randint(2, 320, (2, 16))
-    plain = _grads(model, ids)
-    model.gradient_checkpointing_enable()
+    assert_checkpointing_keeps_gradients(model, torch.randint(2, 320, (2, 16)))
     assert model.transformer.h[0].gradient_checkpointing
-    checkpointed = _grads(model, ids)
-    assert plain.keys() == checkpointed.keys() and len(plain) > 10
-    for name in plain:
-        torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5)
 
 
 def test_resize_token_embeddings_keeps_the_tie(tiny_causal_lm):

@@ -12,10 +12,10 @@ import warnings
 
 import pytest
 import torch
-from transformers import CompileConfig
 
 from scratch_gpt import ScratchGPTForCausalLM, ScratchGPTForSequenceClassification, ScratchGPTModel
 from tests.conftest import make_tiny_config
+from tests.scratch_gpt.helpers import compiled_static_and_eager_generation
 
 CLASSES = [ScratchGPTModel, ScratchGPTForCausalLM, ScratchGPTForSequenceClassification]
 LAYERS, HEADS, WIDTH = 2, 4, 32
@@ -173,19 +173,6 @@ def test_generate_continues_from_a_returned_cache():
 def test_fullgraph_compiled_static_cache_generate_equals_eager_generate(implementation):
     model = _model(ScratchGPTForCausalLM)
     model.set_attn_implementation(implementation)
-    ids = torch.tensor([[5, 6, 7, 8, 9], [1, 1, 1, 10, 11]])
-    kwargs = dict(attention_mask=(ids != 1).long(), max_new_tokens=6, do_sample=False, eos_token_id=None)
-    graphs = []
-
-    def counting_backend(graph_module, example_inputs, **options):
-        graphs.append(graph_module)
-        return graph_module.forward
-
-    compile_config = CompileConfig(fullgraph=True, backend=counting_backend, dynamic=False)
-    compile_config._compile_all_devices = True  # generate() compiles only on accelerators unless told
-    eager = model.generate(ids, pad_token_id=1, **kwargs)
-    compiled = model.generate(
-        ids, pad_token_id=1, cache_implementation="static", compile_config=compile_config, **kwargs
-    )
-    assert len(graphs) == 1  # one graph for the decoding step: fullgraph=True would raise on any break
+    graphs, compiled, eager = compiled_static_and_eager_generation(model)
+    assert graphs == 1  # one graph for the decoding step: fullgraph=True would raise on any break
     assert torch.equal(compiled, eager)
