@@ -13,12 +13,7 @@ import torch
 
 from scratch_gpt import run_folder
 from tests.training.pretrain.helpers import (
-    REPO_ROOT,
-    child_env,
-    kill_hanging_child,
-    make_blocks,
-    make_tokenizer,
-    tiny_args,
+    REPO_ROOT, child_env, kill_hanging_child, make_blocks, make_tokenizer, tiny_args,
 )
 from training.pretrain import loop
 from training.pretrain.loop import train

@@ -11,12 +11,7 @@ import pytest
 import torch
 
 from tests.training.pretrain.helpers import (
-    REPO_ROOT,
-    child_env,
-    kill_hanging_child,
-    make_blocks,
-    make_tokenizer,
-    tiny_args,
+    REPO_ROOT, child_env, kill_hanging_child, make_blocks, make_tokenizer, tiny_args,
 )
 from scratch_gpt import run_folder
 from training.pretrain.checkpoints import list_checkpoints
