@@ -13,14 +13,7 @@ import scratch_gpt  # noqa: F401  (registers the Auto classes)
 import scratch_gpt_cli
 from scratch_gpt import run_folder
 from tests.training.finetune.fixtures import (
-    color_records,
-    fast_options,
-    keyword_rows,
-    make_gpt2_dir,
-    make_model_dir,
-    make_tokenizer,
-    write_json,
-    write_sms,
+    color_records, fast_options, keyword_rows, make_gpt2_dir, make_model_dir, make_tokenizer, write_json, write_sms,
 )
 from training.finetune.instruct import format_prompt
 from training.finetune.lora import DEFAULT_TARGET_MODULES, LoraOptions, apply_lora, merge
