@@ -12,7 +12,7 @@ vocab 320, context 64, with tokenizer), ``run/`` (a finished training run: model
 ``gpt2/`` (GPT-2 checkpoint + tokenizer), ``gpt2_missing/`` (GPT-2 without ``h.0.mlp.c_fc.bias``), ``bert/``,
 ``bigvocab/`` (``model`` with ``bigtok``), ``badtypes/`` (scratch-gpt config with a string hidden size), ``truncated/`` (half a model.safetensors),
 ``emptydir/``, ``cls.csv``, ``cls_one.csv`` (one label), ``sms_latin1.txt``, ``instruct.json``,
-``instruct_latin1.json``, ``instruct_bad.json`` (a record without output), ``instruct_empty.json`` (``[]``), ``bad.yaml`` (max_steps: lots),
+``instruct_latin1.json``, ``instruct_bad.json`` (a record without output), ``instruct_empty.json`` (``[]``), ``prefs.json`` (prompt/chosen/rejected pairs), ``bad.yaml`` (max_steps: lots),
 ``ro/gpt2`` + ``ro/old`` (for ``rofs``), ``full/`` (for ``full``).
 """
 
@@ -41,6 +41,7 @@ def row(id: str, cmd: str, exit: int, words: str, writes: str = "", sandbox: str
 T = "train --preset tiny --max-steps 2 --no-malloc-tuning"
 FC = "finetune classify"
 FI = "finetune instruct"
+FD = "finetune dpo"
 
 ROWS = [
     # -- train ----------------------------------------------------------------------------------------------
@@ -133,6 +134,12 @@ ROWS = [
         "model|input"),
     row("instruct-no-records", f"{FI} {{ws}}/model --dataset {{ws}}/instruct_empty.json -o {{ws}}/out", 1,
         "instruct_empty.json"),
+    # -- finetune dpo ---------------------------------------------------------------------------------------
+    row("dpo-latin1", f"{FD} {{ws}}/model --dataset {{ws}}/latin1.txt -o {{ws}}/out", 1, "latin1.txt|byte"),
+    row("dpo-record-without-chosen", f"{FD} {{ws}}/model --dataset {{ws}}/instruct.json -o {{ws}}/out", 1,
+        "record 0|chosen"),
+    row("dpo-output-is-base", f"{FD} {{ws}}/model --dataset {{ws}}/prefs.json -o {{ws}}/model --overwrite", 1,
+        "model|input"),
     # -- export / push --------------------------------------------------------------------------------------
     row("export-missing-model", "export {ws}/nomodel {ws}/out", 1, "nomodel"),
     row("export-output-is-model", "export {ws}/model {ws}/model --overwrite", 1, "model|input"),

@@ -54,6 +54,8 @@ def _write_corpora(ws: Path) -> None:
     latin = json.dumps([{**r, "output": "caf\u00e9"} for r in records], ensure_ascii=False)
     (ws / "instruct_latin1.json").write_bytes(latin.encode("latin-1"))
     (ws / "instruct_empty.json").write_text("[]")
+    prefs = [{"prompt": f"Say {i}", "chosen": f"{i}", "rejected": "no"} for i in range(10)]
+    (ws / "prefs.json").write_text(json.dumps(prefs))
     (ws / "instruct_bad.json").write_text(json.dumps([records[0], {"instruction": "no answer"}]))
 
 
@@ -272,7 +274,10 @@ def test_catalogue_row(row: Row, template, tmp_path, capsys, monkeypatch, sandbo
 def test_catalogue_covers_every_subcommand():
     parser = scratch_gpt_cli.build_parser()
     commands = set(next(a for a in parser._actions if a.dest == "command").choices)
-    covered = {r.args[0] for r in ROWS}
+    finetune = next(a for a in parser._actions if a.dest == "command").choices["finetune"]
+    tasks = set(next(a for a in finetune._actions if a.dest == "finetune_command").choices)
+    commands |= {f"finetune {task}" for task in tasks}
+    covered = {r.args[0] for r in ROWS} | {" ".join(r.args[:2]) for r in ROWS if r.args[0] == "finetune"}
     assert len(ROWS) >= 40
     assert commands <= covered, f"no catalogue row for {sorted(commands - covered)}"
 
