@@ -340,7 +340,8 @@ def build_model_card(
 def _card_data(ctx: CardContext) -> ModelCardData:
     from huggingface_hub import ModelCardData
 
-    tags = ["scratch-gpt", "gpt2", "pytorch", "safetensors"] + (["custom_code"] if ctx.remote else [])
+    family = ctx.export_format if ctx.export_format in _PLAIN_FAMILY else "gpt2"
+    tags = ["scratch-gpt", family, "pytorch", "safetensors"] + (["custom_code"] if ctx.remote else [])
     tags.append("causal-lm" if ctx.task == "text-generation" else "text-classification")
     tags += [t for t in ctx.options.tags if t not in tags]
     datasets = list(ctx.options.datasets)
@@ -353,6 +354,9 @@ def _card_data(ctx: CardContext) -> ModelCardData:
     )
 
 
+_PLAIN_FAMILY = {"llama": ("Llama", "LlamaForCausalLM"), "qwen3": ("Qwen3", "Qwen3ForCausalLM")}
+
+
 def _intro(ctx: CardContext) -> str:
     title = ctx.repo_id.split("/")[-1] if ctx.options.repo_id else "scratch-gpt model"
     if ctx.remote:
@@ -361,11 +365,18 @@ def _intro(ctx: CardContext) -> str:
             "files are in this repository, so it loads with plain transformers and `trust_remote_code=True` -- "
             "no extra package to install."
         )
-    else:
+    elif ctx.export_format == "gpt2":
         text = (
             "A GPT-2-style decoder trained with scratch-gpt and exported in the **plain GPT-2 format** "
             "(`model_type: gpt2`, Conv1D weight layout): it loads with `GPT2LMHeadModel` and every tool that "
             "reads GPT-2, with no remote code."
+        )
+    else:  # llama / qwen3 (docs/family.md)
+        name, cls = _PLAIN_FAMILY[ctx.export_format]
+        text = (
+            f"A {name}-style decoder (RoPE, RMSNorm, SwiGLU, grouped-query attention) built with scratch-gpt and "
+            f"exported in the **plain {name} format** (`model_type: {ctx.export_format}`): it loads with "
+            f"`{cls}` and every engine that knows that class, with no remote code."
         )
     if ctx.base_model:
         text += f"\n\nFinetuned from [`{ctx.base_model}`](https://huggingface.co/{ctx.base_model})."
@@ -463,8 +474,9 @@ def _usage(ctx: CardContext) -> str:
             f"repository ({files}); read them first, or pin a `revision=` you have reviewed."
         )
     else:
+        name = _PLAIN_FAMILY.get(ctx.export_format, ("GPT-2",))[0]
         versions = (
-            "Any transformers version that supports GPT-2 loads this repository (exported and verified with "
+            f"Any transformers version that supports {name} loads this repository (exported and verified with "
             f"transformers {transformers.__version__})."
         )
     return "\n".join(["## Usage", "", *_usage_code(ctx), "", versions, ""])

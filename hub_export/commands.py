@@ -25,6 +25,8 @@ from .card import CardOptions
 EXPORT_FORMATS = {
     "remote-code": "our modeling files + auto_map, loads with trust_remote_code=True (default)",
     "gpt2": "plain GPT-2 repo loadable by GPT2LMHeadModel, refused for configs GPT-2 cannot express",
+    "llama": "plain Llama repo loadable by LlamaForCausalLM (RoPE/RMSNorm/SwiGLU models), refused otherwise",
+    "qwen3": "plain Qwen3 repo loadable by Qwen3ForCausalLM (as llama, with QK-norm), refused otherwise",
     "gguf": "one model.gguf (llama.cpp's gpt2 architecture) + README + Ollama Modelfile, see --quant",
 }
 

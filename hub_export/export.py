@@ -503,6 +503,26 @@ def _write_gpt2_format(model: Any, stage: Path, job: ExportJob) -> list[str]:
     return []
 
 
+def _check_family(job: ExportJob) -> None:
+    """Refuse, before loading anything, a config the Llama / Qwen3 class cannot express (names every reason)."""
+    from scratch_gpt import ScratchGPTConfig
+    from scratch_gpt.convert_family import family_config_from_scratch
+
+    family_config_from_scratch(ScratchGPTConfig.from_pretrained(job.model_dir), job.fmt.name)
+
+
+def _write_family_format(model: Any, stage: Path, job: ExportJob) -> list[str]:
+    """Write ``model`` as a plain transformers ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` repo (config.json,
+    safetensors, generation_config.json): the weights are renamed and the fused ``c_attn``/``c_fc`` split
+    exactly (:mod:`scratch_gpt.convert_family`); no remote code."""
+    from scratch_gpt.convert_family import scratch_to_family
+
+    plain = scratch_to_family(model, job.fmt.name)
+    plain.config.architectures = [type(plain).__name__]
+    plain.save_pretrained(stage, max_shard_size=job.shard_size)
+    return []
+
+
 def _verify_in_fresh_process(stage: Path, reference: Any, job: ExportJob) -> Any:
     from .verify import verify_export
 
@@ -518,4 +538,11 @@ FORMATS: dict[str, ExportFormat] = {
         "gpt2", _write_gpt2_format, _verify_in_fresh_process, tasks=("text-generation",), check=_check_gpt2,
         help="plain GPT-2 repo loadable by GPT2LMHeadModel, refused for configs GPT-2 cannot express",
     ),
+    **{
+        name: ExportFormat(
+            name, _write_family_format, _verify_in_fresh_process, tasks=("text-generation",), check=_check_family,
+            help=f"plain {cls} repo (no remote code), refused for configs {cls} cannot express",
+        )
+        for name, cls in (("llama", "LlamaForCausalLM"), ("qwen3", "Qwen3ForCausalLM"))
+    },
 }

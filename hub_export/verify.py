@@ -305,6 +305,10 @@ def run_child(folder: Path, reference: Reference, export_format: str, timeout: f
         return report, load_file(str(work_path / "logits.safetensors"))["logits"]
 
 
+# The class transformers must build for each plain (no remote code) export format.
+PLAIN_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
 def check_isolation(report: dict[str, Any], export_format: str) -> None:
     """The child could not import the project, and the model class came from the export itself."""
     if not report["blocked_ok"] or report["project_modules_loaded"]:
@@ -317,12 +321,13 @@ def check_isolation(report: dict[str, Any], export_format: str) -> None:
         if not model_class.startswith("transformers_modules."):
             raise ExportVerificationError(f"expected the export's remote code to build the model, got {model_class}")
         return
-    if not model_class.endswith(".GPT2LMHeadModel") or not model_class.startswith("transformers.models.gpt2"):
-        raise ExportVerificationError(f"the gpt2 export loaded as {model_class}, not GPT2LMHeadModel")
+    fmt, plain = export_format, PLAIN_CLASSES[export_format]  # a plain format: transformers' own class
+    if not model_class.endswith(f".{plain}") or not model_class.startswith(f"transformers.models.{fmt}"):
+        raise ExportVerificationError(f"the {fmt} export loaded as {model_class}, not {plain}")
     if report["auto_map"]:
-        raise ExportVerificationError("the gpt2 export carries an auto_map (it must need no remote code)")
-    if report["model_type"] != "gpt2":
-        raise ExportVerificationError(f"the gpt2 export has model_type {report['model_type']!r}")
+        raise ExportVerificationError(f"the {fmt} export carries an auto_map (it must need no remote code)")
+    if report["model_type"] != fmt:
+        raise ExportVerificationError(f"the {fmt} export has model_type {report['model_type']!r}")
 
 
 def compare_logits(logits: Any, source: Any, atol: float) -> float:
