@@ -512,9 +512,9 @@ def _check_family(job: ExportJob) -> None:
 
 
 def _write_family_format(model: Any, stage: Path, job: ExportJob) -> list[str]:
-    """Write ``model`` as a plain transformers ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` repo (config.json,
-    safetensors, generation_config.json): the weights are renamed and the fused ``c_attn``/``c_fc`` split
-    exactly (:mod:`scratch_gpt.convert_family`); no remote code."""
+    """Write ``model`` as a plain transformers ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` repo (config, weights,
+    generation config through ``save_pretrained``): the weights are renamed and the fused ``c_attn``/``c_fc``
+    split exactly (:mod:`scratch_gpt.convert_family`); no remote code."""
     from scratch_gpt.convert_family import scratch_to_family
 
     plain = scratch_to_family(model, job.fmt.name)
