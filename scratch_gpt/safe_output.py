@@ -150,13 +150,21 @@ def swap_in(stage: str | os.PathLike, target: str | os.PathLike) -> None:
         os.replace(stage, target)  # atomic for files
     elif _renameat2_exchange(stage, target):
         crash_point("after-swap")
-        shutil.rmtree(stage)  # the old result, now at the staging name
+        _remove(stage)  # the old result, now at the staging name
     else:
         old = target.with_name(f".{target.name}{_OLD_TAG}{os.getpid()}")
         os.replace(target, old)
         os.replace(stage, target)
-        shutil.rmtree(old)
+        _remove(old)
     fsync_dir(target.parent)
+
+
+def _remove(path: Path) -> None:
+    """Delete a replaced result: a link only as a link (never what it points to), a folder with its files."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -178,7 +186,7 @@ def clean_stale(target: str | os.PathLike) -> None:
         tag, _, pid = item.name[len(target.name) + 1 :].rpartition("-")
         if f"{tag}-" in (_STAGING_TAG, _OLD_TAG) and pid.isdigit() and not _pid_alive(int(pid)):
             logger.info("removing %s left by an interrupted run", item)
-            shutil.rmtree(item) if item.is_dir() else item.unlink()
+            _remove(item)
 
 
 def carry_over(old: Path, stage: Path, names: Iterable[str]) -> None:
@@ -219,8 +227,8 @@ def staged_output(
     clean_stale(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = target.with_name(f".{target.name}{_STAGING_TAG}{os.getpid()}")
-    if stage.exists():
-        shutil.rmtree(stage) if stage.is_dir() else stage.unlink()
+    if stage.exists() or stage.is_symlink():
+        _remove(stage)
     if is_dir:
         stage.mkdir()
     try:
