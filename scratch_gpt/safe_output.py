@@ -25,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import shutil
 import signal
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +103,12 @@ def check_output(
 def fsync_tree(path: str | os.PathLike) -> None:
     """fsync every file under ``path`` (or the file itself), then the folders, so renames publish durable data."""
     path = Path(path)
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
-    for item in files:
-        with open(item, "rb") as fh:
-            os.fsync(fh.fileno())
-    folders = [path] if path.is_dir() else []
-    folders += [p for p in path.rglob("*") if p.is_dir()] if path.is_dir() else []
-    for folder in folders + [path.parent]:
+    entries = [path, *path.rglob("*")] if path.is_dir() else [path]  # one walk of the tree
+    for item in entries:
+        if item.is_file() and not item.is_symlink():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+    for folder in [p for p in entries if p.is_dir() and not p.is_symlink()] + [path.parent]:
         fsync_dir(folder)
 
 
@@ -121,13 +122,16 @@ def fsync_dir(folder: str | os.PathLike) -> None:
             os.close(fd)
 
 
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Any:
+    """libc's renameat2, looked up once (``find_library`` runs ``ldconfig``), or None where libc lacks it."""
+    libc_name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None) if libc_name else None
+
+
 def _renameat2_exchange(a: Path, b: Path) -> bool:
     """Atomically exchange two paths with Linux's renameat2; False where the call is unavailable."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    func = getattr(libc, "renameat2", None)
+    func = _renameat2()
     if func is None:
         return False
     res = func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
