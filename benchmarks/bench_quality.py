@@ -117,6 +117,7 @@ def nats_per_char(model, ids: torch.Tensor, chars: int, context: int, batch: int
     """Summed loss of every token but the first over ``chars``; windows of ``context`` overlap by one token,
     so each token is predicted once with up to ``context - 1`` tokens of history."""
     model.eval()
+    ids = ids.to(next(model.parameters()).device)
     starts = list(range(0, len(ids) - 1, context - 1))
     total = 0.0
     for i in range(0, len(starts), batch):
@@ -136,8 +137,8 @@ def nats_per_char(model, ids: torch.Tensor, chars: int, context: int, batch: int
 # ------------------------------------------------------------------------------------------------ the plain loop
 
 
-def plain_loop(train_ids: torch.Tensor, shape: dict, steps: int, warmup: int, seed: int, eos: int):
-    """transformers' GPT-2 trained the way a user writes it after nanoGPT. Returns (model, seconds)."""
+def plain_loop(train_ids: torch.Tensor, shape: dict, steps: int, warmup: int, seed: int, eos: int, device: str):
+    """transformers' GPT-2 trained the way a user writes it after nanoGPT, on ``device``. Returns (model, seconds)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -145,7 +146,8 @@ def plain_loop(train_ids: torch.Tensor, shape: dict, steps: int, warmup: int, se
         vocab_size=shape["vocab"], n_positions=shape["context"], n_embd=shape["width"], n_layer=shape["layers"],
         n_head=shape["heads"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos, eos_token_id=eos,
     )
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config).to(device)
+    train_ids = train_ids.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": OPTIM["weight_decay"]},
@@ -174,7 +176,13 @@ def plain_loop(train_ids: torch.Tensor, shape: dict, steps: int, warmup: int, se
         torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM["clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    _synchronize(device)
     return model, time.perf_counter() - t0
+
+
+def _synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 # ------------------------------------------------------------------------------------------------ scratch-gpt
@@ -209,8 +217,13 @@ def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warm
         output_dir=str(out_dir), overwrite=True, seed=seed, **extra,
     )
     out = train(resolve_arguments(overrides=values), datasets=blocks, tokenizer=tokenizer)
-    model = ScratchGPTForCausalLM.from_pretrained(out.run_dir)
+    model = ScratchGPTForCausalLM.from_pretrained(out.run_dir).to(device_of_training())
     return model, float(out.metrics["train_runtime"]), int(out.metrics["global_step"])
+
+
+def device_of_training() -> str:
+    """Where `scratch-gpt train` runs here: Accelerate's choice (the GPU when one is visible, else the CPU)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -258,7 +271,7 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
                              budget, extra)
 
     for seed in range(ns.seeds):
-        model, plain_s = plain_loop(train_ids, shape, ns.steps, warmup, seed, tokenizer.eos_token_id)
+        model, plain_s = plain_loop(train_ids, shape, ns.steps, warmup, seed, tokenizer.eos_token_id, ns.device)
         score("plain-gpt2", "equal_tokens", seed, model, plain_s, ns.steps)
         for mode, steps, budget in (("equal_tokens", ns.steps, None), ("equal_time", None, plain_s)):
             score("scratch-gpt", mode, seed, *scratch(mode, seed, steps, budget, {}))
@@ -279,6 +292,14 @@ def summarize(runs: list[dict]) -> dict:
     return {"mean_nats_per_char": means, "ratio_to_plain": ratios}
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", action="append", choices=sorted(CORPORA), help="repeatable; default: all")
@@ -289,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--variant", action="append", default=[], type=parse_variant,
                    help="extra scratch-gpt run at equal tokens: NAME=option=value[,option=value]")
+    p.add_argument("--device", default=device_of_training(),
+                   help="where the plain loop trains and every model is scored (default: where `scratch-gpt train` "
+                        "runs, i.e. the GPU when one is visible, else the CPU)")
     p.add_argument("--small", action="store_true", help=f"a quick look at a smaller shape: {SMALL_SHAPE}")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ns = p.parse_args(argv)
@@ -298,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.threads:
         torch.set_num_threads(ns.threads)
     result = {"shape": ns.shape, "optim": {**OPTIM, "betas": list(OPTIM["betas"])}, "steps": ns.steps,
-              "seeds": ns.seeds, "threads": torch.get_num_threads(), "torch": torch.__version__, "corpora": {}}
+              "seeds": ns.seeds, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "device": ns.device, "scratch_gpt_device": device_of_training(), "cpu": _cpu_name(),
+              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "corpora": {}}
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         for name in ns.corpus or sorted(CORPORA):
             result["corpora"][name] = run_corpus(name, ns, Path(tmp))

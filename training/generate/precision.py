@@ -144,15 +144,20 @@ def quantize_int8(model: Any) -> Any:
 
     ValueError when the model has no linear layer (nothing to quantize, or already quantized).
     """
-    import torch
-    from torch import nn
-    from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig
-
     if _as_plain_linears(model) == 0:
         raise ValueError(
             f"--dtype int8 quantizes linear layers, but this {type(model).__name__} has none (already quantized, "
             "or not a transformer); use --dtype fp32 or bf16"
         )
+    return _quantize_modules(model)
+
+
+def _quantize_modules(model: Any) -> Any:
+    """``quantize_dynamic`` in place: linear layers per output channel, embeddings per row (fbgemm)."""
+    import torch
+    from torch import nn
+    from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig
+
     torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "x86"
     spec = {nn.Linear: per_channel_dynamic_qconfig, nn.Embedding: float_qparams_weight_only_qconfig}
     with warnings.catch_warnings():
@@ -174,12 +179,120 @@ def load_for_generation(path: str | Path, dtype: str = "fp32", device: str = "cp
 
     precision = resolve_dtype(dtype, device)
     torch_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    if precision == "int8":  # read, not mapped: the fp32 file's pages would stay resident beside the int8 copy
-        kwargs.setdefault("disable_mmap", True)
+    if precision == "int8":
+        streamed = _load_int8_streaming(Path(path), kwargs)
+        if streamed is not None:
+            return streamed
+        kwargs.setdefault("disable_mmap", True)  # read, not mapped: mapped fp32 pages would stay resident
     model = AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=torch_dtype, **kwargs).eval()
     if precision == "int8":
         return _own_memory(quantize_int8(model))
     return model.to(device)
+
+
+def _load_int8_streaming(folder: Path, kwargs: dict[str, Any]) -> Any | None:
+    """The int8 model built one layer at a time from a local ``model.safetensors``, or None where that does not
+    apply (a Hub id, sharded or other weight files, extra ``from_pretrained`` options, names that do not match).
+
+    The model is created on the meta device; each linear layer and embedding is read from the file in fp32,
+    quantized and swapped in, so at most one fp32 layer is in memory at a time: the loaded model's footprint is
+    its int8 weights, not a full fp32 copy (and the heap it leaves fragmented) first.
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file() or set(kwargs) - {"trust_remote_code"}:
+        return None
+    config = AutoConfig.from_pretrained(os.fspath(folder), **kwargs)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kwargs)
+    with safe_open(os.fspath(weights), framework="pt") as file:
+        names = _checkpoint_names(model, set(file.keys()))
+        if names is None or not any(isinstance(m, torch.nn.Linear) for _, m in _quantizable(model)):
+            return None
+        for module_name, module in _quantizable(model):
+            _swap_quantized(model, module_name, module, names, file)
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if tensor.is_meta:
+                # a copy: a view would keep the file's whole memory map (every page read) resident
+                _set_tensor(model, name, file.get_tensor(names[name]).to(tensor.dtype, copy=True))
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(os.fspath(folder))
+    return model.eval()
+
+
+def _checkpoint_names(model: Any, keys: set[str]) -> dict[str, str] | None:
+    """Every parameter and buffer name of ``model`` -> its key in the file (tied weights -> the stored copy);
+    None when one is missing or a meta buffer is not stored (it would need the model's own init)."""
+    names: dict[str, str] = {}
+    for name, tensor in model.named_parameters(remove_duplicate=False):
+        names[name] = name
+    tied = _tied_aliases(model)
+    for name in list(names):
+        if name not in keys:
+            alias = tied.get(name)
+            if alias not in keys:
+                return None
+            names[name] = alias
+    for name, buffer in model.named_buffers():
+        if buffer.is_meta:
+            if name not in keys:
+                return None
+            names[name] = name
+    return names
+
+
+def _tied_aliases(model: Any) -> dict[str, str]:
+    """Parameter names that share one tensor -> the first name of that tensor (the tied LM head -> embedding)."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in model.named_parameters(remove_duplicate=False):
+        key = id(tensor)
+        if key in first:
+            aliases[name] = first[key]
+            aliases.setdefault(first[key], name)
+        else:
+            first[key] = name
+    return aliases
+
+
+def _quantizable(model: Any) -> list[tuple[str, Any]]:
+    from torch import nn
+
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Embedding))]
+
+
+def _swap_quantized(model: Any, module_name: str, module: Any, names: dict[str, str], file: Any) -> None:
+    """Read ``module``'s fp32 weights from ``file``, quantize them to int8, and put the result in its place."""
+    import torch
+    from torch import nn
+
+    prefix = f"{module_name}." if module_name else ""
+    weight = file.get_tensor(names[prefix + "weight"]).float()
+    if isinstance(module, nn.Embedding):
+        plain = nn.Embedding(*weight.shape, padding_idx=module.padding_idx, _weight=weight)
+    else:
+        plain = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None, device="meta")
+        plain.weight = nn.Parameter(weight, requires_grad=False)
+        if module.bias is not None:
+            bias = file.get_tensor(names[prefix + "bias"]).to(torch.float32, copy=True)  # not a view of the file
+            plain.bias = nn.Parameter(bias, requires_grad=False)
+    holder = _quantize_modules(nn.Sequential(plain))
+    parent_name, _, leaf = module_name.rpartition(".")
+    setattr(model.get_submodule(parent_name), leaf, holder[0])
+
+
+def _set_tensor(model: Any, name: str, value: Any) -> None:
+    from torch import nn
+
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if leaf in module._parameters:
+        module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[leaf] = value
 
 
 def _own_memory(model: Any) -> Any:

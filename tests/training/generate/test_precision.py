@@ -165,3 +165,27 @@ def test_generate_command_dtype(trained_dir, capsys):
         assert main(args) == 0
         texts[dtype] = capsys.readouterr().out
     assert texts["fp32"].startswith("def add(a, b):") and texts["int8"] == texts["fp32"]
+
+
+def test_int8_streamed_load_equals_quantizing_the_fp32_model(trained_dir):
+    """The layer-at-a-time int8 loader gives the same model as loading fp32 and quantizing it whole."""
+    from training.generate import precision
+
+    streamed = precision._load_int8_streaming(trained_dir, {})
+    assert streamed is not None  # a local model.safetensors: the streamed path applies
+    whole = precision.quantize_int8(precision.load_for_generation(trained_dir, "fp32"))
+    ids = torch.tensor([[5, 17, 42, 9, 100, 3, 77, 8]])
+    with torch.inference_mode():
+        torch.testing.assert_close(streamed(ids).logits, whole(ids).logits, rtol=0, atol=0)
+        greedy = dict(max_new_tokens=12, do_sample=False)
+        assert torch.equal(streamed.generate(ids, **greedy), whole.generate(ids, **greedy))
+    assert not any(t.is_meta for t in list(streamed.parameters()) + list(streamed.buffers()))
+    assert streamed.generation_config.max_new_tokens == whole.generation_config.max_new_tokens
+
+
+def test_int8_streamed_load_declines_what_it_cannot_read(trained_dir, tmp_path):
+    """A Hub-style call with extra options, or a folder without model.safetensors, takes the whole-model path."""
+    from training.generate import precision
+
+    assert precision._load_int8_streaming(trained_dir, {"revision": "main"}) is None
+    assert precision._load_int8_streaming(tmp_path, {}) is None
