@@ -6,7 +6,8 @@ the same product written the other way round, ``(W @ x.T).T``, is a GEMM with a 
 batched product over four row blocks of ``W`` (one per thread) streams the weight faster still.
 
 The path is taken only without autograd, on CPU, in float32 without autocast, for contiguous weights,
-outside ``torch.compile``, and for at most :data:`FEW_ROWS` rows.
+outside ``torch.compile``, and for at most :func:`few_rows_limit` rows (8 for weights with up to 512 inputs, else 4:
+beyond that oneDNN's linear is faster).
 
 Everything else in float32 on CPU (training, prefill) runs its forward through oneDNN's linear
 (``torch.ops.mkldnn._linear_pointwise``, the kernel torch's inductor uses on CPU); the backward stays on
@@ -21,8 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FEW_ROWS = 3  # from 4 rows on, oneDNN streams the weight faster (docs/backends.md)
+FEW_ROWS = 8  # the most rows the few-rows path takes (weights with at most _NARROW inputs), else 4
+_WIDE_FEW_ROWS = 4
+_NARROW = 512
 _ROW_BLOCKS = 4
+
+
+def few_rows_limit(in_features: int) -> int:
+    """The most rows the few-rows path takes for a weight with ``in_features`` inputs; from there on oneDNN
+    streams the weight faster (measured: docs/backends.md)."""
+    return FEW_ROWS if in_features <= _NARROW else _WIDE_FEW_ROWS
 
 
 def _cpu_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -38,7 +47,7 @@ def _cpu_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def _few_rows_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> bool:
-    if not 0 < rows <= FEW_ROWS or not _cpu_float32(x, weight, bias):
+    if not 0 < rows <= few_rows_limit(weight.shape[1]) or not _cpu_float32(x, weight, bias):
         return False
     needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     return not (torch.is_grad_enabled() and needs_grad)  # training keeps autograd's own linear
@@ -131,4 +140,4 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-__all__ = ["FEW_ROWS", "Linear", "linear", "onednn_eligible", "onednn_matmul_nt"]
+__all__ = ["FEW_ROWS", "Linear", "few_rows_limit", "linear", "onednn_eligible", "onednn_matmul_nt"]

@@ -5,6 +5,12 @@
   projections are one fused ``c_fc`` layer whose output is ``[gate | up]`` (one GEMM instead of two);
   ``c_proj`` is the down projection.
 
+Training memory: with SiLU, the gated MLP's forward and backward run as one autograd function
+(:class:`SwiGLUFunction`) that keeps only its input and ``[gate | up]`` for the backward pass and recomputes the
+activation and the product there (two ``(tokens, intermediate)`` tensors per layer fewer, the pattern of fused
+SwiGLU kernels such as Liger's). The forward computes exactly what the modules compute; the path is taken only
+for plain ``Linear`` layers without hooks (not under PEFT, tensor parallelism or autocast).
+
 Both keep GPT-2's module names (``c_fc``, ``c_proj``), so LoRA targets, initialisation (``c_proj`` is a residual
 projection) and the converters treat them alike. :func:`make_mlp` picks one from the config.
 
@@ -15,10 +21,11 @@ References: Radford et al. 2019 (GPT-2); Shazeer 2020, "GLU Variants Improve Tra
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .linear import Linear
+from .linear import Linear, linear
 
 MLP_TYPES = ("gelu", "swiglu")
 
@@ -59,13 +66,63 @@ class ScratchGPTGatedMLP(nn.Module):
         self.intermediate_size = config.intermediate_size
         self.c_fc = Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias, cpu_fast_paths=fast)
         self.act = ACT2FN[config.hidden_act]
+        self.silu = config.hidden_act in ("silu", "swish")  # SwiGLU: the memory-saving fused training path
         self.c_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias, cpu_fast_paths=fast)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.dropout = _dropout(config.resid_dropout)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.silu and self._fusable(hidden_states):
+            fc, proj = self.c_fc, self.c_proj
+            return self.dropout(SwiGLUFunction.apply(hidden_states, fc.weight, fc.bias, proj.weight, proj.bias))
         gate, up = self.c_fc(hidden_states).split(self.intermediate_size, dim=-1)  # 2 x (b, t, inter)
         return self.dropout(self.c_proj(self.act(gate) * up))
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Training through our own, unwrapped, hook-free layers in one dtype without autocast."""
+        if not (torch.is_grad_enabled() and self.training) or torch.compiler.is_compiling():
+            return False
+        layers = (self.c_fc, self.c_proj)
+        return (
+            all(type(layer) is Linear and layer.cpu_fast_paths for layer in layers)
+            and not any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers)
+            and all(type(layer.weight) is nn.Parameter and layer.weight.dtype == x.dtype for layer in layers)
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
+
+class SwiGLUFunction(torch.autograd.Function):
+    """``c_proj(silu(gate) * up)`` with ``[gate | up] = c_fc(x)``, saving only ``x`` and ``[gate | up]``."""
+
+    @staticmethod
+    def forward(ctx, x, w_fc, b_fc, w_proj, b_proj):
+        x2d = x.reshape(-1, x.shape[-1])
+        fc = linear(x2d, w_fc, b_fc)
+        gate, up = fc.chunk(2, dim=-1)
+        out = linear(F.silu(gate) * up, w_proj, b_proj)
+        ctx.save_for_backward(x2d, fc, w_fc, w_proj)
+        ctx.biases = (b_fc is not None, b_proj is not None)
+        ctx.x_shape = x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2d, fc, w_fc, w_proj = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad = grad.reshape(-1, grad.shape[-1])
+        gate, up = fc.chunk(2, dim=-1)
+        act = F.silu(gate)  # recomputed, as is the product below
+        grad_w_proj = grad.t() @ (act * up) if need[3] else None
+        grad_b_proj = grad.sum(0) if ctx.biases[1] and need[4] else None
+        grad_hidden = grad @ w_proj
+        grad_fc = torch.empty_like(fc)
+        grad_gate, grad_up = grad_fc.chunk(2, dim=-1)
+        torch.mul(grad_hidden, act, out=grad_up)
+        grad_gate.copy_(torch.ops.aten.silu_backward(grad_hidden.mul_(up), gate))
+        grad_w_fc = grad_fc.t() @ x2d if need[1] else None
+        grad_b_fc = grad_fc.sum(0) if ctx.biases[0] and need[2] else None
+        grad_x = (grad_fc @ w_fc).view(ctx.x_shape) if need[0] else None
+        return grad_x, grad_w_fc, grad_b_fc, grad_w_proj, grad_b_proj
 
 
 def make_mlp(config, layer_idx: int | None = None) -> nn.Module:
@@ -73,4 +130,4 @@ def make_mlp(config, layer_idx: int | None = None) -> nn.Module:
     return (ScratchGPTGatedMLP if config.mlp_type == "swiglu" else ScratchGPTMLP)(config, layer_idx)
 
 
-__all__ = ["MLP_TYPES", "ScratchGPTGatedMLP", "ScratchGPTMLP", "make_mlp"]
+__all__ = ["MLP_TYPES", "ScratchGPTGatedMLP", "ScratchGPTMLP", "SwiGLUFunction", "make_mlp"]

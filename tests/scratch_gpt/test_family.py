@@ -135,6 +135,65 @@ def test_gated_mlp_matches_llama_mlp_with_copied_weights():
     torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_swiglu_training_path_matches_llama_mlp_gradients(bias):
+    """In training the gated MLP runs SwiGLUFunction (recomputing the activation in backward): same output,
+    same gradients (input, weights, biases) as transformers' LlamaMLP with copied weights."""
+    from scratch_gpt import mlp as mlp_module
+
+    config = make_tiny_config(mlp_type="swiglu", hidden_act="silu", intermediate_size=40, mlp_bias=bias)
+    torch.manual_seed(0)
+    ours = ScratchGPTGatedMLP(config).train()
+    if bias:
+        torch.nn.init.normal_(ours.c_fc.bias)
+        torch.nn.init.normal_(ours.c_proj.bias)
+    theirs = LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=40, hidden_act="silu", mlp_bias=bias))
+    gate_w, up_w = ours.c_fc.weight.detach().split(40)
+    state = {"gate_proj.weight": gate_w, "up_proj.weight": up_w, "down_proj.weight": ours.c_proj.weight.detach()}
+    if bias:
+        gate_b, up_b = ours.c_fc.bias.detach().split(40)
+        state.update({"gate_proj.bias": gate_b, "up_proj.bias": up_b, "down_proj.bias": ours.c_proj.bias.detach()})
+    theirs.load_state_dict(state)
+    x = torch.randn(3, 7, 32, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    calls = []
+    original = mlp_module.SwiGLUFunction.apply
+    mlp_module.SwiGLUFunction.apply = lambda *a: calls.append(1) or original(*a)
+    try:
+        out = ours(x)
+    finally:
+        mlp_module.SwiGLUFunction.apply = original
+    assert calls, "the fused training path did not run"
+    ref = theirs(x_ref)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    ref.backward(grad_out)
+    close = dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, **close)
+    fc_grad = torch.cat((theirs.gate_proj.weight.grad, theirs.up_proj.weight.grad))
+    torch.testing.assert_close(ours.c_fc.weight.grad, fc_grad, **close)
+    torch.testing.assert_close(ours.c_proj.weight.grad, theirs.down_proj.weight.grad, **close)
+    if bias:
+        torch.testing.assert_close(ours.c_fc.bias.grad, torch.cat((theirs.gate_proj.bias.grad, theirs.up_proj.bias.grad)), **close)
+        torch.testing.assert_close(ours.c_proj.bias.grad, theirs.down_proj.bias.grad, **close)
+
+
+def test_fused_swiglu_path_steps_aside_for_hooks_eval_and_autocast():
+    config = make_tiny_config(mlp_type="swiglu", hidden_act="silu", intermediate_size=40)
+    mlp = ScratchGPTGatedMLP(config).train()
+    x = torch.randn(2, 5, 32)
+    assert mlp._fusable(x)
+    handle = mlp.c_fc.register_forward_hook(lambda *args: None)  # as tensor parallelism or PEFT would add
+    assert not mlp._fusable(x)
+    handle.remove()
+    with torch.no_grad():
+        assert not mlp._fusable(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not mlp._fusable(x)
+    assert not mlp.eval()._fusable(x)
+
+
 # -- the model tests, on the family switches -----------------------------------------------------------
 
 

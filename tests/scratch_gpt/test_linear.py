@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import scratch_gpt.linear as linear_module
-from scratch_gpt.linear import FEW_ROWS, Linear, linear
+from scratch_gpt.linear import FEW_ROWS, Linear, few_rows_limit, linear
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 4), (8, 1), (4, 16), (1, FEW_ROWS + 1)])
-@pytest.mark.parametrize("features", [(32, 96), (32, 32), (96, 30), (16, 3)])  # in, out: out % 4 != 0 too
+@pytest.mark.parametrize("features", [(32, 96), (32, 32), (96, 30), (16, 3), (768, 8)])  # in, out: out % 4 != 0 too
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_equals_f_linear_without_autograd(monkeypatch, shape, features, bias):
     torch.manual_seed(0)
@@ -22,7 +22,7 @@ def test_linear_equals_f_linear_without_autograd(monkeypatch, shape, features, b
     weight = torch.randn(out_f, in_f)
     b = torch.randn(out_f) if bias else None
     want = F.linear(x, weight, b)
-    few_rows = x.numel() // in_f <= FEW_ROWS
+    few_rows = x.numel() // in_f <= few_rows_limit(in_f)
     if few_rows:  # prove the few-rows path ran: F.linear is not reachable from it
         monkeypatch.setattr(linear_module, "F", types.SimpleNamespace(linear=None))
     with torch.no_grad():
@@ -103,3 +103,7 @@ def test_autocast_keeps_f_linear_and_its_dtype(rows):
         want = F.linear(x, weight)
     assert got.dtype == want.dtype == torch.bfloat16
     assert torch.equal(got, want)
+
+
+def test_few_rows_limit_is_narrower_for_wide_weights():
+    assert few_rows_limit(256) == FEW_ROWS == 8 and few_rows_limit(768) == 4
