@@ -8,7 +8,7 @@ after nanoGPT: random windows of the token stream, weight decay on every 2-D ten
 
 Per corpus and seed, interleaved: the plain loop for ``--steps`` steps (its training time is measured), then
 scratch-gpt for the same steps (equal tokens) and for ``--max-time`` = the plain loop's time (equal wall time,
-its schedule planned over that budget), then every ``--variant`` at equal tokens. Every model is scored on the
+its schedule planned over that budget), then every ``--variant`` at equal tokens and every ``--timed-variant`` at both. Every model is scored on the
 same held-out documents: the summed next-token loss of every token but the first, over the characters of the
 held-out text (nats per character, so it does not depend on the tokenizer).
 
@@ -216,6 +216,9 @@ def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warm
         eval_every=10**9, eval_batches=1, num_samples=0, checkpoint_every=0, log_every=10,
         output_dir=str(out_dir), overwrite=True, seed=seed, **extra,
     )
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process, runs of different mixed precision
     out = train(resolve_arguments(overrides=values), datasets=blocks, tokenizer=tokenizer)
     model = ScratchGPTForCausalLM.from_pretrained(out.run_dir).to(device_of_training())
     return model, float(out.metrics["train_runtime"]), int(out.metrics["global_step"])
@@ -277,6 +280,10 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
             score("scratch-gpt", mode, seed, *scratch(mode, seed, steps, budget, {}))
         for variant, extra in ns.variant:
             score(f"scratch-gpt[{variant}]", "equal_tokens", seed, *scratch(variant, seed, ns.steps, None, extra))
+        for variant, extra in ns.timed_variant:
+            for mode, steps, budget in (("equal_tokens", ns.steps, None), ("equal_time", None, plain_s)):
+                label = f"{variant}-{mode}"
+                score(f"scratch-gpt[{variant}]", mode, seed, *scratch(label, seed, steps, budget, extra))
     return {"train_chars": sum(map(len, train_docs)), "held_out_chars": held_chars, "vocab": shape["vocab"],
             "train_tokens": len(train_ids), "runs": runs, "summary": summarize(runs)}
 
@@ -310,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--variant", action="append", default=[], type=parse_variant,
                    help="extra scratch-gpt run at equal tokens: NAME=option=value[,option=value]")
+    p.add_argument("--timed-variant", action="append", default=[], type=parse_variant,
+                   help="like --variant, at equal tokens and at equal wall time (e.g. bf16=mixed_precision=bf16)")
     p.add_argument("--device", default=device_of_training(),
                    help="where the plain loop trains and every model is scored (default: where `scratch-gpt train` "
                         "runs, i.e. the GPU when one is visible, else the CPU)")
