@@ -107,3 +107,38 @@ def test_autocast_keeps_f_linear_and_its_dtype(rows):
 
 def test_few_rows_limit_is_narrower_for_wide_weights():
     assert few_rows_limit(256) == FEW_ROWS == 8 and few_rows_limit(768) == 4
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("out_f", [96, 30])  # 30: not a multiple of the row blocks, linear() decides
+def test_single_row_module_path_equals_linear_and_follows_weight_updates(bias, out_f):
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    layer = Linear(32, out_f, bias=bias)
+    x = torch.randn(1, 1, 32)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(first, linear(x, layer.weight, layer.bias))  # same numbers as the function
+        torch.testing.assert_close(first, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layer.weight.mul_(2)  # an in-place update (an optimizer step): the cached views must follow it
+        if bias:
+            layer.bias.add_(1)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+    assert (layer._row_views[1] is not None) == (out_f % 4 == 0)  # blocks only where the rows split evenly
+    clone = copy.deepcopy(layer)
+    assert clone._row_views is None and pickle.loads(pickle.dumps(layer))._row_views is None
+    with torch.no_grad():
+        assert torch.equal(clone(x), layer(x))
+
+
+def test_single_row_module_path_steps_aside_for_grad_and_other_dtypes():
+    layer = Linear(32, 96)
+    x = torch.randn(1, 32, requires_grad=True)
+    out = layer(x)  # with autograd: the function's own path, gradients flow
+    out.sum().backward()
+    assert x.grad is not None and layer._row_views is None
+    with torch.no_grad():
+        half = layer.to(torch.bfloat16)(x.detach().bfloat16())
+    assert half.dtype == torch.bfloat16
