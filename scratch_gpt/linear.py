@@ -154,7 +154,10 @@ class Linear(nn.Linear):
             or torch.compiler.is_compiling()
         ):
             return None
-        key = (weight.data_ptr(), weight._version) + ((bias.data_ptr(), bias._version) if bias is not None else ())
+        try:
+            key = (weight.data_ptr(), weight._version) + ((bias.data_ptr(), bias._version) if bias is not None else ())
+        except RuntimeError:  # inference tensors (made under inference_mode) have no version counter
+            return None
         views = self._row_views
         if views is None or views[0] != key:
             views = self._row_views = (key, *_row_blocks(weight, bias))

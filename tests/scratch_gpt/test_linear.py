@@ -142,3 +142,10 @@ def test_single_row_module_path_steps_aside_for_grad_and_other_dtypes():
     with torch.no_grad():
         half = layer.to(torch.bfloat16)(x.detach().bfloat16())
     assert half.dtype == torch.bfloat16
+
+
+def test_single_row_module_path_with_weights_made_under_inference_mode():
+    with torch.inference_mode():
+        layer = Linear(32, 96)  # inference tensors: no version counter, so no cached views
+        x = torch.randn(1, 32)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
