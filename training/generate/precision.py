@@ -33,28 +33,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from training.shared.hardware import cpu_has_bf16_units
+
 logger = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "bf16", "int8")
-_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by this much in the probe to be used
-
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 beats fp32 here."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(cpu, probe, None)
-        if check is not None and check():
-            return True
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in _BF16_CPU_FLAGS)
 
 
 @functools.lru_cache(maxsize=None)

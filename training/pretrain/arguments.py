@@ -31,7 +31,7 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": f"{help} (tiny: {default})".replace("%", "%%"), **extra})
 
 
-MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
+MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
 REPORT_TO_CHOICES = ("none", "tensorboard")
 NORM_CHOICES = ("layernorm", "rmsnorm")
 ATTN_CHOICES = ("sdpa", "eager")
@@ -108,7 +108,10 @@ class OptimArguments:
         "it from the measured step times (with --max-steps too, whichever ends first), so the run ends at its "
         "minimum learning rate; given without --max-steps, the time alone plans the run", metavar="TEXT",
     )
-    mixed_precision: str = _opt("no", "mixed precision (fp16 needs a GPU)", choices=MIXED_PRECISION_CHOICES)
+    mixed_precision: str = _opt(
+        "auto", "bf16 autocast or not: auto = bf16 where the device computes it natively (a GPU with bf16, a CPU "
+        "with AVX512-BF16 or AMX), else no (fp32); fp16 needs a GPU", choices=MIXED_PRECISION_CHOICES,
+    )
     compile: bool = _opt(False, "torch.compile the model")
 
 

@@ -217,9 +217,24 @@ def find_resume(args: TrainArguments, run_dir: Path) -> Path | None:
     return None
 
 
+def resolve_mixed_precision(requested: str, has_accelerator: bool) -> str:
+    """``--mixed-precision`` as Accelerate takes it: ``auto`` becomes bf16 where the device computes it natively."""
+    if requested != "auto":
+        return requested
+    from training.shared.hardware import auto_mixed_precision
+
+    device = "cpu"
+    if has_accelerator:
+        device = torch.accelerator.current_accelerator().type if hasattr(torch, "accelerator") else "cuda"
+    chosen, why = auto_mixed_precision(device)
+    logger.info("--mixed-precision auto: %s (%s)", "bf16" if chosen == "bf16" else "fp32", why)
+    return chosen
+
+
 def build_accelerator(args: TrainArguments, run_dir: Path):
     """Accelerate for this run (CPU DDP over gloo under a multi-process launch without an accelerator)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
     log_with = None
@@ -230,9 +245,12 @@ def build_accelerator(args: TrainArguments, run_dir: Path):
     # Without cpu=True, Accelerate treats a torchrun/`accelerate launch --multi_gpu` job on a machine with no
     # accelerator as a single process; with it, such a job is DDP over gloo (MULTI_CPU).
     has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    # Accelerate keeps its settings in a per-process singleton; a second run in the same process (a notebook,
+    # tests, benchmarks) may ask for another precision or compile backend. The process group stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         cpu=not has_accelerator,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=resolve_mixed_precision(args.mixed_precision, has_accelerator),
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         dynamo_backend="inductor" if args.compile else "no",

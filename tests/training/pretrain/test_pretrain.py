@@ -367,3 +367,37 @@ def test_streaming_blocks_train_and_resume_exactly(tmp_path):
     _assert_same_weights(full, part)
     losses = [_losses(d) for d in (full, part)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6) and len(losses[0]) == 14
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "no")])
+def test_mixed_precision_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch, native, expected):
+    from training.pretrain.setup import resolve_mixed_precision
+    from training.shared import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: native)
+    assert resolve_arguments().mixed_precision == "auto"  # the default
+    assert resolve_mixed_precision("auto", has_accelerator=False) == expected
+    assert resolve_mixed_precision("no", has_accelerator=False) == "no"
+    assert resolve_mixed_precision("bf16", has_accelerator=False) == "bf16"
+
+
+def test_mixed_precision_auto_trains_under_bf16_autocast_on_a_bf16_cpu(monkeypatch, tmp_path):
+    """With bf16 units (forced), `auto` runs the forward under CPU bf16 autocast; the weights stay fp32."""
+    from training.shared import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda: True)
+    seen = []
+    original = torch.nn.Embedding.forward
+
+    def spy(self, ids):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(self, ids)
+
+    monkeypatch.setattr(torch.nn.Embedding, "forward", spy)
+    train(tiny_args(tmp_path / "fp32", max_steps=1), datasets=make_blocks(), tokenizer=make_tokenizer())
+    assert seen and not any(seen)  # `no`: fp32
+    seen.clear()  # a second run in the same process may change the precision (Accelerate's state is reset)
+    out = train(tiny_args(tmp_path / "run", mixed_precision="auto", max_steps=2), datasets=make_blocks(),
+                tokenizer=make_tokenizer())
+    assert seen and all(seen)
+    assert json.loads((out.run_dir / "config.json").read_text()).get("dtype", "float32") == "float32"
