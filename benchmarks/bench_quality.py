@@ -216,9 +216,6 @@ def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warm
         eval_every=10**9, eval_batches=1, num_samples=0, checkpoint_every=0, log_every=10,
         output_dir=str(out_dir), overwrite=True, seed=seed, **extra,
     )
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # one process, runs of different mixed precision
     out = train(resolve_arguments(overrides=values), datasets=blocks, tokenizer=tokenizer)
     model = ScratchGPTForCausalLM.from_pretrained(out.run_dir).to(device_of_training())
     return model, float(out.metrics["train_runtime"]), int(out.metrics["global_step"])

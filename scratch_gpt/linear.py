@@ -149,10 +149,7 @@ class Linear(nn.Linear):
         the same batched product) made once per weight version: the same numbers, half the per-call
         overhead, which is a sizeable share of a decoding step. None where :func:`linear` must decide."""
         weight, bias = self.weight, self.bias
-        if (
-            x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
-            or torch.compiler.is_compiling()
-        ):
+        if not _cpu_float32(x, weight, bias):
             return None
         try:
             key = (weight.data_ptr(), weight._version) + ((bias.data_ptr(), bias._version) if bias is not None else ())
@@ -179,13 +176,11 @@ class Linear(nn.Linear):
 
 
 def _row_blocks(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
-    """``(weight blocks, bias blocks)`` for :meth:`Linear._one_row`, or ``(None, None)`` where it does not apply."""
+    """``(weight blocks, bias blocks)`` for :meth:`Linear._one_row`, or ``(None, None)`` where it does not apply
+    (dtype, device and weight layout are :func:`_cpu_float32`'s, checked on every call)."""
     plain = type(weight.data) is torch.Tensor and (bias is None or type(bias.data) is torch.Tensor)
     out_features, in_features = weight.shape
-    if not (
-        plain and weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous()
-        and out_features % _ROW_BLOCKS == 0 and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
-    ):
+    if not (plain and out_features % _ROW_BLOCKS == 0 and (bias is None or bias.is_contiguous())):
         return None, None
     block = out_features // _ROW_BLOCKS
     blocks = weight.detach().view(_ROW_BLOCKS, block, in_features)

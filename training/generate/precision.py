@@ -194,9 +194,10 @@ def _load_int8_streaming(folder: Path, kwargs: dict[str, Any]) -> Any | None:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kwargs)
     with safe_open(os.fspath(weights), framework="pt") as file:
         names = _checkpoint_names(model, set(file.keys()))
-        if names is None or not any(isinstance(m, torch.nn.Linear) for _, m in _quantizable(model)):
+        quantizable = _quantizable(model)
+        if names is None or not any(isinstance(m, torch.nn.Linear) for _, m in quantizable):
             return None
-        for module_name, module in _quantizable(model):
+        for module_name, module in quantizable:
             _swap_quantized(model, module_name, module, names, file)
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
             if tensor.is_meta:
@@ -210,9 +211,7 @@ def _load_int8_streaming(folder: Path, kwargs: dict[str, Any]) -> Any | None:
 def _checkpoint_names(model: Any, keys: set[str]) -> dict[str, str] | None:
     """Every parameter and buffer name of ``model`` -> its key in the file (tied weights -> the stored copy);
     None when one is missing or a meta buffer is not stored (it would need the model's own init)."""
-    names: dict[str, str] = {}
-    for name, tensor in model.named_parameters(remove_duplicate=False):
-        names[name] = name
+    names = {name: name for name, _ in model.named_parameters(remove_duplicate=False)}
     tied = _tied_aliases(model)
     for name in list(names):
         if name not in keys:
