@@ -9,9 +9,11 @@ token. ``bf16`` halves them, ``int8`` quarters them:
   scratch-gpt's fp32 few-row path. Otherwise the request falls back to fp32 with a warning saying why. (On
   the 2-core AMD EPYC this project is developed on, which has AVX512-BF16, bf16 decoding measured slower than
   our fp32: 26 vs 31 tokens/s at the 124M shape, one thread, CPU time.)
-- ``int8``: every linear layer (and the token/position embeddings, which a tied LM head shares) stored as
-  8-bit integers with one float scale per output row, through PyTorch's own quantized kernels (fbgemm:
-  ``torch.ao.quantization.quantize_dynamic``). Activations are quantized per call on the fly, so the matrix
+- ``int8``: every linear layer stored as 8-bit integers with one float scale per output row, through PyTorch's
+  own quantized kernels (fbgemm: ``torch.ao.quantization.quantize_dynamic``). Loaded from a local
+  ``model.safetensors``, the token and position embeddings stay in the file, memory-mapped
+  (:func:`_mapped_embedding`): a lookup reads only the rows of its tokens, exact, so a tied LM head costs one int8
+  copy, not two; elsewhere (a Hub id, an in-memory model) they are int8 too. Activations are quantized per call on the fly, so the matrix
   products run as int8 GEMMs. Measured at GPT-2 124M's shapes on this project's 2-core AVX-512 CPU (one
   thread, CPU time of one pass over all linear weights; ``benchmarks/bench_local.py`` measures decoding end to
   end): fbgemm int8 105-110 passes/s at batch 1 and ~89 at batch 8, plain fp32 ``nn.Linear`` 25 / 12, bf16 31-33
@@ -136,14 +138,16 @@ def quantize_int8(model: Any) -> Any:
     return _quantize_modules(model)
 
 
-def _quantize_modules(model: Any) -> Any:
+def _quantize_modules(model: Any, embeddings: bool = True) -> Any:
     """``quantize_dynamic`` in place: linear layers per output channel, embeddings per row (fbgemm)."""
     import torch
     from torch import nn
     from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig
 
     torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "x86"
-    spec = {nn.Linear: per_channel_dynamic_qconfig, nn.Embedding: float_qparams_weight_only_qconfig}
+    spec = {nn.Linear: per_channel_dynamic_qconfig}
+    if embeddings:
+        spec[nn.Embedding] = float_qparams_weight_only_qconfig
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated.*")  # torch.ao's eager API; see module doc
         torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
@@ -178,34 +182,142 @@ def _load_int8_streaming(folder: Path, kwargs: dict[str, Any]) -> Any | None:
     """The int8 model built one layer at a time from a local ``model.safetensors``, or None where that does not
     apply (a Hub id, sharded or other weight files, extra ``from_pretrained`` options, names that do not match).
 
-    The model is created on the meta device; each linear layer and embedding is read from the file in fp32,
-    quantized and swapped in, so at most one fp32 layer is in memory at a time: the loaded model's footprint is
-    its int8 weights, not a full fp32 copy (and the heap it leaves fragmented) first.
+    The model is created on the meta device; each linear layer is read from the file (plain reads, no memory
+    map, so pages read do not stay in the process), quantized and swapped in, so at most one fp32 layer is in
+    memory at a time: the loaded model's footprint is its int8 weights, not a full fp32 copy (and the heap it
+    leaves fragmented) first. Embeddings become :func:`_mapped_embedding` views of the file.
     """
     import torch
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     weights = folder / "model.safetensors"
     if not weights.is_file() or set(kwargs) - {"trust_remote_code"}:
         return None
+    header = _safetensors_header(weights)
+    if header is None:
+        return None
     config = AutoConfig.from_pretrained(os.fspath(folder), **kwargs)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kwargs)
-    with safe_open(os.fspath(weights), framework="pt") as file:
-        names = _checkpoint_names(model, set(file.keys()))
-        quantizable = _quantizable(model)
-        if names is None or not any(isinstance(m, torch.nn.Linear) for _, m in quantizable):
-            return None
+    names = _checkpoint_names(model, set(header) - {"__metadata__", "__data_start__"})
+    quantizable = _quantizable(model)
+    if names is None or not any(isinstance(m, torch.nn.Linear) for _, m in quantizable):
+        return None
+    if any(header[key].get("dtype") not in _SAFETENSORS_DTYPES for key in set(names.values())):
+        return None
+    with open(weights, "rb") as file:
+        read = functools.partial(_read_tensor, file, header)
         for module_name, module in quantizable:
-            _swap_quantized(model, module_name, module, names, file)
+            mapped = _mapped_embedding(weights, header, module_name, module, names)
+            if mapped is not None:
+                parent_name, _, leaf = module_name.rpartition(".")
+                setattr(model.get_submodule(parent_name), leaf, mapped)
+            else:
+                _swap_quantized(model, module_name, module, names, read)
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
             if tensor.is_meta:
-                # a copy: a view would keep the file's whole memory map (every page read) resident
-                _set_tensor(model, name, file.get_tensor(names[name]).to(tensor.dtype, copy=True))
+                _set_tensor(model, name, read(names[name]).to(tensor.dtype))
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(os.fspath(folder))
     return model.eval()
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _read_tensor(file: Any, header: dict[str, Any], key: str) -> Any:
+    """Tensor ``key`` of a safetensors file, read into fresh memory (ValueError for a dtype we do not read)."""
+    import torch
+
+    entry = header[key]
+    if entry["dtype"] not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"{key}: safetensors dtype {entry['dtype']} is not supported by the int8 loader")
+    begin, end = entry["data_offsets"]
+    out = torch.empty(entry["shape"], dtype=getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]]))
+    raw = out.reshape(-1).view(torch.uint8)
+    if raw.numel() != end - begin:
+        raise ValueError(f"{key}: {end - begin} bytes in the file for shape {entry['shape']}")
+    file.seek(header["__data_start__"] + begin)
+    if raw.numel() and file.readinto(memoryview(raw.numpy())) != raw.numel():
+        raise ValueError(f"{key}: the file ends early")
+    return out
+
+
+@functools.cache
+def _mapped_embedding_class() -> type:
+    """The ``MappedEmbedding`` module class (defined on first use: this module imports torch lazily)."""
+    import torch
+    from torch import nn
+
+    class MappedEmbedding(nn.Module):
+        """An embedding whose table stays in the weights file, memory-mapped (copy-on-write, read-only use).
+
+        A lookup reads only the rows of the tokens it is given, so only their pages become resident: decoding
+        touches a few hundred rows of a 50,257-row table. The rows are the stored float values, exact.
+        """
+
+        def __init__(self, weight: torch.Tensor, padding_idx: int | None = None):
+            super().__init__()
+            self.num_embeddings, self.embedding_dim = weight.shape
+            self.padding_idx = padding_idx
+            self.register_buffer("weight", weight, persistent=False)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.embedding(input_ids, self.weight).float()
+
+        def extra_repr(self) -> str:
+            return f"{self.num_embeddings}, {self.embedding_dim}, memory-mapped {self.weight.dtype}"
+
+    return MappedEmbedding
+
+
+_SAFETENSORS_FLOATS = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _safetensors_header(path: Path) -> dict[str, Any] | None:
+    """The JSON header of a safetensors file plus ``__data_start__`` (byte offset of the data), or None."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    header["__data_start__"] = 8 + size
+    return header
+
+
+def _mapped_embedding(path: Path, header: dict | None, module_name: str, module: Any, names: dict[str, str]) -> Any:
+    """``module`` (an ``nn.Embedding``) as a :class:`MappedEmbedding` over its table in ``path``, or None where
+    the table is not a plain float tensor of the expected shape (then it is quantized like the rest)."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    if not isinstance(module, nn.Embedding) or header is None:
+        return None
+    entry = header.get(names.get(f"{module_name}.weight" if module_name else "weight", ""))
+    if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_FLOATS:
+        return None
+    shape, (begin, end) = tuple(entry["shape"]), entry["data_offsets"]
+    if shape != tuple(module.weight.shape):
+        return None
+    dtype = getattr(torch, _SAFETENSORS_FLOATS[entry["dtype"]])
+    if end - begin != int(np.prod(shape)) * dtype.itemsize:
+        return None
+    offset = header["__data_start__"] + begin
+    if offset % dtype.itemsize:
+        return None  # a misaligned table: the lookup would read unaligned values
+    # numpy has no bfloat16: map raw 16-bit words and view them as the torch dtype.
+    table = np.memmap(path, dtype=np.uint16 if dtype.itemsize == 2 else np.float32, mode="c", offset=offset,
+                      shape=shape)
+    weight = torch.from_numpy(table)
+    if dtype.itemsize == 2:
+        weight = weight.view(dtype)
+    return _mapped_embedding_class()(weight, module.padding_idx)
 
 
 def _checkpoint_names(model: Any, keys: set[str]) -> dict[str, str] | None:
@@ -247,20 +359,20 @@ def _quantizable(model: Any) -> list[tuple[str, Any]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Embedding))]
 
 
-def _swap_quantized(model: Any, module_name: str, module: Any, names: dict[str, str], file: Any) -> None:
-    """Read ``module``'s fp32 weights from ``file``, quantize them to int8, and put the result in its place."""
+def _swap_quantized(model: Any, module_name: str, module: Any, names: dict[str, str], read: Any) -> None:
+    """Read ``module``'s weights (``read(key)``), quantize them to int8, and put the result in its place."""
     import torch
     from torch import nn
 
     prefix = f"{module_name}." if module_name else ""
-    weight = file.get_tensor(names[prefix + "weight"]).float()
+    weight = read(names[prefix + "weight"]).float()
     if isinstance(module, nn.Embedding):
         plain = nn.Embedding(*weight.shape, padding_idx=module.padding_idx, _weight=weight)
     else:
         plain = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None, device="meta")
         plain.weight = nn.Parameter(weight, requires_grad=False)
         if module.bias is not None:
-            bias = file.get_tensor(names[prefix + "bias"]).to(torch.float32, copy=True)  # not a view of the file
+            bias = read(names[prefix + "bias"]).float()
             plain.bias = nn.Parameter(bias, requires_grad=False)
     holder = _quantize_modules(nn.Sequential(plain))
     parent_name, _, leaf = module_name.rpartition(".")
@@ -291,7 +403,8 @@ def _own_memory(model: Any) -> Any:
 
 
 def weight_bytes(model: Any) -> int:
-    """Bytes of weights a forward pass reads (parameters, buffers and packed quantized weights)."""
+    """Bytes of weights a forward pass reads (parameters, buffers and packed quantized weights; a memory-mapped
+    embedding table is not counted: a lookup reads one row per token)."""
     import torch
 
     total = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))

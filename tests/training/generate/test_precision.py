@@ -88,16 +88,19 @@ def test_low_precision_matches_fp32(trained_dir, bf16_units, dtype):
 
 
 def test_int8_stores_int8_weights(trained_dir):
-    from training.generate.precision import load_for_generation, weight_bytes
+    from training.generate.precision import load_for_generation, quantize_int8, weight_bytes
 
     fp32, int8 = load_for_generation(trained_dir, "fp32"), load_for_generation(trained_dir, "int8")
     from torch.ao.nn.quantized import Embedding as QEmbedding
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
     assert isinstance(int8.lm_head, QLinear) and isinstance(int8.transformer.h[0].mlp.c_fc, QLinear)
-    assert isinstance(int8.transformer.wte, QEmbedding)
+    assert type(int8.transformer.wte).__name__ == "MappedEmbedding"  # the local file's table, memory-mapped
     assert not any(type(m) is torch.nn.Linear for m in int8.modules())
     assert weight_bytes(int8) < 0.4 * weight_bytes(fp32)
+    whole = quantize_int8(load_for_generation(trained_dir, "fp32"))  # the in-memory path (Hub ids) quantizes them
+    assert isinstance(whole.transformer.wte, QEmbedding)
+    assert weight_bytes(whole) < 0.4 * weight_bytes(fp32)
 
 
 def test_bf16_without_bf16_units_warns_and_falls_back(trained_dir, monkeypatch):
@@ -168,12 +171,18 @@ def test_generate_command_dtype(trained_dir, capsys):
 
 
 def test_int8_streamed_load_equals_quantizing_the_fp32_model(trained_dir):
-    """The layer-at-a-time int8 loader gives the same model as loading fp32 and quantizing it whole."""
+    """The layer-at-a-time int8 loader gives the same model as loading fp32 and quantizing its linear layers
+    (the embeddings stay the file's exact float rows, memory-mapped)."""
     from training.generate import precision
 
     streamed = precision._load_int8_streaming(trained_dir, {})
     assert streamed is not None  # a local model.safetensors: the streamed path applies
-    whole = precision.quantize_int8(precision.load_for_generation(trained_dir, "fp32"))
+    whole = precision.load_for_generation(trained_dir, "fp32")
+    precision._as_plain_linears(whole)
+    precision._quantize_modules(whole, embeddings=False)
+    wte = streamed.transformer.wte
+    assert type(wte).__name__ == "MappedEmbedding" and not wte.weight.is_meta
+    torch.testing.assert_close(wte.weight, whole.transformer.wte.weight, rtol=0, atol=0)
     ids = torch.tensor([[5, 17, 42, 9, 100, 3, 77, 8]])
     with torch.inference_mode():
         torch.testing.assert_close(streamed(ids).logits, whole(ids).logits, rtol=0, atol=0)
