@@ -85,7 +85,8 @@ def generation(models: dict, shape: str, reps: int, prompt: int, new_tokens: int
 
 
 def main() -> None:
-    parser = comparison_parser(__doc__, SHAPES, "tiny-llama", NAMES, "train,generate,memory", "generation measurement")
+    parser = comparison_parser(__doc__, SHAPES, "tiny-llama", NAMES, "train,generate,memory", "generation measurement",
+                               optimizer="fused")
     parsed = parse_comparison(parser, peak_memory_child)
     if parsed is None:
         return
@@ -96,6 +97,7 @@ def main() -> None:
     report = {
         "shape": {**cfg, "name": args.shape, "train_batch": TRAIN_BATCH[args.shape]},
         **environment(),
+        "optimizer": args.optimizer,
         "generation": {"prompt": args.prompt, "new_tokens": new_tokens},
     }
     if "train" not in skip:

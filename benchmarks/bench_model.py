@@ -51,9 +51,12 @@ def build_models(shape: str):
     return {"scratch_gpt": ours, "gpt2": gpt2}
 
 
+ADAMW: dict = {}  # extra torch.optim.AdamW options for every model (--optimizer; {"fused": True} for "fused")
+
+
 def make_train_step(model, batch: int, seq: int, vocab: int, bf16: bool):
     """A closure running one optimizer step (forward + backward + AdamW) of ``model`` on a fixed batch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **ADAMW)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq), generator=gen)
 
@@ -167,9 +170,11 @@ def peak_memory_child(shape: str, which: str, steps: int) -> None:
 def peak_memory(shape: str, steps: int, script: str = __file__, names: tuple[str, ...] = NAMES) -> dict:
     """Peak training RSS of each model, each in a fresh ``script --memory-child`` process, and ours / reference."""
     result = {}
+    optimizer = ["--optimizer", "fused" if ADAMW.get("fused") else "default"]
     for which in names:
         out = subprocess.run(
-            [sys.executable, script, "--shape", shape, "--memory-child", which, "--memory-steps", str(steps)],
+            [sys.executable, script, "--shape", shape, "--memory-child", which, "--memory-steps", str(steps),
+             *optimizer],
             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
         result[f"{which}_peak_train_mib"] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
@@ -178,7 +183,8 @@ def peak_memory(shape: str, steps: int, script: str = __file__, names: tuple[str
 
 
 def comparison_parser(
-    description: str | None, shapes: dict, default_shape: str, names: tuple[str, ...], skip: str, reps: str
+    description: str | None, shapes: dict, default_shape: str, names: tuple[str, ...], skip: str, reps: str,
+    optimizer: str = "default",
 ) -> argparse.ArgumentParser:
     """The options of a scratch-gpt vs reference benchmark (this one, bench_family); the caller adds its own."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +197,9 @@ def comparison_parser(
                         help="tokens generated per generation run (default: 256, capped so that prompt + new fits "
                         "the context)")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {skip}")
+    parser.add_argument("--optimizer", choices=("default", "fused"), default=optimizer,
+                        help="AdamW for both models in the training and memory parts: torch's default "
+                        "implementation, or fused=True (what `scratch-gpt train` uses on CPU and CUDA)")
     parser.add_argument("--memory-child", choices=names, help=argparse.SUPPRESS)
     return parser
 
@@ -200,6 +209,8 @@ def parse_comparison(parser: argparse.ArgumentParser, memory_child: Callable[[st
     """The options and the parts to skip; ``None`` once ``memory_child`` has run (the subprocess of
     :func:`peak_memory`, started with ``--memory-child NAME``)."""
     args = parser.parse_args()
+    ADAMW.clear()
+    ADAMW.update({"fused": True} if args.optimizer == "fused" else {})
     if args.memory_child:
         memory_child(args.shape, args.memory_child, args.memory_steps)
         return None

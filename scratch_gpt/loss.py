@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .linear import onednn_eligible, onednn_matmul_nt
 
 IGNORE_INDEX = -100
-_CHUNK_ELEMENTS = 1 << 25  # 128 MiB of fp32 logits per chunk: a second chunk re-reads and re-writes the whole
+_CHUNK_ELEMENTS = 1 << 24  # 64 MiB of fp32 logits per chunk: a second chunk re-reads and re-writes the whole
 # (vocab, hidden) weight gradient (see docs/backends.md)
 
 

@@ -54,6 +54,7 @@ from .linear import Linear
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .loss import fused_causal_lm_loss
 from .mlp import make_mlp
+from .norm import RMSNorm
 from .positions import ScratchGPTRotaryEmbedding, apply_rotary
 
 logger = logging.get_logger(__name__)
@@ -61,7 +62,7 @@ logger = logging.get_logger(__name__)
 
 def _make_norm(config: ScratchGPTConfig) -> nn.Module:
     if config.norm_type == "rmsnorm":
-        return nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
+        return RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
     return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
@@ -90,8 +91,8 @@ class ScratchGPTAttention(nn.Module):
         )
         self.qk_norm = config.qk_norm
         if self.qk_norm:  # Qwen3: RMSNorm over each head of the queries and keys
-            self.q_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps)
-            self.k_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, eps=config.layer_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.layer_norm_eps)
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.resid_dropout = _dropout(config.resid_dropout)
 

@@ -194,6 +194,52 @@ def test_fused_swiglu_path_steps_aside_for_hooks_eval_and_autocast():
     assert not mlp.eval()._fusable(x)
 
 
+@pytest.mark.parametrize("shape", [(3, 7, 32), (2, 4, 5, 16)])
+def test_fused_rmsnorm_training_path_matches_llama_rmsnorm(shape):
+    """In training RMSNorm runs RMSNormFunction (saves x and the per-row rsqrt only): same output and gradients
+    (input and weight) as transformers' LlamaRMSNorm, for model-width rows and per-head (QK-norm) rows."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from scratch_gpt import norm as norm_module
+
+    torch.manual_seed(0)
+    ours = norm_module.RMSNorm(shape[-1], eps=1e-6)
+    torch.nn.init.normal_(ours.weight)
+    theirs = LlamaRMSNorm(shape[-1], eps=1e-6)
+    theirs.weight.data.copy_(ours.weight.detach())
+    x = (torch.randn(*shape) * 3).transpose(0, 1).requires_grad_(True)  # strided, as q/k heads are
+    x_ref = x.detach().clone().requires_grad_(True)
+    calls = []
+    original = norm_module.RMSNormFunction.apply
+    norm_module.RMSNormFunction.apply = lambda *a: calls.append(1) or original(*a)
+    try:
+        out = ours(x)
+    finally:
+        norm_module.RMSNormFunction.apply = original
+    assert calls, "the fused training path did not run"
+    ref = theirs(x_ref)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    ref.backward(grad_out)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_fused_rmsnorm_steps_aside_without_grad_and_under_autocast():
+    from scratch_gpt.norm import RMSNorm
+
+    norm, x = RMSNorm(8), torch.randn(2, 8)
+    assert norm._fusable(x) and isinstance(norm, torch.nn.RMSNorm)
+    with torch.no_grad():
+        assert not norm._fusable(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not norm._fusable(x)
+    assert not norm._fusable(x.double())
+    with torch.no_grad():  # the plain path computes the same numbers
+        torch.testing.assert_close(norm(x), torch.nn.functional.rms_norm(x, (8,), norm.weight, norm.eps))
+
+
 # -- the model tests, on the family switches -----------------------------------------------------------
 
 

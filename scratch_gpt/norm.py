@@ -1,0 +1,69 @@
+"""RMSNorm with a fused training path (Llama, Mistral, Qwen: the ``norm_type="rmsnorm"`` models).
+
+``nn.RMSNorm`` computes ``x * rsqrt(mean(x^2) + eps) * weight`` through autograd's generic ops: six kernels
+forward, about ten backward, and it keeps ``x * rsqrt(...)`` as well as ``x`` for the backward pass. In training,
+:class:`RMSNorm` runs the same math as one autograd function (:class:`RMSNormFunction`) that keeps only ``x``
+and the per-row ``rsqrt`` and writes its gradient in closed form, in fewer passes over the activations. Same
+module, parameters and state dict as ``nn.RMSNorm`` (it is a subclass); inference, autocast, other dtypes and
+``torch.compile`` take ``nn.RMSNorm``'s own path.
+
+Reference: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"; transformers' ``LlamaRMSNorm``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """``x * rsqrt(mean(x^2, -1) + eps) * weight``, saving ``x`` and the per-row ``rsqrt`` only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        x2d = x.reshape(-1, x.shape[-1])
+        rstd = torch.rsqrt(x2d.square().mean(-1, keepdim=True).add_(eps))  # (n, 1)
+        out = torch.mul(x2d, rstd)
+        if weight is not None:
+            out.mul_(weight)
+        ctx.save_for_backward(x2d, rstd, weight)
+        ctx.x_shape = x.shape
+        return out.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2d, rstd, weight = ctx.saved_tensors
+        grad = grad.reshape(x2d.shape)
+        xhat = x2d * rstd
+        grad_weight = (grad * xhat).sum(0) if weight is not None and ctx.needs_input_grad[1] else None
+        grad_xhat = grad * weight if weight is not None else grad
+        if not ctx.needs_input_grad[0]:
+            return None, grad_weight, None
+        # d/dx of xhat = x * rstd: rstd * (g - xhat * mean(g * xhat))
+        dot = (grad_xhat * xhat).mean(-1, keepdim=True)
+        grad_x = xhat.mul_(dot).neg_().add_(grad_xhat).mul_(rstd)
+        return grad_x.view(ctx.x_shape), grad_weight, None
+
+
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` whose training forward is :class:`RMSNormFunction` (see module doc)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fusable(x):
+            eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+            return RMSNormFunction.apply(x, self.weight, eps)
+        return super().forward(x)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Training in the weight's dtype, one normalized dimension, no autocast, not compiling."""
+        return (
+            torch.is_grad_enabled()
+            and len(self.normalized_shape) == 1
+            and x.dtype == torch.float32
+            and (self.weight is None or (type(self.weight) is nn.Parameter and self.weight.dtype == x.dtype))
+            and not torch.is_autocast_enabled(x.device.type)
+            and not torch.compiler.is_compiling()
+        )
+
+
+__all__ = ["RMSNorm", "RMSNormFunction"]
