@@ -22,7 +22,9 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
         x2d = x.reshape(-1, x.shape[-1])
-        rstd = torch.rsqrt(x2d.square().mean(-1, keepdim=True).add_(eps))  # (n, 1)
+        # mean(x^2) from the row norm: one pass, no squared copy
+        mean_square = torch.linalg.vector_norm(x2d, dim=-1, keepdim=True).square_().div_(x2d.shape[-1])
+        rstd = mean_square.add_(eps).rsqrt_()  # (n, 1)
         out = torch.mul(x2d, rstd)
         if weight is not None:
             out.mul_(weight)
@@ -36,12 +38,12 @@ class RMSNormFunction(torch.autograd.Function):
         grad = grad.reshape(x2d.shape)
         xhat = x2d * rstd
         grad_weight = (grad * xhat).sum(0) if weight is not None and ctx.needs_input_grad[1] else None
-        grad_xhat = grad * weight if weight is not None else grad
         if not ctx.needs_input_grad[0]:
             return None, grad_weight, None
-        # d/dx of xhat = x * rstd: rstd * (g - xhat * mean(g * xhat))
-        dot = (grad_xhat * xhat).mean(-1, keepdim=True)
-        grad_x = xhat.mul_(dot).neg_().add_(grad_xhat).mul_(rstd)
+        grad_xhat = grad * weight if weight is not None else grad
+        # d/dx of xhat = x * rstd: rstd * (g - xhat * mean(g * xhat)) = g * rstd - xhat * (rstd * mean(g * xhat))
+        coef = torch.linalg.vecdot(grad_xhat, xhat, dim=-1).unsqueeze(-1).mul_(rstd / -x2d.shape[-1])
+        grad_x = (grad_xhat * rstd).addcmul_(xhat, coef)
         return grad_x.view(ctx.x_shape), grad_weight, None
 
 

@@ -62,12 +62,49 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    """``x * cos + sign * rotate_half(x) * sin`` in three passes (no ``rotate_half`` copy, no concatenation)."""
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-sign)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:], value=sign)
+    return out
+
+
+class RotaryFunction(torch.autograd.Function):
+    """The rotation as one autograd function: saves only ``cos`` and ``sin`` (shared by every layer); its
+    gradient is the transposed rotation, ``g * cos + rotate_half^T(g * sin)``, in three passes too."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        half = grad.shape[-1] // 2
+        out = grad * cos
+        out[..., :half].addcmul_(grad[..., half:], sin[..., half:])  # rotate_half^T(y) = (y2, -y1)
+        out[..., half:].addcmul_(grad[..., :half], sin[..., :half], value=-1.0)
+        return out, None, None
+
+
 def apply_rotary(
     query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate ``(b, h, t, d)`` queries and keys by the ``(b, t, d)`` angles of their positions."""
+    """Rotate ``(b, h, t, d)`` queries and keys by the ``(b, t, d)`` angles of their positions.
+
+    Equal to ``x * cos + rotate_half(x) * sin`` (transformers' ``apply_rotary_pos_emb``) up to float rounding,
+    computed without the ``rotate_half`` copy; with autograd through :class:`RotaryFunction` (angles that need
+    gradients, which never happens in the model, take the plain formula).
+    """
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (b, 1, t, d): broadcast over heads
-    return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+    if cos.requires_grad or sin.requires_grad or query.shape[-1] % 2:
+        return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
+        return RotaryFunction.apply(query, cos, sin), RotaryFunction.apply(key, cos, sin)
+    return _rotate(query, cos, sin), _rotate(key, cos, sin)
 
 
-__all__ = ["SUPPORTED_ROPE_TYPES", "ScratchGPTRotaryEmbedding", "apply_rotary", "rotate_half"]
+__all__ = ["SUPPORTED_ROPE_TYPES", "RotaryFunction", "ScratchGPTRotaryEmbedding", "apply_rotary", "rotate_half"]

@@ -226,6 +226,42 @@ def test_fused_rmsnorm_training_path_matches_llama_rmsnorm(shape):
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-4, rtol=1e-5)
 
 
+def test_rotary_function_matches_transformers_rotation_and_gradient():
+    """apply_rotary (three passes, RotaryFunction under autograd) equals transformers' apply_rotary_pos_emb on
+    strided query/key heads, values and gradients, with and without autograd."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from scratch_gpt import positions
+
+    config = make_tiny_config(position_embedding_type="rope", num_key_value_heads=2)
+    torch.manual_seed(0)
+    rope = ScratchGPTRotaryEmbedding(config)
+    qkv = torch.randn(2, 5, 8, 8).transpose(1, 2)  # (b, heads, t, d) views of a (b, t, heads, d) tensor
+    query, key = qkv[:, :4].requires_grad_(False), qkv[:, 4:6]
+    cos, sin = rope(query, torch.arange(5).expand(2, 5) + 3)
+    q, k = query.clone().requires_grad_(True), key.clone().requires_grad_(True)
+    q_ref, k_ref = query.clone().requires_grad_(True), key.clone().requires_grad_(True)
+    calls = []
+    original = positions.RotaryFunction.apply
+    positions.RotaryFunction.apply = lambda *a: calls.append(1) or original(*a)
+    try:
+        ours = positions.apply_rotary(q, k, cos, sin)
+    finally:
+        positions.RotaryFunction.apply = original
+    assert len(calls) == 2
+    theirs = apply_rotary_pos_emb(q_ref, k_ref, cos, sin)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    grads = torch.randn_like(ours[0]), torch.randn_like(ours[1])
+    torch.autograd.backward(ours, grads)
+    torch.autograd.backward(theirs, grads)
+    torch.testing.assert_close(q.grad, q_ref.grad, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(k.grad, k_ref.grad, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        for a, b in zip(positions.apply_rotary(query, key, cos, sin), apply_rotary_pos_emb(query, key, cos, sin)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 def test_fused_rmsnorm_steps_aside_without_grad_and_under_autocast():
     from scratch_gpt.norm import RMSNorm
 
