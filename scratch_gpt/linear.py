@@ -46,11 +46,17 @@ def _cpu_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     )
 
 
+def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether autograd records this product (grad mode on and an input that requires grad)."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+
+
 def _few_rows_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> bool:
     if not 0 < rows <= few_rows_limit(weight.shape[1]) or not _cpu_float32(x, weight, bias):
         return False
-    needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    return not (torch.is_grad_enabled() and needs_grad)  # training keeps autograd's own linear
+    return not _needs_grad(x, weight, bias)  # training keeps autograd's own linear
 
 
 def _onednn_available() -> bool:
@@ -98,7 +104,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // in_features if in_features else 0
     if not _few_rows_eligible(x, weight, bias, rows):
         if rows and onednn_eligible(x, weight, bias):
-            out = _OneDNNLinear.apply(x.reshape(rows, in_features).contiguous(), weight, bias)
+            x2d = x.reshape(rows, in_features).contiguous()
+            if _needs_grad(x, weight, bias):
+                out = _OneDNNLinear.apply(x2d, weight, bias)
+            else:  # inference (prefill, decoding beyond the few-rows limit): no autograd function to set up
+                out = onednn_matmul_nt(x2d, weight, bias)
             return out.view(*x.shape[:-1], out_features)
         return F.linear(x, weight, bias)
     xt = x.reshape(rows, in_features).t()  # (in, rows)

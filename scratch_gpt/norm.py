@@ -4,8 +4,9 @@
 forward, about ten backward, and it keeps ``x * rsqrt(...)`` as well as ``x`` for the backward pass. In training,
 :class:`RMSNorm` runs the same math as one autograd function (:class:`RMSNormFunction`) that keeps only ``x``
 and the per-row ``rsqrt`` and writes its gradient in closed form, in fewer passes over the activations. Same
-module, parameters and state dict as ``nn.RMSNorm`` (it is a subclass); inference, autocast, other dtypes and
-``torch.compile`` take ``nn.RMSNorm``'s own path.
+module, parameters and state dict as ``nn.RMSNorm`` (it is a subclass); in float32 inference it runs the same
+few ops without autograd (a decoding step normalizes a handful of rows, where ``nn.RMSNorm`` spends most of its
+time dispatching); autocast, other dtypes and ``torch.compile`` take ``nn.RMSNorm``'s own path.
 
 Reference: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"; transformers' ``LlamaRMSNorm``.
 """
@@ -53,14 +54,19 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fusable(x):
             eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-            return RMSNormFunction.apply(x, self.weight, eps)
+            if torch.is_grad_enabled():
+                return RMSNormFunction.apply(x, self.weight, eps)
+            # inference: the same few ops without autograd (decoding normalizes a handful of rows, where
+            # torch's generic rms_norm spends most of its time dispatching its own sub-ops)
+            rstd = x.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
+            out = x * rstd
+            return out.mul_(self.weight) if self.weight is not None else out
         return super().forward(x)
 
     def _fusable(self, x: torch.Tensor) -> bool:
-        """Training in the weight's dtype, one normalized dimension, no autocast, not compiling."""
+        """float32 in the weight's dtype, one normalized dimension, no autocast, not compiling."""
         return (
-            torch.is_grad_enabled()
-            and len(self.normalized_shape) == 1
+            len(self.normalized_shape) == 1
             and x.dtype == torch.float32
             and (self.weight is None or (type(self.weight) is nn.Parameter and self.weight.dtype == x.dtype))
             and not torch.is_autocast_enabled(x.device.type)
