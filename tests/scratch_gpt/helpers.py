@@ -3,6 +3,9 @@ compile checks that run the same way on the GPT-2 shape and on the Llama/Qwen sw
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from datasets import Dataset
 from transformers import CompileConfig, Trainer, TrainingArguments
@@ -126,3 +129,15 @@ def compiled_static_and_eager_generation(model) -> tuple[int, torch.Tensor, torc
     compiled = model.generate(ids, pad_token_id=1, cache_implementation="static", compile_config=compile_config,
                               **kwargs)
     return len(graphs), compiled, eager
+
+
+@contextlib.contextmanager
+def counting_applies(function: type[torch.autograd.Function]) -> Iterator[list[int]]:
+    """Count the calls of ``function.apply`` inside the block (to check that a fused path really ran)."""
+    calls: list[int] = []
+    original = function.apply
+    function.apply = lambda *args: calls.append(1) or original(*args)
+    try:
+        yield calls
+    finally:
+        function.apply = original

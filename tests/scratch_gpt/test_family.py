@@ -17,6 +17,7 @@ from tests.scratch_gpt.helpers import (
     assert_checkpointing_keeps_gradients,
     big_and_accumulated_grads,
     compiled_static_and_eager_generation,
+    counting_applies,
     left_padded,
     manual_greedy,
     uneven_label_rows,
@@ -156,13 +157,8 @@ def test_fused_swiglu_training_path_matches_llama_mlp_gradients(bias):
     theirs.load_state_dict(state)
     x = torch.randn(3, 7, 32, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
-    calls = []
-    original = mlp_module.SwiGLUFunction.apply
-    mlp_module.SwiGLUFunction.apply = lambda *a: calls.append(1) or original(*a)
-    try:
+    with counting_applies(mlp_module.SwiGLUFunction) as calls:
         out = ours(x)
-    finally:
-        mlp_module.SwiGLUFunction.apply = original
     assert calls, "the fused training path did not run"
     ref = theirs(x_ref)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
@@ -209,13 +205,8 @@ def test_fused_rmsnorm_training_path_matches_llama_rmsnorm(shape):
     theirs.weight.data.copy_(ours.weight.detach())
     x = (torch.randn(*shape) * 3).transpose(0, 1).requires_grad_(True)  # strided, as q/k heads are
     x_ref = x.detach().clone().requires_grad_(True)
-    calls = []
-    original = norm_module.RMSNormFunction.apply
-    norm_module.RMSNormFunction.apply = lambda *a: calls.append(1) or original(*a)
-    try:
+    with counting_applies(norm_module.RMSNormFunction) as calls:
         out = ours(x)
-    finally:
-        norm_module.RMSNormFunction.apply = original
     assert calls, "the fused training path did not run"
     ref = theirs(x_ref)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
@@ -241,13 +232,8 @@ def test_rotary_function_matches_transformers_rotation_and_gradient():
     cos, sin = rope(query, torch.arange(5).expand(2, 5) + 3)
     q, k = query.clone().requires_grad_(True), key.clone().requires_grad_(True)
     q_ref, k_ref = query.clone().requires_grad_(True), key.clone().requires_grad_(True)
-    calls = []
-    original = positions.RotaryFunction.apply
-    positions.RotaryFunction.apply = lambda *a: calls.append(1) or original(*a)
-    try:
+    with counting_applies(positions.RotaryFunction) as calls:
         ours = positions.apply_rotary(q, k, cos, sin)
-    finally:
-        positions.RotaryFunction.apply = original
     assert len(calls) == 2
     theirs = apply_rotary_pos_emb(q_ref, k_ref, cos, sin)
     for a, b in zip(ours, theirs):
@@ -272,14 +258,9 @@ def test_fused_rmsnorm_inference_path_and_autocast_fallback():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not norm._fusable(x)
     assert not norm._fusable(x.double())
-    calls = []
-    original = norm_module.RMSNormFunction.apply
-    norm_module.RMSNormFunction.apply = lambda *a: calls.append(1) or original(*a)
-    try:
+    with counting_applies(norm_module.RMSNormFunction) as calls:
         with torch.no_grad():  # inference: the same numbers as torch's own rms_norm, without the function
             torch.testing.assert_close(norm(x), torch.nn.functional.rms_norm(x, (8,), norm.weight, norm.eps))
-    finally:
-        norm_module.RMSNormFunction.apply = original
     assert not calls
 
 
