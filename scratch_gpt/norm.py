@@ -49,7 +49,8 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` whose training forward is :class:`RMSNormFunction` (see module doc)."""
+    """``nn.RMSNorm`` that trains through :class:`RMSNormFunction` and runs float32 inference without autograd's
+    generic ops (see module doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fusable(x):

@@ -13,8 +13,8 @@ token. ``bf16`` halves them, ``int8`` quarters them:
   own quantized kernels (fbgemm: ``torch.ao.quantization.quantize_dynamic``). Loaded from a local
   ``model.safetensors``, the token and position embeddings stay in the file, memory-mapped
   (:func:`_mapped_embedding`): a lookup reads only the rows of its tokens, exact, so a tied LM head costs one int8
-  copy, not two; elsewhere (a Hub id, an in-memory model) they are int8 too. Activations are quantized per call on the fly, so the matrix
-  products run as int8 GEMMs. Measured at GPT-2 124M's shapes on this project's 2-core AVX-512 CPU (one
+  copy, not two; elsewhere (a Hub id, an in-memory model) they are int8 too. Activations are quantized per call
+  on the fly, so the matrix products run as int8 GEMMs. Measured at GPT-2 124M's shapes on this project's 2-core AVX-512 CPU (one
   thread, CPU time of one pass over all linear weights; ``benchmarks/bench_local.py`` measures decoding end to
   end): fbgemm int8 105-110 passes/s at batch 1 and ~89 at batch 8, plain fp32 ``nn.Linear`` 25 / 12, bf16 31-33
   / 26, torchao 0.18's ``Int8WeightOnlyConfig`` 8 / 6 and ``torch._weight_int8pack_mm`` 9 / 1 (both without a
@@ -210,8 +210,7 @@ def _load_int8_streaming(folder: Path, kwargs: dict[str, Any]) -> Any | None:
         for module_name, module in quantizable:
             mapped = _mapped_embedding(weights, header, module_name, module, names)
             if mapped is not None:
-                parent_name, _, leaf = module_name.rpartition(".")
-                setattr(model.get_submodule(parent_name), leaf, mapped)
+                _replace_module(model, module_name, mapped)
             else:
                 _swap_quantized(model, module_name, module, names, read)
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
@@ -226,20 +225,31 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
                        "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def _read_tensor(file: Any, header: dict[str, Any], key: str) -> Any:
-    """Tensor ``key`` of a safetensors file, read into fresh memory (ValueError for a dtype we do not read)."""
+def _tensor_location(header: dict[str, Any], key: str) -> tuple[Any, tuple[int, ...], int, int]:
+    """``(dtype, shape, byte offset in the file, byte count)`` of tensor ``key``; ValueError for a dtype we do not
+    read or a byte count that does not match the shape."""
+    import math
+
     import torch
 
     entry = header[key]
     if entry["dtype"] not in _SAFETENSORS_DTYPES:
         raise ValueError(f"{key}: safetensors dtype {entry['dtype']} is not supported by the int8 loader")
+    dtype, shape = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]]), tuple(entry["shape"])
     begin, end = entry["data_offsets"]
-    out = torch.empty(entry["shape"], dtype=getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]]))
-    raw = out.reshape(-1).view(torch.uint8)
-    if raw.numel() != end - begin:
-        raise ValueError(f"{key}: {end - begin} bytes in the file for shape {entry['shape']}")
-    file.seek(header["__data_start__"] + begin)
-    if raw.numel() and file.readinto(memoryview(raw.numpy())) != raw.numel():
+    if end - begin != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"{key}: {end - begin} bytes in the file for shape {list(shape)}")
+    return dtype, shape, header["__data_start__"] + begin, end - begin
+
+
+def _read_tensor(file: Any, header: dict[str, Any], key: str) -> Any:
+    """Tensor ``key`` of a safetensors file, read into fresh memory (ValueError: see :func:`_tensor_location`)."""
+    import torch
+
+    dtype, shape, offset, size = _tensor_location(header, key)
+    out = torch.empty(shape, dtype=dtype)
+    file.seek(offset)
+    if size and file.readinto(memoryview(out.reshape(-1).view(torch.uint8).numpy())) != size:
         raise ValueError(f"{key}: the file ends early")
     return out
 
@@ -272,9 +282,6 @@ def _mapped_embedding_class() -> type:
     return MappedEmbedding
 
 
-_SAFETENSORS_FLOATS = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-
-
 def _safetensors_header(path: Path) -> dict[str, Any] | None:
     """The JSON header of a safetensors file plus ``__data_start__`` (byte offset of the data), or None."""
     import json
@@ -290,25 +297,18 @@ def _safetensors_header(path: Path) -> dict[str, Any] | None:
     return header
 
 
-def _mapped_embedding(path: Path, header: dict | None, module_name: str, module: Any, names: dict[str, str]) -> Any:
-    """``module`` (an ``nn.Embedding``) as a :class:`MappedEmbedding` over its table in ``path``, or None where
-    the table is not a plain float tensor of the expected shape (then it is quantized like the rest)."""
+def _mapped_embedding(path: Path, header: dict, module_name: str, module: Any, names: dict[str, str]) -> Any:
+    """``module`` (an ``nn.Embedding``) as a ``MappedEmbedding`` over its table in ``path``, or None where the
+    table is not a 16- or 32-bit float tensor of the module's shape (then it is quantized like the rest)."""
     import numpy as np
     import torch
     from torch import nn
 
-    if not isinstance(module, nn.Embedding) or header is None:
+    if not isinstance(module, nn.Embedding):
         return None
-    entry = header.get(names.get(f"{module_name}.weight" if module_name else "weight", ""))
-    if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_FLOATS:
+    dtype, shape, offset, _ = _tensor_location(header, names[f"{module_name}.weight" if module_name else "weight"])
+    if not dtype.is_floating_point or dtype.itemsize not in (2, 4) or shape != tuple(module.weight.shape):
         return None
-    shape, (begin, end) = tuple(entry["shape"]), entry["data_offsets"]
-    if shape != tuple(module.weight.shape):
-        return None
-    dtype = getattr(torch, _SAFETENSORS_FLOATS[entry["dtype"]])
-    if end - begin != int(np.prod(shape)) * dtype.itemsize:
-        return None
-    offset = header["__data_start__"] + begin
     if offset % dtype.itemsize:
         return None  # a misaligned table: the lookup would read unaligned values
     # numpy has no bfloat16: map raw 16-bit words and view them as the torch dtype.
@@ -374,9 +374,13 @@ def _swap_quantized(model: Any, module_name: str, module: Any, names: dict[str, 
         if module.bias is not None:
             bias = read(names[prefix + "bias"]).float()
             plain.bias = nn.Parameter(bias, requires_grad=False)
-    holder = _quantize_modules(nn.Sequential(plain))
-    parent_name, _, leaf = module_name.rpartition(".")
-    setattr(model.get_submodule(parent_name), leaf, holder[0])
+    _replace_module(model, module_name, _quantize_modules(nn.Sequential(plain))[0])
+
+
+def _replace_module(model: Any, name: str, module: Any) -> None:
+    """Put ``module`` in place of ``model``'s submodule ``name``."""
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), leaf, module)
 
 
 def _set_tensor(model: Any, name: str, value: Any) -> None:
