@@ -4,9 +4,9 @@
 forward, about ten backward, and it keeps ``x * rsqrt(...)`` as well as ``x`` for the backward pass. In training,
 :class:`RMSNorm` runs the same math as one autograd function (:class:`RMSNormFunction`) that keeps only ``x``
 and the per-row ``rsqrt`` and writes its gradient in closed form, in fewer passes over the activations. Same
-module, parameters and state dict as ``nn.RMSNorm`` (it is a subclass); in float32 inference it runs the same
-few ops without autograd (a decoding step normalizes a handful of rows, where ``nn.RMSNorm`` spends most of its
-time dispatching); autocast, other dtypes and ``torch.compile`` take ``nn.RMSNorm``'s own path.
+module, parameters and state dict as ``nn.RMSNorm`` (it is a subclass). Inference (no autograd), autocast, other
+dtypes and ``torch.compile`` take ``nn.RMSNorm``'s own path: without autograd ``F.rms_norm`` is the fastest
+way to normalize a decoding step's few rows (14 us against 18 for the six ops written out, wall clock).
 
 Reference: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"; transformers' ``LlamaRMSNorm``.
 """
@@ -49,19 +49,12 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` that trains through :class:`RMSNormFunction` and runs float32 inference without autograd's
-    generic ops (see module doc)."""
+    """``nn.RMSNorm`` that trains through :class:`RMSNormFunction` (see module doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fusable(x):
+        if torch.is_grad_enabled() and self._fusable(x):
             eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-            if torch.is_grad_enabled():
-                return RMSNormFunction.apply(x, self.weight, eps)
-            # inference: the same few ops without autograd (decoding normalizes a handful of rows, where
-            # torch's generic rms_norm spends most of its time dispatching its own sub-ops)
-            rstd = x.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
-            out = x * rstd
-            return out.mul_(self.weight) if self.weight is not None else out
+            return RMSNormFunction.apply(x, self.weight, eps)
         return super().forward(x)
 
     def _fusable(self, x: torch.Tensor) -> bool:

@@ -107,4 +107,20 @@ def apply_rotary(
     return _rotate(query, cos, sin), _rotate(key, cos, sin)
 
 
-__all__ = ["SUPPORTED_ROPE_TYPES", "RotaryFunction", "ScratchGPTRotaryEmbedding", "apply_rotary", "rotate_half"]
+def rotate_heads(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rotary`'s rotation of any ``(b, heads, t, d)`` tensor, without autograd: the queries and keys
+    of a fused projection rotated in one go (half the kernel launches of a decoding step's rotation)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    if states.shape[-1] % 2:
+        return states * cos + rotate_half(states) * sin
+    return _rotate(states, cos, sin)
+
+
+__all__ = [
+    "SUPPORTED_ROPE_TYPES",
+    "RotaryFunction",
+    "ScratchGPTRotaryEmbedding",
+    "apply_rotary",
+    "rotate_half",
+    "rotate_heads",
+]

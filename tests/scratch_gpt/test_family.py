@@ -218,8 +218,8 @@ def test_fused_rmsnorm_training_path_matches_llama_rmsnorm(shape):
 
 
 def test_rotary_function_matches_transformers_rotation_and_gradient():
-    """apply_rotary (three passes, RotaryFunction under autograd) equals transformers' apply_rotary_pos_emb on
-    strided query/key heads, values and gradients, with and without autograd."""
+    """apply_rotary (three passes, RotaryFunction under autograd) and rotate_heads (queries and keys in one view)
+    equal transformers' apply_rotary_pos_emb on strided query/key heads, values and gradients."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     from scratch_gpt import positions
@@ -246,6 +246,9 @@ def test_rotary_function_matches_transformers_rotation_and_gradient():
     with torch.no_grad():
         for a, b in zip(positions.apply_rotary(query, key, cos, sin), apply_rotary_pos_emb(query, key, cos, sin)):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        # inference: queries and keys rotated together as one strided (b, h + kv, t, d) view
+        joint = positions.rotate_heads(qkv[:, :6], cos, sin)
+        torch.testing.assert_close(joint, torch.cat(apply_rotary_pos_emb(query, key, cos, sin), 1), atol=1e-6, rtol=1e-6)
 
 
 def test_fused_rmsnorm_inference_path_and_autocast_fallback():
