@@ -57,7 +57,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # Ignored rows and 1/divisor are applied on the narrow (c, h) side, never on (c, v).
             row_scale = (valid.float() / divisor)[:, None]
             gh = grad_hidden[start : start + chunk]
-            if compute_dtype == grad_hidden.dtype:
+            if use_onednn:  # the input gradient through oneDNN (see linear.matmul_weight)
+                torch.mul(onednn_matmul_nt(g, w.t()), row_scale, out=gh)
+            elif compute_dtype == grad_hidden.dtype:
                 torch.mm(g, w, out=gh)
                 gh.mul_(row_scale)
             else:

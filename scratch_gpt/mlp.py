@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .linear import Linear, linear
+from .linear import Linear, linear, matmul_weight
 
 MLP_TYPES = ("gelu", "swiglu")
 
@@ -120,7 +120,7 @@ class SwiGLUFunction(torch.autograd.Function):
         act = F.silu(gate)  # recomputed, as is the product below
         grad_w_proj = grad.t() @ (act * up) if need[3] else None
         grad_b_proj = grad.sum(0) if ctx.biases[1] and need[4] else None
-        grad_hidden = grad @ w_proj
+        grad_hidden = matmul_weight(grad, w_proj)
         grad_up = act.mul_(grad_hidden)  # act is not needed after this
         grad_gate = torch.ops.aten.silu_backward(grad_hidden.mul_(up), gate)
         grad_w_fc = grad_b_fc = grad_x = None
@@ -131,7 +131,8 @@ class SwiGLUFunction(torch.autograd.Function):
         if ctx.biases[0] and need[2]:
             grad_b_fc = torch.cat((grad_gate.sum(0), grad_up.sum(0)))
         if need[0]:
-            grad_x = (grad_gate @ w_fc[:inter]).addmm_(grad_up, w_fc[inter:]).view(ctx.x_shape)
+            grad_x = matmul_weight(grad_gate, w_fc[:inter]).add_(matmul_weight(grad_up, w_fc[inter:]))
+            grad_x = grad_x.view(ctx.x_shape)
         return grad_x, grad_w_fc, grad_b_fc, grad_w_proj, grad_b_proj
 
 

@@ -55,7 +55,7 @@ from .configuration_scratch_gpt import ScratchGPTConfig
 from .loss import fused_causal_lm_loss
 from .mlp import make_mlp
 from .norm import RMSNorm
-from .positions import ScratchGPTRotaryEmbedding, apply_rotary, rotate_heads
+from .positions import ScratchGPTRotaryEmbedding, apply_rotary
 
 logger = logging.get_logger(__name__)
 
@@ -112,12 +112,9 @@ class ScratchGPTAttention(nn.Module):
         query, key, value = qkv.split((heads, kv_heads, kv_heads), dim=1)  # q: (b, h, t, d)
         if self.qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
-        if position_embeddings is None:  # learned positions were added to the embeddings
-            pass
-        elif self.qk_norm or torch.is_grad_enabled():
-            query, key = apply_rotary(query, key, *position_embeddings)
-        else:  # inference: queries and keys are neighbouring heads of qkv, rotated together
-            query, key = rotate_heads(qkv[:, : heads + kv_heads], *position_embeddings).split((heads, kv_heads), 1)
+        if position_embeddings is not None:  # RoPE (learned positions were added to the embeddings)
+            packed = None if self.qk_norm else qkv[:, : heads + kv_heads]  # queries and keys as one view
+            query, key = apply_rotary(query, key, *position_embeddings, packed=packed)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (b, h, past + t, d)
 

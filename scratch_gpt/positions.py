@@ -91,14 +91,22 @@ class RotaryFunction(torch.autograd.Function):
 
 
 def apply_rotary(
-    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    packed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate ``(b, h, t, d)`` queries and keys by the ``(b, t, d)`` angles of their positions.
 
     Equal to ``x * cos + rotate_half(x) * sin`` (transformers' ``apply_rotary_pos_emb``) up to float rounding,
     computed without the ``rotate_half`` copy; with autograd through :class:`RotaryFunction` (angles that need
-    gradients, which never happens in the model, take the plain formula).
+    gradients, which never happens in the model, take the plain formula). ``packed``, a ``(b, h + kv, t, d)``
+    tensor whose heads are the queries then the keys (a view of a fused projection), lets inference rotate both
+    in one go: :func:`rotate_heads`.
     """
+    if packed is not None and not torch.is_grad_enabled():
+        return rotate_heads(packed, cos, sin).split((query.shape[1], key.shape[1]), dim=1)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (b, 1, t, d): broadcast over heads
     if cos.requires_grad or sin.requires_grad or query.shape[-1] % 2:
         return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
