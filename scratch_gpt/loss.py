@@ -19,7 +19,7 @@ import platform
 import torch
 import torch.nn.functional as F
 
-from .linear import onednn_eligible, onednn_matmul_nt
+from .linear import matmul_weight, onednn_eligible, onednn_matmul_nt
 
 IGNORE_INDEX = -100
 _CHUNK_ELEMENTS = 1 << 24  # 64 MiB of fp32 logits per chunk: a second chunk re-reads and re-writes the whole
@@ -57,8 +57,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # Ignored rows and 1/divisor are applied on the narrow (c, h) side, never on (c, v).
             row_scale = (valid.float() / divisor)[:, None]
             gh = grad_hidden[start : start + chunk]
-            if use_onednn:  # the input gradient through oneDNN (see linear.matmul_weight)
-                torch.mul(onednn_matmul_nt(g, w.t()), row_scale, out=gh)
+            if use_onednn:  # the input gradient through oneDNN
+                torch.mul(matmul_weight(g, w), row_scale, out=gh)
             elif compute_dtype == grad_hidden.dtype:
                 torch.mm(g, w, out=gh)
                 gh.mul_(row_scale)
