@@ -11,8 +11,16 @@ input (an output inside an input, or an input inside the output, would destroy t
 parent folder is writable. The staging folder ``.NAME.staging-PID`` lives beside the target (same file
 system, so the swap is a rename). On success its files are fsynced and it is exchanged with the target in one
 atomic ``renameat2(RENAME_EXCHANGE)`` where Linux offers it (two renames elsewhere); the old result is deleted
-only after that. On failure the staging folder is removed and the target is untouched. Staging folders left by
-a killed process are removed by the next run.
+only after that. On failure the staging folder is removed and the target is untouched. Staging folders left
+by a killed process are removed by the next run.
+
+Files follow the user's umask. Writers disagree about modes (transformers 5.25's ``save_pretrained`` writes
+``model.safetensors`` as 0600 while its JSON files get 0644), so just before the fsync every file of the staged
+result is set to ``0o666 & ~umask`` (``0o777 & ~umask`` where the owner may execute it) and every folder to
+``0o777 & ~umask`` (:func:`apply_umask`): a run folder, a finetuned folder or an export is readable by exactly
+whom the user's other files are (a group, another container user, a web server). Links are left alone (a
+chmod would change what they point to). A carried file is a hard link to the old result's, so its mode changes
+with it (the old result is deleted once the swap is done).
 
 ``SCRATCH_GPT_CRASH_AT=<point>`` kills the process with SIGKILL at a named point (:func:`crash_point`), which
 is how the crash tests inject a kill in the middle of a write.
@@ -30,6 +38,8 @@ import logging
 import os
 import shutil
 import signal
+import stat
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +51,7 @@ _STAGING_TAG = ".staging-"
 _OLD_TAG = ".old-"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+_UMASK_LOCK = threading.Lock()
 
 
 def crash_point(name: str) -> None:
@@ -95,6 +106,57 @@ def check_output(
     """Every check :func:`staged_output` makes before it writes anything (call it early to fail fast)."""
     check_no_overlap(target, inputs)
     check_target(target, overwrite)
+
+
+# -- modes that follow the umask ------------------------------------------------------------------------
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it, else by a locked set-and-restore.
+
+    ``os.umask`` can only be read by setting it, and the umask is process-wide: a file another thread creates
+    between the two calls would get the temporary mask. So the ``Umask:`` line of ``/proc/self/status`` (Linux
+    4.7+) comes first; elsewhere the mask is swapped under a lock for the restrictive 0o077, so a file created
+    in that instant is too private rather than world-writable. It is read once per published result (not
+    cached for the process: a program or a test may change its umask between outputs).
+    """
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        old = os.umask(0o077)
+        os.umask(old)
+    return old
+
+
+def apply_umask(path: str | os.PathLike, umask: int | None = None) -> None:
+    """Set every file under ``path`` (or the file itself) to ``0o666 & ~umask`` and every folder to
+    ``0o777 & ~umask``; a file its owner may execute keeps that as ``0o777 & ~umask``. Links are skipped.
+
+    ``umask`` defaults to :func:`current_umask`. A mode that cannot be changed (a carried file owned by
+    someone else) is a warning: the result is still published, as the user's own tools would leave it.
+    """
+    mask = current_umask() if umask is None else umask
+    root = os.fspath(path)
+    entries = [root]
+    if os.path.isdir(root) and not os.path.islink(root):
+        for folder, dirs, files in os.walk(root):  # never descends into linked folders
+            entries += [os.path.join(folder, name) for name in dirs + files]
+    for entry in entries:
+        st = os.lstat(entry)
+        if stat.S_ISDIR(st.st_mode):
+            want = 0o777 & ~mask
+        elif stat.S_ISREG(st.st_mode):
+            want = (0o777 if st.st_mode & stat.S_IXUSR else 0o666) & ~mask
+        else:
+            continue  # links, sockets, fifos
+        if stat.S_IMODE(st.st_mode) != want:
+            try:
+                os.chmod(entry, want)
+            except OSError as err:
+                logger.warning("could not set the mode of %s to %o (%s)", entry, want, err)
 
 
 # -- fsync and swap -------------------------------------------------------------------------------------
@@ -223,6 +285,7 @@ def staged_output(
 ) -> Iterator[Path]:
     """Validate, then yield a staging path beside ``target``; on success swap it in, on failure remove it.
 
+    Before the swap every file and folder of the result gets the mode the umask gives (:func:`apply_umask`).
     ``carry`` names entries of an existing ``target`` (for example ``checkpoints``) that the new result keeps:
     they are hard-linked into the staging folder before the swap, so nothing is lost if the swap never happens.
     """
@@ -239,6 +302,7 @@ def staged_output(
         yield stage
         if target.is_dir() and is_dir:
             carry_over(target, stage, carry)
+        apply_umask(stage)  # before the fsync, so the modes are as durable as the data
         crash_point("before-fsync")
         fsync_tree(stage)
         crash_point("before-swap")

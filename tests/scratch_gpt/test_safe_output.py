@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from scratch_gpt import run_folder
-from scratch_gpt.safe_output import check_no_overlap, clean_stale, staged_output
+from scratch_gpt import run_folder, safe_output
+from scratch_gpt.safe_output import apply_umask, check_no_overlap, clean_stale, current_umask, staged_output
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -76,6 +79,80 @@ def test_overwriting_a_link_replaces_the_link_not_what_it_points_to(tmp_path: Pa
     assert _tree(tmp_path / "link") == {"new.txt": "new"}
     assert _tree(real) == {"keep.txt": "keep"}
 
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o027], ids=["umask022", "umask077", "umask027"])
+def umask(request) -> int:
+    """The process umask set to ``request.param`` for one test, the old one restored after it."""
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_published_modes_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    # writers that pick their own modes: a private weights file (transformers 5.25), a world-readable copy, a
+    # private folder, an executable script; a link to a private file outside must be left alone
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    outside.chmod(0o600)
+    target = tmp_path / "out"
+    with staged_output(target) as stage:
+        (stage / "model.safetensors").write_bytes(b"w")
+        (stage / "model.safetensors").chmod(0o600)
+        (stage / "copied.json").write_text("{}")
+        (stage / "copied.json").chmod(0o644)
+        (stage / "sub").mkdir(mode=0o700)
+        (stage / "sub" / "run.sh").write_text("#!/bin/sh\n")
+        (stage / "sub" / "run.sh").chmod(0o700)
+        (stage / "link").symlink_to(outside)
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    assert _mode(target / "model.safetensors") == _mode(target / "copied.json") == file_mode
+    assert _mode(target) == _mode(target / "sub") == dir_mode
+    assert _mode(target / "sub" / "run.sh") == dir_mode  # executable stays executable, as far as the umask allows
+    assert _mode(outside) == 0o600 and (target / "link").is_symlink()
+
+
+def test_single_file_and_carried_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    file_target = tmp_path / "tok.json"
+    with staged_output(file_target, is_dir=False) as stage:
+        stage.write_text("new")
+        stage.chmod(0o600)
+    assert _mode(file_target) == 0o666 & ~umask
+    target = tmp_path / "run"
+    (target / "checkpoints").mkdir(parents=True)
+    (target / "checkpoints" / "model.safetensors").write_text("ck")
+    (target / "checkpoints" / "model.safetensors").chmod(0o600)
+    with staged_output(target, overwrite=True, carry=["checkpoints"]) as stage:
+        (stage / "model.safetensors").write_text("new")
+    assert _mode(target / "checkpoints" / "model.safetensors") == 0o666 & ~umask
+
+
+def test_apply_umask_takes_an_explicit_mask(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    apply_umask(tmp_path, 0o002)
+    assert _mode(tmp_path / "f") == 0o664 and _mode(tmp_path) == 0o775
+
+
+def test_current_umask_reads_without_changing_it(umask: int) -> None:
+    assert current_umask() == umask
+    assert current_umask() == umask  # reading did not change it
+    # where /proc is missing the fallback swaps the mask and restores it: same answer, same mask after
+    code = ("import builtins, os; real = builtins.open\n"
+            "def no_proc(f, *a, **k):\n"
+            "    if str(f).startswith('/proc/'): raise FileNotFoundError(f)\n"
+            "    return real(f, *a, **k)\n"
+            "builtins.open = no_proc\n"
+            "import importlib.util as u, sys; spec = u.spec_from_file_location('so', sys.argv[1])\n"
+            "mod = u.module_from_spec(spec); spec.loader.exec_module(mod)\n"  # stdlib only: no torch import
+            "print(oct(mod.current_umask()), oct(mod.current_umask()))")
+    module = Path(safe_output.__file__)
+    out = subprocess.run([sys.executable, "-c", code, str(module)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [oct(umask), oct(umask)]
 
 @pytest.mark.parametrize(("output", "inputs"), [("data", ["data"]), ("data/out", ["data"]), (".", ["data"])])
 def test_output_overlapping_an_input_is_refused(tmp_path: Path, output: str, inputs: list[str]) -> None:

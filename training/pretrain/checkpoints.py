@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scratch_gpt import run_folder
-from scratch_gpt.safe_output import fsync_dir, fsync_tree
+from scratch_gpt.safe_output import apply_umask, fsync_dir, fsync_tree
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
 
 
 def _seal(folder: Path, state: dict[str, Any], step: int) -> None:
-    """Write the loop state, fsync everything, then write (and fsync) the ``COMPLETE`` marker."""
+    """Write the loop state, set the umask's modes, fsync everything, then write (and fsync) the ``COMPLETE`` marker."""
     run_folder.write_json(folder, run_folder.TRAINER_STATE_FILE, state)
+    apply_umask(folder)  # accelerate's writers choose their own modes; a checkpoint follows the umask like a run
     fsync_tree(folder)
     marker = run_folder.file(folder, run_folder.COMPLETE_MARKER)
     with open(marker, "w") as fh:
