@@ -1,14 +1,80 @@
-"""Shared pieces of the model tests: padded batches, an uncached greedy reference, gradient, Trainer and
-compile checks that run the same way on the GPT-2 shape and on the Llama/Qwen switches."""
+"""Shared pieces of the model tests: fp32 tolerances derived from the arithmetic, padded batches, an uncached
+greedy reference, gradient, Trainer and compile checks that run the same way on the GPT-2 shape and on the
+Llama/Qwen switches."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
 from datasets import Dataset
 from transformers import CompileConfig, Trainer, TrainingArguments
+
+# -- fp32 tolerances from the arithmetic ------------------------------------------------------------------
+#
+# Two fp32 computations of one value that differ only in how sums are ordered (our kernels against torch's or
+# transformers', a backend, a converted copy, one GEMM shape against another; AVX2 / AVX-512 / AMX blocking,
+# FMA, threads) round differently, and by how much depends on the CPU. Each addition rounds by at most half an
+# ulp of the running sum; with those errors behaving as independent signs (blocked and pairwise kernels with
+# fp32 accumulators never approach the worst case of K half-ulps), a K-term sum is off by about
+# eps/2 * sqrt(K) * |running sum|, and so is the other side. A model chains its reductions: each layer adds its
+# relative error (LayerNorm keeps the stream's scale), so ``depth`` multiplies. ``FP32_SAFETY`` = 4 covers the
+# two sides and the largest of thousands of outputs (a Gaussian tail, sqrt(2 ln N) ~ 4 at N = 1e4).
+#
+# What the tolerance still catches: with K = 128 and depth 3 it is 4 * 1.2e-7 * 11.3 * 3 ~ 1.6e-5 of the
+# outputs' largest magnitude (measured differences on the tiny models are ~50x below it), while a wrong weight,
+# a lost mask, an off-by-one position or a missing scale moves outputs by a sizeable fraction of their own size
+# (>= 1e-2 of it): three orders of magnitude above the tolerance.
+
+EPS32 = torch.finfo(torch.float32).eps  # 2**-23 ~ 1.19e-7: the fp32 spacing at 1 (twice the unit roundoff)
+FP32_SAFETY = 4.0
+
+
+def fp32_tol(reduction_len: int, magnitude: float = 1.0, depth: int = 1, safety: float = FP32_SAFETY) -> float:
+    """Absolute tolerance between two fp32 computations of a value made of ``depth`` chained sums of
+    ``reduction_len`` terms whose running sums stay below ``magnitude``: ``safety * eps * sqrt(K) * magnitude
+    * depth`` (the reasoning is in the comment above)."""
+    return safety * EPS32 * math.sqrt(max(reduction_len, 1)) * magnitude * depth
+
+
+def matmul_tol(a: torch.Tensor, b: torch.Tensor, safety: float = FP32_SAFETY) -> float:
+    """:func:`fp32_tol` for ``a @ b``: K is the inner size and the magnitude the largest ``|a| @ |b|``, a bound
+    on every running sum of every output (exact, so cancellation in the result cannot hide a large sum)."""
+    bound = (a.detach().double().abs() @ b.detach().double().abs()).max().item()
+    return fp32_tol(a.shape[-1], bound, safety=safety)
+
+
+def logits_tol(config, reference: torch.Tensor, seq_len: int | None = None) -> float:
+    """:func:`fp32_tol` for one model's fp32 logits reached by two kernel paths.
+
+    K is the longest reduction of a forward pass: the hidden size (projections, LM head), the MLP width, or the
+    sequence (attention's weighted sum; ``seq_len``, default the logits' second dimension); the depth is the
+    layers plus the head; the magnitude is the reference's largest |logit|.
+    """
+    hidden = config.hidden_size
+    if seq_len is None:
+        seq_len = reference.shape[1] if reference.dim() == 3 else 1
+    width = getattr(config, "intermediate_size", None) or 4 * hidden
+    k = max(hidden, width, seq_len)
+    return fp32_tol(k, reference.detach().abs().max().item(), depth=config.num_hidden_layers + 1)
+
+
+def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, config, seq_len: int | None = None) -> None:
+    """``actual`` equals the fp32 logits ``expected`` to :func:`logits_tol` (absolute; rtol 0)."""
+    torch.testing.assert_close(actual, expected, atol=logits_tol(config, expected, seq_len), rtol=0)
+
+
+
+def assert_grads_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], reduction_len: int,
+                       depth: int = 1) -> None:
+    """Gradients reached by two fp32 paths agree per tensor to ``fp32_tol(reduction_len, max |want|, depth)``:
+    ``reduction_len`` the longest sum behind them (tokens, vocabulary or width), ``depth`` the chained layers."""
+    assert got.keys() == want.keys()
+    for name, grad in want.items():
+        tol = fp32_tol(reduction_len, grad.abs().max().item(), depth)
+        torch.testing.assert_close(got[name], grad, atol=tol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def left_padded(rows: list[list[int]], pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
