@@ -12,7 +12,7 @@ from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 from .mlp import MLP_TYPES
-from .positions import SUPPORTED_ROPE_TYPES
+from .positions import ROPE_TYPES, rotary_width
 
 NORM_TYPES = ("layernorm", "rmsnorm")
 POSITION_EMBEDDING_TYPES = ("learned", "rope")
@@ -27,7 +27,10 @@ class ScratchGPTConfig(PretrainedConfig):
         num_hidden_layers: number of transformer blocks (``n_layer`` / ``n_layers``).
         num_attention_heads: heads per attention layer; must divide ``hidden_size``.
         intermediate_size: width of the MLP; ``None`` means ``4 * hidden_size``.
-        max_position_embeddings: longest sequence (learned absolute positions; ``n_positions`` / ``context_length``).
+        max_position_embeddings: the size of the learned position table ``wpe`` (``n_positions`` /
+            ``context_length``), the longest input learned positions accept. With RoPE there is no table: it is the
+            length the model was trained for (a longer input runs, with a one-time warning; ``linear``,
+            ``dynamic`` and ``yarn`` scaling exist to go past it).
         hidden_act: MLP activation, any name in ``transformers.activations.ACT2FN`` (GPT-2 uses ``gelu_new``,
             which equals ``gelu_pytorch_tanh``).
         layer_norm_eps: epsilon of the normalisation layers.
@@ -40,8 +43,12 @@ class ScratchGPTConfig(PretrainedConfig):
         position_embedding_type: ``"learned"`` (GPT-2's absolute position table ``wpe``) or ``"rope"`` (rotary
             embeddings on queries and keys, Llama/Qwen; no position table). See docs/family.md.
         rope_parameters: transformers' standard RoPE dict for ``"rope"``: ``rope_theta`` and ``rope_type``
-            (``default``, ``linear``, ``llama3``, ``yarn``) with that type's fields (``factor``, ...). Legacy
-            ``rope_theta=`` / ``rope_scaling=`` keyword arguments are folded in. ``None`` for learned positions.
+            (``default``, ``linear``, ``dynamic``, ``llama3``, ``yarn``) with that type's fields (``factor``,
+            ...), and optionally ``partial_rotary_factor`` (rotate only that fraction of each head). Legacy
+            ``rope_theta=`` / ``rope_scaling=`` / ``partial_rotary_factor=`` keyword arguments are folded in.
+            Only RoPE configs have the attribute: with learned positions ``hasattr(config, "rope_parameters")``
+            is False (transformers reads that attribute's presence as "this model has RoPE"), and RoPE keywords
+            given to such a config are dropped.
         num_key_value_heads: key/value heads; ``num_attention_heads`` (default) is multi-head attention, fewer is
             grouped-query attention, 1 is multi-query. Must divide ``num_attention_heads``. The KV cache stores
             these grouped heads.
@@ -115,7 +122,7 @@ class ScratchGPTConfig(PretrainedConfig):
     qkv_bias: bool = True
     tie_word_embeddings: bool = True
     position_embedding_type: str = "learned"
-    rope_parameters: dict | None = None
+    # `rope_parameters` is deliberately not a field: a field would exist on every config (see __post_init__).
     num_key_value_heads: int | None = None
     head_dim: int | None = None
     mlp_type: str = "gelu"
@@ -134,6 +141,14 @@ class ScratchGPTConfig(PretrainedConfig):
         drop_rate = kwargs.pop("drop_rate", None)
         if drop_rate is not None:
             self.attention_dropout = self.resid_dropout = self.embd_dropout = drop_rate
+        # RoPE configs get `rope_parameters` before transformers' __post_init__, which folds the legacy keywords
+        # into it because the attribute exists; learned-position configs never get the attribute at all.
+        rope_parameters = kwargs.pop("rope_parameters", None)
+        if self.position_embedding_type == "rope":
+            self.rope_parameters = rope_parameters
+        else:
+            for key in ("rope_theta", "rope_scaling", "partial_rotary_factor"):
+                kwargs.pop(key, None)
         super().__post_init__(**kwargs)  # applies GPT-2 / book aliases given as keyword arguments
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
@@ -141,8 +156,6 @@ class ScratchGPTConfig(PretrainedConfig):
         if self.mlp_type == "swiglu":  # c_fc packs [gate; up]: a plain column split would pair the wrong halves
             self.base_model_tp_plan = {**type(self).base_model_tp_plan, "h.*.mlp.c_fc": "colwise_gather_output",
                                        "h.*.mlp.c_proj": "rowwise_split_input"}
-        if self.position_embedding_type == "learned":
-            self.rope_parameters = None  # transformers' RoPE handling fills in a default dict for every config
         self.validate_architecture()
 
     def _derive_attention_shape(self) -> None:
@@ -214,18 +227,35 @@ class ScratchGPTConfig(PretrainedConfig):
             self._validate_rope_parameters()
 
     def _validate_rope_parameters(self) -> None:
-        rope_type = self.rope_parameters.get("rope_type")
-        if rope_type not in SUPPORTED_ROPE_TYPES:
+        rope = getattr(self, "rope_parameters", None)
+        if not isinstance(rope, dict):
+            raise ValueError(f"ScratchGPTConfig.rope_parameters must be a dict with RoPE, got {rope!r}.")
+        rope_type = rope.get("rope_type")
+        if rope_type not in ROPE_TYPES:
             raise ValueError(
                 f"ScratchGPTConfig.rope_parameters has rope_type={rope_type!r}, which ScratchGPT does not "
-                f"implement; use one of {SUPPORTED_ROPE_TYPES}."
+                f"implement; use one of {ROPE_TYPES}."
             )
-        if self.head_dim % 2:
-            raise ValueError(f"RoPE rotates pairs of dimensions: head_dim must be even, got {self.head_dim}.")
+        self._validate_rotary_width(rope.get("partial_rotary_factor", 1.0), rope_type)
         try:
             self.validate_rope()  # transformers' own checks of the fields each rope_type needs
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"ScratchGPTConfig.rope_parameters {self.rope_parameters!r} are invalid: {error}") from None
+            raise ValueError(f"ScratchGPTConfig.rope_parameters {rope!r} are invalid: {error}") from None
+
+    def _validate_rotary_width(self, factor, rope_type: str) -> None:
+        """The rotated part of a head: pairs of dimensions, inside the head, more than one pair for ``dynamic``
+        (its base exponent is ``d / (d - 2)``)."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+            raise ValueError(f"rope_parameters['partial_rotary_factor'] must be in (0, 1], got {factor!r}.")
+        dim, width = int(self.head_dim * factor), rotary_width(self.head_dim, factor)
+        if factor == 1 and self.head_dim % 2:
+            raise ValueError(f"RoPE rotates pairs of dimensions: head_dim must be even, got {self.head_dim}.")
+        if width > self.head_dim or dim < (3 if rope_type == "dynamic" else 2):
+            raise ValueError(
+                f"rope_parameters['partial_rotary_factor']={factor} rotates int({self.head_dim} * {factor}) = {dim} "
+                f"dimensions (rounded up to {width}) of head_dim={self.head_dim}; it must be at least "
+                f"{3 if rope_type == 'dynamic' else 2} and fit in the head."
+            )
 
 
 __all__ = ["ScratchGPTConfig"]

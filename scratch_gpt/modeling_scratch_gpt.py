@@ -309,13 +309,25 @@ class ScratchGPTModel(ScratchGPTPreTrainedModel):
             return 0
         past_len = cache.get_seq_length() if isinstance(cache, Cache) else 0
         if not torch.compiler.is_compiling() and past_len + seq > self.config.max_position_embeddings:
+            self._check_length(past_len, seq)
+        return past_len
+
+    def _check_length(self, past_len: int, seq: int) -> None:
+        """Past ``max_position_embeddings``: learned positions have no row in ``wpe`` (ValueError); RoPE computes
+        any position, so it only warns once that the model was not trained that long."""
+        limit = self.config.max_position_embeddings
+        if self.wpe is not None:
             raise ValueError(
                 f"Sequence length {past_len + seq} (cached {past_len} + new {seq}) exceeds "
-                f"max_position_embeddings={self.config.max_position_embeddings}. Truncate the input "
-                f"(e.g. tokenizer(..., truncation=True, max_length={self.config.max_position_embeddings})) "
-                "or generate fewer new tokens."
+                f"max_position_embeddings={limit}, the size of the learned position table. Truncate the input "
+                f"(e.g. tokenizer(..., truncation=True, max_length={limit})) or generate fewer new tokens."
             )
-        return past_len
+        # No lengths in the message: warning_once warns once per distinct message, and decoding grows by one.
+        logger.warning_once(
+            f"The input is longer than max_position_embeddings={limit}, the length this model was configured "
+            f"(trained) for. RoPE ({self.config.rope_parameters['rope_type']}) computes any position, but quality "
+            "past it depends on the model ('linear', 'dynamic' and 'yarn' rope_parameters exist to go further)."
+        )
 
     def _attention_mask(self, attention_mask, inputs_embeds, cache, position_ids, past_len: int, packed: bool):
         """The mask the configured attention function expects.

@@ -4,8 +4,9 @@ transformers' ``ModelTesterMixin`` (tests/test_modeling_common.py) and ``Generat
 (tests/generation/test_utils.py) are not installed with the package, so the applicable checks are written out
 here against the installed transformers: required class attributes, the cache-argument deprecation, save/load,
 cached == uncached, attention and hidden-state outputs (captured by transformers' output-recording hooks),
-tuple outputs, gradients, generate() dict outputs, generation from embeddings and from a returned cache, and a
-fullgraph-compiled static-cache generate().
+tuple outputs, gradients, generate() dict outputs, generation from embeddings and from a returned cache, a
+fullgraph-compiled static-cache generate(), and which configs the RoPE tests run on (the RoPE cases themselves
+are reproduced in test_rope_scaling.py).
 """
 
 import warnings
@@ -176,3 +177,11 @@ def test_fullgraph_compiled_static_cache_generate_equals_eager_generate(implemen
     graphs, compiled, eager = compiled_static_and_eager_generation(model)
     assert graphs == 1  # one graph for the decoding step: fullgraph=True would raise on any break
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("position_embedding_type, has_rope", [("learned", False), ("rope", True)])
+def test_rope_tests_run_only_on_rope_configs(position_embedding_type, has_rope):
+    # transformers' _config_supports_rope_scaling: `hasattr(config, "rope_parameters")` (or a sub-config's).
+    config = make_tiny_config(position_embedding_type=position_embedding_type)
+    assert hasattr(config, "rope_parameters") is has_rope and not config.sub_configs
+    assert ("rope_parameters" in config.to_dict()) is has_rope
