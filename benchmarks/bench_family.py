@@ -34,6 +34,7 @@ from bench_model import (  # noqa: E402
     peak_memory,
     peak_rss_added,
     summarise,
+    with_plain_twin,
 )
 from bench_model import train_interleaved as train_steps_interleaved  # noqa: E402
 
@@ -93,7 +94,7 @@ def main() -> None:
     args, skip = parsed
     cfg = SHAPES[args.shape]
     new_tokens = args.new_tokens or min(256, cfg["max_position_embeddings"] - args.prompt)
-    models = build_models(args.shape)
+    models = with_plain_twin(build_models(args.shape), not args.no_plain)
     report = {
         "shape": {**cfg, "name": args.shape, "train_batch": TRAIN_BATCH[args.shape]},
         **environment(),

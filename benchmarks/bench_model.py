@@ -4,8 +4,9 @@ Measured in one process, interleaved (ours, GPT-2, GPT-2, ours, ...), medians ov
 training tokens/s (forward + backward + AdamW step; fp32 and bf16 autocast; interleaved step by step, so
 the machine's drift hits both alike; `paired_ratio` is the median of the per-step ratios), generation
 tokens/s with the KV cache (greedy; batch 1 and 8; 32-token prompt), time to first token, and peak
-training memory (each model in a fresh subprocess: peak RSS minus the RSS after imports). Prints one JSON
-object.
+training memory (each model in a fresh subprocess: peak RSS minus the RSS after imports). A third model,
+ours with ``cpu_fast_paths=False`` (plain torch kernels), joins the interleaving: ``vs_plain`` is what the
+kernels chosen on this CPU gain over it. Prints one JSON object, with the CPU it ran on.
 
     python benchmarks/bench_model.py --shape tiny
     python benchmarks/bench_model.py --shape gpt2-124m --reps 3 --train-steps 7 --skip bf16
@@ -28,12 +29,16 @@ from collections.abc import Callable
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_info import cpu_info  # noqa: E402
+
 SHAPES = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=256, n_positions=256, vocab_size=8192),
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, n_positions=256, vocab_size=50257),
 }
 TRAIN_BATCH = {"tiny": 8, "gpt2-124m": 2}
 NAMES = ("scratch_gpt", "gpt2")  # ours, then the reference
+PLAIN = "scratch_gpt_plain"  # the same model with cpu_fast_paths=False (F.linear only), joins unless --no-plain
 
 
 def build_models(shape: str):
@@ -49,6 +54,23 @@ def build_models(shape: str):
     gpt2.config._attn_implementation = "sdpa"
     ours = gpt2_to_scratch(gpt2)
     return {"scratch_gpt": ours, "gpt2": gpt2}
+
+
+def plain_twin(model):
+    """The same model (same weights) built with ``cpu_fast_paths=False``: plain ``F.linear`` and torch products."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    config.cpu_fast_paths = False
+    twin = type(model)(config)
+    twin.load_state_dict(model.state_dict())
+    twin.config._attn_implementation = model.config._attn_implementation
+    return twin.train(model.training)
+
+
+def with_plain_twin(models: dict, plain: bool) -> dict:
+    """``models`` plus :data:`PLAIN` (the twin of ``models["scratch_gpt"]``) when ``plain``."""
+    return {**models, PLAIN: plain_twin(models["scratch_gpt"])} if plain else models
 
 
 ADAMW: dict = {}  # extra torch.optim.AdamW options for every model (--optimizer; {"fused": True} for "fused")
@@ -126,13 +148,18 @@ def summarise(times: dict[str, list[float]], work: float, unit: str, reference: 
     """Work per second of each model (medians), the ratio of medians and the median of per-run ratios
     (``reference`` / ours, so above 1 means scratch-gpt is faster)."""
     med = {name: statistics.median(t) for name, t in times.items()}
-    return {
+    out = {
         f"scratch_gpt_{unit}": round(work / med["scratch_gpt"], 2),
         f"{reference}_{unit}": round(work / med[reference], 2),
         "ratio": round(med[reference] / med["scratch_gpt"], 3),
         "paired_ratio": round(statistics.median(r / o for r, o in zip(times[reference], times["scratch_gpt"])), 3),
-        "runs": {name: [round(x, 4) for x in t] for name, t in times.items()},
     }
+    if PLAIN in times:  # ours / ours with cpu_fast_paths=False: above 1 means the chosen kernels help
+        out[f"{PLAIN}_{unit}"] = round(work / med[PLAIN], 2)
+        out["vs_plain"] = round(med[PLAIN] / med["scratch_gpt"], 3)
+        out["paired_vs_plain"] = round(statistics.median(p / o for p, o in zip(times[PLAIN], times["scratch_gpt"])), 3)
+    out["runs"] = {name: [round(x, 4) for x in t] for name, t in times.items()}
+    return out
 
 
 def peak_rss_added(run: Callable[[], object]) -> float:
@@ -200,6 +227,8 @@ def comparison_parser(
     parser.add_argument("--optimizer", choices=("default", "fused"), default=optimizer,
                         help="AdamW for both models in the training and memory parts: torch's default "
                         "implementation, or fused=True (what `scratch-gpt train` uses on CPU and CUDA)")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="leave out the third model, ours with cpu_fast_paths=False (the vs_plain ratios)")
     parser.add_argument("--memory-child", choices=names, help=argparse.SUPPRESS)
     return parser
 
@@ -218,8 +247,9 @@ def parse_comparison(parser: argparse.ArgumentParser, memory_child: Callable[[st
 
 
 def environment() -> dict:
-    """What the figures depend on besides the shape: torch, its threads, the allocator tuning."""
+    """What the figures depend on besides the shape: the CPU, torch, its threads, the allocator tuning."""
     return {
+        "cpu": cpu_info(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "malloc_tuned": os.environ.get("MALLOC_MMAP_MAX_") == "0",
@@ -236,7 +266,7 @@ def main() -> None:
     cfg = SHAPES[args.shape]
     if args.new_tokens is None:
         args.new_tokens = min(256, cfg["n_positions"] - args.prompt)
-    models = build_models(args.shape)
+    models = with_plain_twin(build_models(args.shape), not args.no_plain)
     batch, seq, vocab = TRAIN_BATCH[args.shape], cfg["n_positions"], cfg["vocab_size"]
     report = {
         "shape": {**cfg, "train_batch": batch},
@@ -265,6 +295,9 @@ def main() -> None:
         report["time_to_first_token_ms"] = {
             name: round(1000 * statistics.median(t), 2) for name, t in ttft.items()
         } | {"ratio": round(statistics.median(ttft["gpt2"]) / statistics.median(ttft["scratch_gpt"]), 3)}
+        if PLAIN in ttft:
+            report["time_to_first_token_ms"]["vs_plain"] = round(
+                statistics.median(ttft[PLAIN]) / statistics.median(ttft["scratch_gpt"]), 3)
     if "memory" not in skip:
         report["peak_train_memory"] = peak_memory(args.shape, args.memory_steps)
     print(json.dumps(report, indent=1))

@@ -1,46 +1,65 @@
-"""``nn.Linear`` with faster float32 CPU paths: few-row inference (decoding) and oneDNN for the rest.
+"""``nn.Linear`` whose CPU products run through whichever kernel is fastest on the running machine.
 
-Decoding multiplies a handful of rows (one per sequence) by every weight matrix. On CPU that is memory-bound:
-what matters is how fast the BLAS streams the weight. ``F.linear`` takes a GEMV-like kernel for a few rows;
-the same product written the other way round, ``(W @ x.T).T``, is a GEMM with a long M, and for a single row a
-batched product over four row blocks of ``W`` (one per thread) streams the weight faster still.
+A linear layer's product can be computed several ways on CPU, and which is fastest depends on the CPU, the
+thread count, the shape and the dtype, so it is measured, never assumed (:mod:`kernel_choice`: the first call
+per key times the candidates in place and keeps the fastest for the process). The candidates:
 
-The path is taken only without autograd, on CPU, in float32 without autocast, for contiguous weights,
-outside ``torch.compile``, and for at most :func:`few_rows_limit` rows (8 for weights with up to 512 inputs, else 4:
-beyond that oneDNN's linear is faster).
+- ``f_linear``: ``F.linear``, the plain torch path; always a candidate.
+- ``onednn``: oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the kernel torch's inductor uses on CPU).
+- ``transposed`` (at most :data:`FEW_ROWS` rows, no autograd): the product written the other way round,
+  ``(W @ x.T).T``, a GEMM with a long M instead of a GEMV-like kernel; its transposing copy is chosen too
+  (:func:`_transposed`).
+- ``row_blocks`` (one row, no autograd): a batched product over four row blocks of ``W``, with the bias added
+  inside (``baddbmm``); the blocks are views made once per weight version.
+- ``onednn_packed`` (bfloat16, no autograd, through a :class:`Linear`): oneDNN's linear with the weight
+  reordered once into oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``), kept beside the
+  parameter and remade when the weight changes. This is how bf16 decoding uses a CPU's bf16 units.
 
-Everything else in float32 on CPU (training, prefill) runs its forward through oneDNN's linear
-(``torch.ops.mkldnn._linear_pointwise``, the kernel torch's inductor uses on CPU); the backward stays on
-``grad @ W`` and ``grad.T @ x``. Autocast, other dtypes and devices, builds without oneDNN, and layers built
-with ``cpu_fast_paths=False`` (``ScratchGPTConfig.cpu_fast_paths``) use ``F.linear``. Results equal
-``F.linear`` up to float rounding. Measured speed-ups per machine: docs/backends.md and benchmarks/bench_model.py.
+With autograd recording (training), the forward is chosen between ``f_linear`` and ``onednn`` by timing the
+forward under ``torch.no_grad`` once per key; the oneDNN forward runs inside :class:`_OneDNNLinear`, whose
+input gradient goes through :func:`matmul_weight` (itself chosen between MKL's ``grad @ W`` and oneDNN).
+
+Choices are made only on CPU, for float32 or bfloat16 tensors of one dtype, contiguous weights, without
+autocast and outside ``torch.compile``; everything else, and layers built with ``cpu_fast_paths=False``
+(``ScratchGPTConfig.cpu_fast_paths``), uses ``F.linear``. Every candidate equals ``F.linear`` up to float
+rounding. Measured choices and speeds per machine: docs/backends.md and benchmarks/bench_model.py.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FEW_ROWS = 8  # the most rows the few-rows path takes (weights with at most _NARROW inputs), else 4
-_WIDE_FEW_ROWS = 4
-_NARROW = 512
+from .kernel_choice import CHOOSER
+
+FEW_ROWS = 8  # the most rows for which the few-rows candidates (transposed, row_blocks) are timed at all
 _ROW_BLOCKS = 4
-_PLAIN_TRANSPOSE_MAX = 1024  # outputs below which torch's 2D transposing copy is the faster one
+_TUNED_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def few_rows_limit(in_features: int) -> int:
-    """The most rows the few-rows path takes for a weight with ``in_features`` inputs; from there on oneDNN
-    streams the weight faster (measured: docs/backends.md)."""
-    return FEW_ROWS if in_features <= _NARROW else _WIDE_FEW_ROWS
+def _onednn_available() -> bool:
+    # A private op: builds (or future torch versions) without it fall back to F.linear.
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
 
 
-def _cpu_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """The condition both fast paths share: float32 on CPU, contiguous weight, no autocast, not compiling."""
+_ONEDNN = _onednn_available()
+_PACKING = _ONEDNN and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def _tunable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """CPU, one float32/bfloat16 dtype, contiguous weight, no autocast, not compiling: a kernel may be chosen."""
+    dtype = weight.dtype
     return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and (bias is None or bias.dtype == torch.float32)
+        x.is_cpu
+        and x.dtype is dtype
+        and dtype in _TUNED_DTYPES
+        and (bias is None or bias.dtype is dtype)
         and weight.is_contiguous()
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
@@ -54,45 +73,42 @@ def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     )
 
 
-def _few_rows_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> bool:
-    if not 0 < rows <= few_rows_limit(weight.shape[1]) or not _cpu_float32(x, weight, bias):
-        return False
-    return not _needs_grad(x, weight, bias)  # training keeps autograd's own linear
-
-
-def _onednn_available() -> bool:
-    # A private op: builds (or future torch versions) without it fall back to F.linear.
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_ONEDNN = _onednn_available()
-
-
 def onednn_matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b.T (+ bias)`` for 2D float32 CPU tensors through oneDNN (no autograd)."""
+    """``a @ b.T (+ bias)`` for 2D CPU tensors through oneDNN (no autograd)."""
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
 def onednn_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether :func:`onednn_matmul_nt` may compute ``F.linear(x, weight, bias)``: float32 on CPU, no autocast."""
-    return _ONEDNN and _cpu_float32(x, weight, bias)
+    return _ONEDNN and weight.dtype == torch.float32 and _tunable(x, weight, bias)
+
+
+def _choose(key: tuple, candidates: dict) -> tuple[str, torch.Tensor]:
+    """``CHOOSER.run`` over ``{name: (function, *args)}`` (closures made only when measuring or forced)."""
+    return CHOOSER.run(key, {name: functools.partial(*call) for name, call in candidates.items()})
+
+
+def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` for 2D tensors (no autograd): on CPU in float32 the faster of MKL and oneDNN, measured."""
+    if not (_ONEDNN and a.dim() == 2 and a.dtype is b.dtype is torch.float32 and _tunable(a, b.t(), None)):
+        return a @ b.t()
+    key = ("matmul_nt", a.shape[0], a.shape[1], b.shape[0], a.dtype, torch.get_num_threads())
+    name = CHOOSER.choice(key)
+    if name == "mm":
+        return a @ b.t()
+    if name == "onednn":
+        return onednn_matmul_nt(a, b)
+    return _choose(key, {"mm": (torch.mm, a, b.t()), "onednn": (onednn_matmul_nt, a, b)})[1]
 
 
 def matmul_weight(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``grad @ weight`` for a 2D ``grad`` and an ``(out, in)`` weight: a linear layer's input gradient. On CPU in
-    float32 through oneDNN, with the weight passed as its transposed view: 20-35% faster than MKL's ``grad @
-    weight`` at the model's training shapes (docs/backends.md); elsewhere the plain product."""
-    if grad.dim() == 2 and onednn_eligible(grad, weight, None):
-        return onednn_matmul_nt(grad, weight.t())
-    return grad @ weight
+    float32, the faster (measured per shape) of MKL's product and oneDNN's with the weight's transposed view."""
+    return matmul_nt(grad, weight.t())
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """Forward and input gradient through oneDNN (faster than MKL here); the weight gradient through MKL's
-    ``grad.T @ x`` (faster than oneDNN for it)."""
+    """Forward through oneDNN; the input gradient through :func:`matmul_weight`, the weight gradient ``grad.T @ x``."""
 
     @staticmethod
     def forward(ctx, x2d, weight, bias):
@@ -109,47 +125,143 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, with faster CPU float32 paths (see module doc)."""
+def _f_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: Linear | None) -> torch.Tensor:
+    return F.linear(x2d, weight, bias)
+
+
+def _onednn(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: Linear | None) -> torch.Tensor:
+    return onednn_matmul_nt(x2d.contiguous(), weight, bias)
+
+
+def _transposed_product(
+    x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: Linear | None
+) -> torch.Tensor:
+    """``(W @ x.T).T``: for a few rows, a GEMM with the long dimension on the weight's side."""
+    xt = x2d.t()  # (in, rows)
+    return _transposed(torch.mm(weight, xt) if bias is None else torch.addmm(bias.unsqueeze(1), weight, xt))
+
+
+def _row_block_product(
+    x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: Linear | None
+) -> torch.Tensor:
+    """One row times ``_ROW_BLOCKS`` row blocks of the weight as one batched product, bias added inside."""
+    w_blocks, b_blocks = module._row_block_views() if module is not None else _row_blocks(weight, bias)
+    out_features, in_features = weight.shape
+    block = out_features // _ROW_BLOCKS
+    out = x2d.new_empty(1, out_features)
+    xt = x2d.t().expand(_ROW_BLOCKS, in_features, 1)
+    if b_blocks is None:
+        torch.bmm(w_blocks, xt, out=out.view(_ROW_BLOCKS, block, 1))
+    else:
+        torch.baddbmm(b_blocks, w_blocks, xt, out=out.view(_ROW_BLOCKS, block, 1))
+    return out
+
+
+def _packed_product(
+    x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: Linear | None
+) -> torch.Tensor:
+    """oneDNN's linear with the weight pre-packed once per weight version (see :meth:`Linear._packed_weight`)."""
+    return onednn_matmul_nt(x2d.contiguous(), module._packed_weight(), bias)
+
+
+_KERNELS = {
+    "f_linear": _f_linear,
+    "onednn": _onednn,
+    "transposed": _transposed_product,
+    "row_blocks": _row_block_product,
+    "onednn_packed": _packed_product,
+}
+
+
+def _candidate_names(rows: int, weight: torch.Tensor, module: Linear | None, grad: bool) -> tuple[str, ...]:
+    """The kernels timed for one key (a function of the key's fields only), the plain one first."""
+    names = ["f_linear"]
+    if _ONEDNN:
+        names.append("onednn")
+    if grad:
+        return tuple(names) if weight.dtype == torch.float32 else ("f_linear",)
+    if weight.dtype == torch.bfloat16:
+        if _PACKING and module is not None and module._packable():
+            names.append("onednn_packed")
+        return tuple(names)
+    if rows <= FEW_ROWS:
+        names.append("transposed")
+        if rows == 1 and weight.shape[0] % _ROW_BLOCKS == 0:
+            names.append("row_blocks")
+    return tuple(names)
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, module: Linear | None = None
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through the fastest measured CPU kernel (see module doc). ``module``, the
+    :class:`Linear` holding ``weight``, lets the candidates keep derived weights (row-block views, packing)."""
     out_features, in_features = weight.shape
     rows = x.numel() // in_features if in_features else 0
-    if not _few_rows_eligible(x, weight, bias, rows):
-        if rows and onednn_eligible(x, weight, bias):
-            x2d = x.reshape(rows, in_features).contiguous()
-            if _needs_grad(x, weight, bias):
-                out = _OneDNNLinear.apply(x2d, weight, bias)
-            else:  # inference (prefill, decoding beyond the few-rows limit): no autograd function to set up
-                out = onednn_matmul_nt(x2d, weight, bias)
-            return out.view(*x.shape[:-1], out_features)
+    if not rows or not _tunable(x, weight, bias):
         return F.linear(x, weight, bias)
-    xt = x.reshape(rows, in_features).t()  # (in, rows)
-    if rows == 1:
-        result = x.new_empty(out_features)
-        main = out_features - out_features % _ROW_BLOCKS
-        if main:
-            block = main // _ROW_BLOCKS
-            torch.bmm(
-                weight[:main].view(_ROW_BLOCKS, block, in_features),
-                xt.expand(_ROW_BLOCKS, in_features, 1),
-                out=result[:main].view(_ROW_BLOCKS, block, 1),
-            )
-        if main < out_features:
-            torch.mv(weight[main:], xt[:, 0], out=result[main:])
-        out = result.view(1, out_features)
-        if bias is not None:
-            out += bias
+    grad = _needs_grad(x, weight, bias)
+    packable = module is not None and weight.dtype is torch.bfloat16
+    key = ("linear", rows, in_features, out_features, bias is not None, weight.dtype, grad, packable,
+           torch.get_num_threads())
+    name = CHOOSER.choice(key)
+    x2d = x.reshape(rows, in_features)
+    if name is None or CHOOSER.forced is not None:
+        names = _candidate_names(rows, weight, module, grad)
+        candidates = {n: (_KERNELS[n], x2d, weight, bias, module) for n in names}
+        if grad:  # time the forwards only, without recording; the chosen one runs below with autograd
+            with torch.no_grad():
+                name = _choose(key, {n: (_KERNELS[n], x2d.detach(), weight.detach(), bias, None)
+                                     for n in names})[0]
+        else:
+            name, out = _choose(key, candidates)
+            return out.view(*x.shape[:-1], out_features)
+    if name == "f_linear":
+        return F.linear(x, weight, bias)
+    if grad:  # only f_linear and onednn are candidates with autograd
+        out = _OneDNNLinear.apply(x2d.contiguous(), weight, bias)
     else:
-        out = _transposed(torch.mm(weight, xt) if bias is None else torch.addmm(bias.unsqueeze(1), weight, xt))
+        out = _KERNELS[name](x2d, weight, bias, module)
     return out.view(*x.shape[:-1], out_features)
 
 
 def _transposed(out: torch.Tensor) -> torch.Tensor:
-    """``out.t().contiguous()`` for an ``(out_features, rows)`` product. Beyond about a thousand outputs the
-    copy goes through a leading unit dimension: torch's 2D transposing copy moves a (49152, 8) result at a
-    fifth of the speed of its general strided copy (measured: docs/backends.md)."""
-    if out.shape[0] < _PLAIN_TRANSPOSE_MAX:
+    """``out.t().contiguous()`` for an ``(out_features, rows)`` product, by the faster of torch's 2D transposing
+    copy and its general strided copy through a leading unit dimension (measured per shape)."""
+    key = ("transposed_copy", out.shape[0], out.shape[1], out.dtype, torch.get_num_threads())
+    name = CHOOSER.choice(key)
+    if name == "plain_copy":
         return out.t().contiguous()
+    if name == "unit_dim_copy":
+        return out.t().unsqueeze(0).contiguous()[0]
+    return _choose(key, {"plain_copy": (_plain_copy, out), "unit_dim_copy": (_unit_dim_copy, out)})[1]
+
+
+def _plain_copy(out: torch.Tensor) -> torch.Tensor:
+    return out.t().contiguous()
+
+
+def _unit_dim_copy(out: torch.Tensor) -> torch.Tensor:
     return out.t().unsqueeze(0).contiguous()[0]
+
+
+def _row_blocks(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """``(weight blocks, bias blocks)``: ``(_ROW_BLOCKS, out / _ROW_BLOCKS, in)`` and ``(..., 1)`` views."""
+    out_features, in_features = weight.shape
+    block = out_features // _ROW_BLOCKS
+    blocks = weight.detach().view(_ROW_BLOCKS, block, in_features)
+    return blocks, None if bias is None else bias.detach().view(_ROW_BLOCKS, block, 1)
+
+
+def _weight_key(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple | None:
+    """Identity and version of the weight and bias (derived copies are remade when it changes); None for inference
+    tensors (made under inference_mode: no version counter) and tensor subclasses."""
+    if type(weight.data) is not torch.Tensor or (bias is not None and type(bias.data) is not torch.Tensor):
+        return None
+    try:
+        return (weight.data_ptr(), weight._version) + ((bias.data_ptr(), bias._version) if bias is not None else ())
+    except RuntimeError:
+        return None
 
 
 class Linear(nn.Linear):
@@ -161,58 +273,39 @@ class Linear(nn.Linear):
     def __init__(self, *args, cpu_fast_paths: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.cpu_fast_paths = cpu_fast_paths
-        self._row_views: tuple | None = None  # (key, weight blocks, bias blocks): see _one_row
+        self._derived: dict[str, tuple] = {}  # name -> (weight key, value): row-block views, packed weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cpu_fast_paths:
             return F.linear(x, self.weight, self.bias)
-        if x.numel() == self.in_features and not torch.is_grad_enabled():  # decoding one token
-            out = self._one_row(x)
-            if out is not None:
-                return out
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self)
 
-    def _one_row(self, x: torch.Tensor) -> torch.Tensor | None:
-        """:func:`linear`'s single-row product with the weight's row-block views (and the bias added inside
-        the same batched product) made once per weight version: the same numbers, half the per-call
-        overhead, which is a sizeable share of a decoding step. None where :func:`linear` must decide."""
-        weight, bias = self.weight, self.bias
-        if not _cpu_float32(x, weight, bias):
-            return None
-        try:
-            key = (weight.data_ptr(), weight._version) + ((bias.data_ptr(), bias._version) if bias is not None else ())
-        except RuntimeError:  # inference tensors (made under inference_mode) have no version counter
-            return None
-        views = self._row_views
-        if views is None or views[0] != key:
-            views = self._row_views = (key, *_row_blocks(weight, bias))
-        if views[1] is None:
-            return None
-        block = views[1].shape[1]
-        out = x.new_empty(self.out_features)
-        xt = x.reshape(1, self.in_features).t().expand(_ROW_BLOCKS, self.in_features, 1)
-        if views[2] is None:
-            torch.bmm(views[1], xt, out=out.view(_ROW_BLOCKS, block, 1))
-        else:
-            torch.baddbmm(views[2], views[1], xt, out=out.view(_ROW_BLOCKS, block, 1))
-        return out.view(*x.shape[:-1], self.out_features)
+    def _cached(self, name: str, make) -> object:
+        """``make()`` kept until the weight or bias changes (an in-place optimizer step bumps its version)."""
+        key = _weight_key(self.weight, self.bias)
+        entry = self._derived.get(name)
+        if entry is not None and key is not None and entry[0] == key:
+            return entry[1]
+        value = make()
+        if key is not None:
+            self._derived[name] = (key, value)
+        return value
+
+    def _row_block_views(self) -> tuple:
+        return self._cached("row_blocks", lambda: _row_blocks(self.weight, self.bias))
+
+    def _packable(self) -> bool:
+        """Whether the weight can be packed and kept (a plain tensor with a version counter)."""
+        return _weight_key(self.weight, None) is not None
+
+    def _packed_weight(self) -> torch.Tensor:
+        """The weight reordered into oneDNN's blocked layout (a second copy of the weight, made once)."""
+        return self._cached("onednn_packed", lambda: torch.ops.mkldnn._reorder_linear_weight(self.weight.detach()))
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_row_views"] = None  # views of the weight: never copied or pickled with the module
+        state["_derived"] = {}  # views and packed copies of the weight: never copied or pickled with the module
         return state
 
 
-def _row_blocks(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
-    """``(weight blocks, bias blocks)`` for :meth:`Linear._one_row`, or ``(None, None)`` where it does not apply
-    (dtype, device and weight layout are :func:`_cpu_float32`'s, checked on every call)."""
-    plain = type(weight.data) is torch.Tensor and (bias is None or type(bias.data) is torch.Tensor)
-    out_features, in_features = weight.shape
-    if not (plain and out_features % _ROW_BLOCKS == 0 and (bias is None or bias.is_contiguous())):
-        return None, None
-    block = out_features // _ROW_BLOCKS
-    blocks = weight.detach().view(_ROW_BLOCKS, block, in_features)
-    return blocks, None if bias is None else bias.detach().view(_ROW_BLOCKS, block, 1)
-
-
-__all__ = ["FEW_ROWS", "Linear", "few_rows_limit", "linear", "matmul_weight", "onednn_eligible", "onednn_matmul_nt"]
+__all__ = ["FEW_ROWS", "Linear", "linear", "matmul_nt", "matmul_weight", "onednn_eligible", "onednn_matmul_nt"]

@@ -19,7 +19,7 @@ import platform
 import torch
 import torch.nn.functional as F
 
-from .linear import matmul_weight, onednn_eligible, onednn_matmul_nt
+from .linear import matmul_nt, matmul_weight
 
 IGNORE_INDEX = -100
 _CHUNK_ELEMENTS = 1 << 24  # 64 MiB of fp32 logits per chunk: a second chunk re-reads and re-writes the whole
@@ -40,13 +40,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             alloc = torch.empty if fp32 else torch.zeros
             grad_weight = alloc(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        use_onednn = cpu_fast_paths and onednn_eligible(hidden, w, None)  # float32 hidden and head, CPU
+        # With the fast paths, the logits and input-gradient products take the faster of MKL and oneDNN (measured
+        # per chunk shape on the running CPU, linear.matmul_nt); without, plain torch products only.
+        tuned = cpu_fast_paths and fp32
         for start in range(0, n, chunk):
             h = hidden[start : start + chunk].to(compute_dtype)  # (c, h)
             y = targets[start : start + chunk]
             valid = y != IGNORE_INDEX
             y_safe = y.clamp(min=0)
-            logits = (onednn_matmul_nt(h, w) if use_onednn else h @ w.t()).float()  # (c, v); no-op cast in fp32
+            logits = (matmul_nt(h, w) if tuned else h @ w.t()).float()  # (c, v); no-op cast in fp32
             logp = torch.log_softmax(logits, dim=-1, out=logits)  # in place: one (c, v) buffer per chunk
             total -= (logp.gather(1, y_safe[:, None]).squeeze(1) * valid).sum()
             if not needs_grad:
@@ -57,7 +59,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # Ignored rows and 1/divisor are applied on the narrow (c, h) side, never on (c, v).
             row_scale = (valid.float() / divisor)[:, None]
             gh = grad_hidden[start : start + chunk]
-            if use_onednn:  # the input gradient through oneDNN
+            if tuned:
                 torch.mul(matmul_weight(g, w), row_scale, out=gh)
             elif compute_dtype == grad_hidden.dtype:
                 torch.mm(g, w, out=gh)
@@ -113,7 +115,8 @@ def fused_causal_lm_loss(
     ``hidden_states`` is ``(batch, seq, hidden)`` (the final-norm output), ``weight`` the LM head ``(vocab, hidden)``,
     ``labels`` ``(batch, seq)`` with ``-100`` for ignored positions. Under autocast the matmuls run in the
     autocast dtype and the softmax in fp32, like the plain path, except on a CPU that would emulate that dtype
-    (see :func:`_cpu_has_native_matmul`). ``cpu_fast_paths=False`` skips that CPU branch and oneDNN.
+    (see :func:`_cpu_has_native_matmul`). ``cpu_fast_paths=False`` skips that CPU branch and the measured choice
+    of kernels (plain torch products only).
     """
     device_type = hidden_states.device.type
     compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype

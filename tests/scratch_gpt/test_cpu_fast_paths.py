@@ -15,6 +15,7 @@ import torch
 
 from hub_export.remote_code import write_remote_code
 from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, linear
+from scratch_gpt.kernel_choice import forced
 from tests.conftest import make_tiny_config
 
 # Run in a fresh interpreter: hide our package and the private torch ops, load the export as remote code.
@@ -63,7 +64,8 @@ def test_switch_off_uses_only_f_linear_and_gives_the_same_logits(model, monkeypa
 
     monkeypatch.setattr(linear, "linear", refuse)
     monkeypatch.setattr(linear, "onednn_matmul_nt", refuse)
-    monkeypatch.setattr("scratch_gpt.loss.onednn_matmul_nt", refuse)
+    monkeypatch.setattr("scratch_gpt.loss.matmul_nt", refuse)
+    monkeypatch.setattr("scratch_gpt.loss.matmul_weight", refuse)
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, fast_logits, atol=1e-5, rtol=0)
         torch.testing.assert_close(plain(ids[:, :1]).logits, fast_decode, atol=1e-5, rtol=0)
@@ -72,6 +74,58 @@ def test_switch_off_uses_only_f_linear_and_gives_the_same_logits(model, monkeypa
     model.train()
     monkeypatch.undo()
     torch.testing.assert_close(loss, model(ids, labels=ids).loss, atol=1e-5, rtol=0)
+
+
+def model_tolerance(model: ScratchGPTForCausalLM, magnitude: float) -> float:
+    """How far logits may move when every product sums in another order: eps * sqrt(longest reduction) per
+    product, times the products in series (four per block and the head), at the logits' magnitude; eps of
+    the model's dtype (a bf16 product rounds its output once more)."""
+    config = model.config
+    longest = max(config.hidden_size, config.intermediate_size)
+    in_series = 4 * config.num_hidden_layers + 1
+    eps = torch.finfo(torch.float32).eps * longest**0.5
+    if model.dtype != torch.float32:
+        eps += torch.finfo(model.dtype).eps
+    return eps * in_series * magnitude
+
+
+@pytest.mark.parametrize("path", ["onednn", "transposed", "row_blocks", "onednn_packed"])
+def test_forcing_each_kernel_gives_the_same_logits_and_greedy_tokens(model, path):
+    """Whichever kernel the measurement picks, the model computes the same: prefill, decoding (1 and 3 rows)
+    and greedy generation under each forced path against plain F.linear."""
+    ids = torch.randint(2, 320, (3, 11))
+    if path == "onednn_packed":  # a bf16-weights candidate
+        model = model.to(torch.bfloat16)
+
+    def run() -> tuple:
+        with torch.no_grad():
+            outputs = [model(ids).logits, model(ids[:, :1]).logits, model(ids[:1, :1]).logits]
+            logits = torch.cat([out.float().reshape(-1) for out in outputs])
+            tokens = model.generate(ids[:1], max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=1)
+        return logits, tokens
+
+    with forced("f_linear"):
+        want_logits, want_tokens = run()
+    with forced(path):  # kernels that do not apply to a shape fall back to F.linear
+        logits, tokens = run()
+    tolerance = model_tolerance(model, want_logits.abs().max().item())
+    torch.testing.assert_close(logits, want_logits, atol=tolerance, rtol=0)
+    assert torch.equal(tokens, want_tokens)
+
+
+@pytest.mark.parametrize("path", ["mm", "onednn"])
+def test_forcing_each_loss_kernel_gives_the_same_loss_and_gradients(model, path):
+    ids = torch.randint(2, 320, (2, 16))
+    model.train()
+    with forced("f_linear"):
+        want = model(ids, labels=ids).loss
+        want_grad = torch.autograd.grad(want, model.lm_head.weight)[0]
+    with forced(path):
+        got = model(ids, labels=ids).loss
+        got_grad = torch.autograd.grad(got, model.lm_head.weight)[0]
+    tolerance = model_tolerance(model, want.item())
+    torch.testing.assert_close(got, want, atol=tolerance, rtol=0)
+    torch.testing.assert_close(got_grad, want_grad, atol=model_tolerance(model, want_grad.abs().max().item()), rtol=0)
 
 
 def test_switch_off_skips_the_aligned_copy(tmp_path, model):

@@ -6,9 +6,12 @@ token. ``bf16`` halves them, ``int8`` quarters them:
 - ``bf16``: the whole model in bfloat16, only where it is faster than fp32 on the running CPU: the CPU must
   have bf16 units (AVX512-BF16 or AMX; elsewhere PyTorch emulates bf16 and is many times slower), and a short
   probe (:func:`bf16_decode_speedup`, decoding-shaped products, ~0.2 s once per process) must show bf16 beating
-  scratch-gpt's fp32 few-row path. Otherwise the request falls back to fp32 with a warning saying why. (On
-  the 2-core AMD EPYC this project is developed on, which has AVX512-BF16, bf16 decoding measured slower than
-  our fp32: 26 vs 31 tokens/s at the 124M shape, one thread, CPU time.)
+  scratch-gpt's fp32 products. Both go through :class:`scratch_gpt.linear.Linear`, whose kernel is measured per
+  shape and dtype on the running CPU; for bf16 the candidates include oneDNN's linear with the weight pre-packed
+  once into its blocked layout (``torch.ops.mkldnn._reorder_linear_weight``), the form that uses AMX tiles.
+  Otherwise the request falls back to fp32 with a warning saying why. (On the 2-core AMD EPYC this project was
+  first developed on, which has AVX512-BF16 but no AMX, bf16 decoding measured slower than our fp32: 26 vs 31
+  tokens/s at the 124M shape, one thread, CPU time; figures per CPU in docs/benchmarks.md.)
 - ``int8``: every linear layer stored as 8-bit integers with one float scale per output row, through PyTorch's
   own quantized kernels (fbgemm: ``torch.ao.quantization.quantize_dynamic``). Loaded from a local
   ``model.safetensors``, the token and position embeddings stay in the file, memory-mapped
@@ -48,19 +51,21 @@ def bf16_decode_speedup(width: int = 768, matrices: int = 8, repeats: int = 12) 
     """fp32 time / bf16 time of decoding-shaped products on this CPU (one row through ``matrices`` weights of
     ``(4 * width, width)``, together larger than the caches, as decoding streams them); > 1 means bf16 wins.
 
-    fp32 goes through scratch-gpt's few-row linear, bf16 through ``F.linear`` (what a bf16 model runs).
+    Both run through scratch-gpt's :class:`~scratch_gpt.linear.Linear`, as a loaded model does: each dtype takes
+    the kernel measured fastest on this CPU (for bf16, oneDNN with pre-packed weights where that wins).
     """
     import torch
-    import torch.nn.functional as F
 
-    from scratch_gpt.linear import linear
+    from scratch_gpt.linear import Linear
 
-    weights = [torch.randn(4 * width, width) for _ in range(matrices)]
+    layers = [Linear(width, 4 * width, bias=False).requires_grad_(False) for _ in range(matrices)]
+    halves = [Linear(width, 4 * width, bias=False, dtype=torch.bfloat16).requires_grad_(False)
+              for _ in range(matrices)]
     x = torch.randn(1, width)
-    halves, xb = [w.bfloat16() for w in weights], x.bfloat16()
+    xb = x.bfloat16()
 
     def best(step: Any) -> float:
-        step()
+        step()  # the first call per shape chooses the kernel
         times = []
         for _ in range(repeats):
             start = time.process_time()  # CPU time of this process: other jobs on the machine do not count
@@ -69,8 +74,8 @@ def bf16_decode_speedup(width: int = 768, matrices: int = 8, repeats: int = 12) 
         return min(times)
 
     with torch.no_grad():
-        fp32 = best(lambda: [linear(x, w) for w in weights])
-        bf16 = best(lambda: [F.linear(xb, w) for w in halves])
+        fp32 = best(lambda: [layer(x) for layer in layers])
+        bf16 = best(lambda: [layer(xb) for layer in halves])
     return fp32 / bf16
 
 

@@ -1,0 +1,131 @@
+"""The kernel tuner: with injected timings it keeps the fastest candidate per key, the plain one on ties."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from scratch_gpt.kernel_choice import KernelChooser, forced
+
+
+class FakeClock:
+    """A clock that only moves when a fake kernel runs: each kernel advances it by its cost."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls: dict[str, int] = {}
+
+    def __call__(self) -> float:
+        return self.now
+
+    def kernels(self, costs: dict[str, float]) -> dict:
+        def make(name: str, cost: float):
+            def kernel() -> str:
+                self.now += cost
+                self.calls[name] = self.calls.get(name, 0) + 1
+                return f"result of {name}"
+            return kernel
+        return {name: make(name, cost) for name, cost in costs.items()}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def chooser(clock) -> KernelChooser:
+    return KernelChooser(clock=clock, repeats=5, budget_s=1.0)
+
+
+def test_picks_the_fastest_and_returns_its_result(chooser, clock):
+    name, result = chooser.run(("op", 1), clock.kernels({"plain": 0.003, "fast": 0.001, "middle": 0.002}))
+    assert (name, result) == ("fast", "result of fast")
+    assert chooser.choice(("op", 1)) == "fast"
+
+
+def test_keeps_the_plain_path_when_it_is_fastest_or_within_the_margin(chooser, clock):
+    assert chooser.run(("op", 1), clock.kernels({"plain": 0.001, "other": 0.0015}))[0] == "plain"
+    assert chooser.run(("op", 2), clock.kernels({"plain": 0.00100, "other": 0.00099}))[0] == "plain"  # 1%: noise
+    assert chooser.run(("op", 3), clock.kernels({"plain": 0.00100, "other": 0.00090}))[0] == "other"
+
+
+def test_decisions_are_per_key_and_measured_once(chooser, clock):
+    assert chooser.run(("op", 1), clock.kernels({"plain": 0.003, "a": 0.001, "b": 0.002}))[0] == "a"
+    assert chooser.run(("op", 2), clock.kernels({"plain": 0.003, "a": 0.002, "b": 0.001}))[0] == "b"
+    calls = dict(clock.calls)
+    for _ in range(3):  # decided: only the chosen kernel runs, once per call, with no timing
+        assert chooser.run(("op", 1), clock.kernels({"plain": 0.003, "a": 0.001, "b": 0.002})) == ("a", "result of a")
+    assert clock.calls["a"] == calls["a"] + 3 and clock.calls["plain"] == calls["plain"]
+    assert chooser.decisions == {("op", 1): "a", ("op", 2): "b"}
+
+
+def test_the_median_decides_not_one_lucky_run(chooser, clock):
+    costs = {"plain": [0.002] * 6, "spiky": [0.0005, 0.0005, 0.004, 0.004, 0.004, 0.004]}  # warm-up first
+
+    def kernels():
+        def make(name):
+            def kernel():
+                clock.now += costs[name].pop(0)
+                return name
+            return kernel
+        return {name: make(name) for name in costs}
+
+    assert chooser.run(("op",), kernels())[0] == "plain"
+
+
+def test_losers_by_twice_are_dropped_and_the_budget_bounds_the_rounds(clock):
+    chooser = KernelChooser(clock=clock, repeats=5, budget_s=1.0)
+    chooser.run(("op",), clock.kernels({"plain": 0.001, "slow": 0.0025, "close": 0.0012}))
+    assert clock.calls == {"plain": 6, "slow": 3, "close": 6}  # warm-up + 5 rounds; slow gone after round 2
+    clock.calls.clear()
+    tight = KernelChooser(clock=clock, repeats=5, budget_s=0.010)
+    tight.run(("op",), clock.kernels({"plain": 0.004, "other": 0.0035}))
+    assert clock.calls == {"plain": 2, "other": 2}  # warm-up + one timed round spend the 10 ms budget
+
+
+def test_a_single_candidate_is_not_timed(chooser, clock):
+    assert chooser.run(("op",), clock.kernels({"plain": 0.001})) == ("plain", "result of plain")
+    assert clock.calls == {"plain": 1}
+
+
+def test_forced_names_and_fallback_to_the_plain_candidate(chooser, clock):
+    with forced("b", chooser):
+        assert chooser.run(("op",), clock.kernels({"plain": 0.003, "b": 0.005}))[0] == "b"
+        assert chooser.run(("op2",), clock.kernels({"plain": 0.003, "c": 0.001}))[0] == "plain"
+    assert chooser.decisions == {}  # forcing measures nothing and decides nothing
+    assert chooser.forced is None
+
+
+def test_first_decision_is_made_once_under_concurrent_calls(chooser, clock):
+    results = []
+    barrier = threading.Barrier(8)
+
+    def call():
+        barrier.wait()
+        results.append(chooser.run(("op",), clock.kernels({"plain": 0.0015, "fast": 0.001}))[0])
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["fast"] * 8
+    assert clock.calls["plain"] == 6  # one measurement (warm-up + 5 rounds), never repeated
+
+
+def test_the_winner_is_logged_once_at_debug_level(chooser, clock, caplog):
+    with caplog.at_level(logging.DEBUG, logger="scratch_gpt.kernel_choice"):
+        for _ in range(3):
+            chooser.run(("op", 7), clock.kernels({"plain": 0.002, "fast": 0.001}))
+    records = [r for r in caplog.records if "kernel choice" in r.getMessage()]
+    assert len(records) == 1 and records[0].levelno == logging.DEBUG
+    assert "('op', 7) -> fast" in records[0].getMessage()
+
+
+def test_clear_forgets_decisions(chooser, clock):
+    chooser.run(("op",), clock.kernels({"plain": 0.002, "fast": 0.001}))
+    chooser.clear()
+    assert chooser.choice(("op",)) is None
