@@ -6,12 +6,11 @@ The first tests reproduce the cases of transformers' common RoPE tests (``test_m
 ``rope_parameters`` attribute: so a learned-position (GPT-2) config must not have it.
 
 Logits are compared with a float64 copy of transformers' Llama as the reference, within the float32 error of the
-forward: ``eps32 * sqrt(K) * depth * max|logit|`` (rounding of a length-K dot product grows like sqrt(K) for
-random-sign terms; ``depth`` products in series). transformers' own float32 Llama is held to the same bound.
+forward (``helpers.logits_tol``: ``eps32 * sqrt(K) * max|logit| * depth`` with a safety factor, K the longest
+reduction). transformers' own float32 Llama is held to the same bound.
 """
 
 import copy
-import math
 
 import pytest
 import torch
@@ -26,7 +25,7 @@ from scratch_gpt import ScratchGPTConfig, ScratchGPTForCausalLM, ScratchGPTModel
 from scratch_gpt.convert_family import scratch_to_family
 from scratch_gpt.positions import ScratchGPTRotaryEmbedding, apply_rotary
 from tests.conftest import make_tiny_config
-from tests.scratch_gpt.helpers import manual_greedy
+from tests.scratch_gpt.helpers import logits_tol, manual_greedy
 
 CONTEXT, SHORT, LONG = 32, 10, 48  # LONG = 1.5 x max_position_embeddings, as in transformers' tests
 LAYERS, WIDTH, INTERMEDIATE = 2, 64, 96
@@ -53,20 +52,13 @@ def _pair(rope: dict) -> tuple[ScratchGPTForCausalLM, torch.nn.Module]:
     return ours, scratch_to_family(ours, "llama").eval()
 
 
-def _float32_bound(reference: torch.Tensor) -> float:
-    """Float32 error of the forward: the longest dot product is the MLP's down projection or attention over LONG
-    keys; six products in series per layer plus the LM head."""
-    reduction, depth = max(WIDTH, INTERMEDIATE, LONG), 6 * LAYERS + 1
-    return torch.finfo(torch.float32).eps * math.sqrt(reduction) * depth * reference.abs().max().item()
-
-
 def _assert_like_llama(ours, theirs, ids: torch.Tensor, **kwargs) -> None:
     """Our float32 logits and transformers' float32 logits both within the float32 bound of a float64 Llama."""
     reference_model = copy.deepcopy(theirs).double()
     with torch.no_grad():
         reference = reference_model(ids, **kwargs).logits.float()
         mine, llama = ours(ids, **kwargs).logits, theirs(ids, **kwargs).logits
-    bound = _float32_bound(reference)
+    bound = logits_tol(ours.config, reference)
     assert (llama - reference).abs().max().item() <= bound  # the bound holds for transformers itself
     assert (mine - reference).abs().max().item() <= bound
 
@@ -262,6 +254,6 @@ def test_dynamic_cached_generation_behaves_as_llamas():
                   output_scores=True, return_dict_in_generate=True)
     mine, llama = ours.generate(prompt, **kwargs), theirs.generate(prompt, **kwargs)
     assert torch.equal(mine.sequences, llama.sequences)
-    steps = torch.stack(mine.scores)
-    bound = _float32_bound(steps)
+    steps = torch.stack(mine.scores)  # (steps, 1, vocab)
+    bound = logits_tol(ours.config, steps, seq_len=LONG)
     assert (steps - torch.stack(llama.scores)).abs().max().item() <= 2 * bound  # each within bound of float64
