@@ -6,7 +6,7 @@ from transformers import GenerationConfig, TextIteratorStreamer
 
 from scratch_gpt import ScratchGPTForCausalLM
 from tests.conftest import make_tiny_config
-from tests.scratch_gpt.helpers import left_padded, manual_greedy
+from tests.scratch_gpt.helpers import assert_logits_close, left_padded, manual_greedy
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_incremental_forward_with_cache_matches_full_forward(model):
     prefix = model(ids[:, :9], use_cache=True)
     step = model(ids[:, 9:], cache=prefix.cache, use_cache=True)
     assert prefix.cache.get_seq_length() == 14
-    torch.testing.assert_close(step.logits, full[:, 9:], atol=1e-5, rtol=0)
+    assert_logits_close(step.logits, full[:, 9:], model.config, 14)
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent(model):
