@@ -16,6 +16,7 @@ from scratch_gpt.convert import (
     scratch_to_gpt2,
 )
 from tests.conftest import make_tiny_config
+from tests.scratch_gpt.helpers import assert_logits_close
 
 SHAPES = [
     dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=320),
@@ -38,14 +39,14 @@ def test_gpt2_converts_with_equal_logits_and_generations(shape):
     ids = torch.randint(0, shape["vocab_size"], (3, 17))
     mask = torch.ones_like(ids)
     mask[1, :5] = 0  # left padding
-    torch.testing.assert_close(ours(ids).logits, gpt2(ids).logits, atol=1e-5, rtol=0)
+    assert_logits_close(ours(ids).logits, gpt2(ids).logits, ours.config)
     real = mask.bool()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # GPT-2 needs them spelled out; ours derives them from the mask
-    torch.testing.assert_close(
+    assert_logits_close(
         ours(ids, attention_mask=mask).logits[real],
         gpt2(ids, attention_mask=mask, position_ids=positions).logits[real],
-        atol=1e-5,
-        rtol=0,
+        ours.config,
+        ids.shape[1],
     )
     kwargs = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(ours.generate(ids, **kwargs), gpt2.generate(ids, **kwargs))
@@ -58,7 +59,7 @@ def test_scratch_to_gpt2_to_scratch_round_trips_bit_identically(overrides):
     gpt2 = scratch_to_gpt2(ours)
     assert isinstance(gpt2, GPT2LMHeadModel)
     ids = torch.randint(2, 320, (2, 11))
-    torch.testing.assert_close(gpt2(ids).logits, ours(ids).logits, atol=1e-5, rtol=0)
+    assert_logits_close(gpt2(ids).logits, ours(ids).logits, ours.config)
     back = gpt2_to_scratch(gpt2)
     if not ours.config.qkv_bias:  # GPT-2 always has a qkv bias; ours came back with the exact zero bias
         assert back.config.qkv_bias and all(not b.attn.c_attn.bias.any() for b in back.transformer.h)
@@ -76,8 +77,8 @@ def test_sequence_classifier_converts_both_ways():
     ours = gpt2_to_scratch(gpt2)
     assert isinstance(ours, ScratchGPTForSequenceClassification) and ours.config.num_labels == 3
     ids = torch.randint(2, 320, (2, 9))
-    torch.testing.assert_close(ours(ids).logits, gpt2(ids).logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(scratch_to_gpt2(ours)(ids).logits, gpt2(ids).logits, atol=1e-5, rtol=0)
+    assert_logits_close(ours(ids).logits, gpt2(ids).logits, ours.config, ids.shape[1])
+    assert_logits_close(scratch_to_gpt2(ours)(ids).logits, gpt2(ids).logits, ours.config, ids.shape[1])
 
 
 def test_rmsnorm_is_refused_by_gpt2_with_the_reason():
@@ -112,7 +113,7 @@ def test_convert_gpt2_checkpoint_folder_with_tokenizer(tmp_path, tiny_tokenizer)
     assert isinstance(loaded, ScratchGPTForCausalLM)
     assert AutoTokenizer.from_pretrained(out).encode("def add") == tiny_tokenizer.encode("def add")
     ids = torch.randint(0, 320, (1, 12))
-    torch.testing.assert_close(loaded(ids).logits, gpt2(ids).logits, atol=1e-5, rtol=0)
+    assert_logits_close(loaded(ids).logits, gpt2(ids).logits, loaded.config)
     with pytest.raises(FileExistsError, match="overwrite"):
         convert_gpt2_checkpoint(src, out)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".converted")]  # no temp folder left

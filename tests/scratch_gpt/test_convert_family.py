@@ -28,7 +28,7 @@ from scratch_gpt.convert_family import (
     scratch_to_family,
 )
 from tests.conftest import make_tiny_config
-from tests.scratch_gpt.helpers import left_padded
+from tests.scratch_gpt.helpers import assert_logits_close, left_padded
 
 VOCAB = 96
 _COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=1)
@@ -85,7 +85,7 @@ def test_converted_model_matches_transformers_logits_and_greedy_generation(name)
     assert isinstance(ours, ScratchGPTForCausalLM) and ours.config.position_embedding_type == "rope"
     ids = torch.randint(2, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
+        assert_logits_close(ours(ids).logits, reference(ids).logits, ours.config)
     kwargs = dict(max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=1)
     assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
 
@@ -104,7 +104,7 @@ def test_left_padded_batch_matches_rows_alone(name):
         assert batch[i, ids.shape[1] :].tolist() == alone[0, len(row) :].tolist()
         with torch.no_grad():
             alone_logits = ours(torch.tensor([row])).logits[0]
-        torch.testing.assert_close(padded_logits[i, -len(row) :], alone_logits, atol=1e-5, rtol=0)
+        assert_logits_close(padded_logits[i, -len(row) :], alone_logits, ours.config, ids.shape[1])
 
 
 def test_switches_are_read_from_each_family_config():
@@ -174,7 +174,7 @@ def test_convert_command_writes_a_folder_with_tokenizer_chat_template_and_same_l
     assert isinstance(loaded, ScratchGPTForCausalLM)
     ids = torch.randint(2, VOCAB, (1, 12))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
+        assert_logits_close(loaded(ids).logits, reference(ids).logits, loaded.config)
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(out).chat_template == tokenizer.chat_template
@@ -221,7 +221,7 @@ def test_export_round_trip_is_bit_identical_and_loads_without_remote_code(tmp_pa
     assert type(plain).__name__ == {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[target]
     ids = torch.randint(2, 320, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(plain(ids).logits, model(ids).logits, atol=1e-5, rtol=0)
+        assert_logits_close(plain(ids).logits, model(ids).logits, model.config)
     back = family_to_scratch(plain)
     original = model.state_dict()
     assert set(back.state_dict()) == set(original)
@@ -269,7 +269,7 @@ def test_cli_convert_dispatches_by_model_type_and_fails_in_one_line(tmp_path, ca
     loaded = ScratchGPTForCausalLM.from_pretrained(tmp_path / "out").eval()
     ids = torch.randint(2, VOCAB, (1, 10))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
+        assert_logits_close(loaded(ids).logits, reference(ids).logits, loaded.config)
 
     bad = tmp_path / "windowed"
     MistralForCausalLM(MistralConfig(**_COMMON, **_SMALL, sliding_window=8)).save_pretrained(bad)
@@ -306,7 +306,7 @@ def test_cli_convert_a_hub_id_from_the_offline_hub_cache(tmp_path, tiny_tokenize
     loaded = ScratchGPTForCausalLM.from_pretrained(tmp_path / "out").eval()
     ids = torch.randint(2, VOCAB, (1, 12))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
+        assert_logits_close(loaded(ids).logits, reference(ids).logits, loaded.config)
 
 
 def test_conversion_owns_its_weights_keeps_the_tie_and_computes_rope_buffers():
