@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import scratch_gpt  # noqa: F401  (registers the Auto classes)
 import scratch_gpt_cli
 from scratch_gpt import ScratchGPTForCausalLM, run_folder
+from tests.scratch_gpt.helpers import fp32_tol, logits_tol
 from tests.training.finetune.fixtures import COLORS, make_model_dir, make_tokenizer, write_json
 from training.finetune.arguments import DPOArguments, TrainerOptions
 from training.finetune.dpo import DPOTask, check_pairs, finetune_dpo, to_trl
@@ -72,12 +73,15 @@ def _trainer(setup, tmp_path, loss_type="sigmoid", beta=0.1):
     return task.make_trainer(model, tokenizer, _opts(), args.output_dir, encoded), model, tokenizer
 
 
-def _sequence_logp(model, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
-    """Sum of log p(completion token | everything before it), written out."""
+def _sequence_logp(model, prompt_ids: list[int], completion_ids: list[int]) -> tuple[torch.Tensor, float]:
+    """Sum of log p(completion token | everything before it), written out, and the fp32 rounding bound of that
+    sum against another kernel path: per token two logits (:func:`logits_tol`) and a log-sum-exp over the
+    vocabulary (:func:`fp32_tol`), added over the completion's tokens."""
     ids = torch.tensor([prompt_ids + completion_ids])
     logits = model(ids, use_cache=False).logits[0, :-1].float()
     logps = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
-    return logps[len(prompt_ids) - 1 :].sum()
+    per_token = 2 * logits_tol(model.config, logits[None]) + fp32_tol(logits.shape[-1])
+    return logps[len(prompt_ids) - 1 :].sum(), per_token * len(completion_ids)
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
@@ -94,18 +98,25 @@ def test_loss_of_one_batch_equals_a_hand_computation(setup, tmp_path, loss_type)
     loss = trainer.compute_loss(model, batch)
 
     model.eval()
-    per_pair = []
+    per_pair, bounds = [], []
     with torch.no_grad():
         for ex in examples:
-            logp = {k: _sequence_logp(model, ex["prompt_ids"], ex[f"{k}_ids"]) for k in ("chosen", "rejected")}
-            ref = {k: _sequence_logp(reference, ex["prompt_ids"], ex[f"{k}_ids"]) for k in ("chosen", "rejected")}
-            chosen, rejected = logp["chosen"] - ref["chosen"], logp["rejected"] - ref["rejected"]
-            if loss_type == "sigmoid":
+            got = {(m, k): _sequence_logp(net, ex["prompt_ids"], ex[f"{k}_ids"])
+                   for m, net in (("policy", model), ("ref", reference)) for k in ("chosen", "rejected")}
+            logp = {key: value for key, (value, _) in got.items()}
+            err = {k: got["policy", k][1] + got["ref", k][1] for k in ("chosen", "rejected")}  # of each log-ratio
+            chosen = logp["policy", "chosen"] - logp["ref", "chosen"]
+            rejected = logp["policy", "rejected"] - logp["ref", "rejected"]
+            if loss_type == "sigmoid":  # -logsigmoid(0.2 m) moves by at most 0.2 per unit of the margin m
                 per_pair.append(-F.logsigmoid(0.2 * (chosen - rejected)))
-            else:  # IPO, length-normalised as TRL (and the IPO authors) do
+                bounds.append(0.2 * (err["chosen"] + err["rejected"]))
+            else:  # IPO, length-normalised as TRL (and the IPO authors) do; (d - c)^2 moves by 2|d - c| per unit
                 delta = chosen / len(ex["chosen_ids"]) - rejected / len(ex["rejected_ids"])
                 per_pair.append((delta - 1 / (2 * 0.2)) ** 2)
-    torch.testing.assert_close(loss.detach(), torch.stack(per_pair).mean(), atol=1e-5, rtol=1e-5)
+                d_err = err["chosen"] / len(ex["chosen_ids"]) + err["rejected"] / len(ex["rejected_ids"])
+                bounds.append(2 * (abs(delta.item() - 1 / (2 * 0.2)) + d_err) * d_err)
+    # the batched (padded, TRL's) and the written-out per-pair computations differ by fp32 rounding only
+    torch.testing.assert_close(loss.detach(), torch.stack(per_pair).mean(), atol=max(bounds), rtol=0)
 
 
 def test_prompt_is_the_models_chat_template(setup, tmp_path):
