@@ -1,10 +1,13 @@
 """`scratch-gpt serve` (transformers' own server) and stock `transformers serve`, on loopback ports.
 
-One module-scoped fixture trains a tiny instruction model (Alpaca chat template), exports it twice (remote code
-and plain GPT-2) and starts four servers at once, each its own process on a free 127.0.0.1 port: the run folder,
-the remote-code export (``--trust-remote-code``, so the export's own modeling files run), stock
-``transformers serve`` on the GPT-2 export, and the run folder with ``--continuous-batching``. Every answer is
-compared with ``pipeline()``'s greedy text on the run folder.
+One module-scoped fixture trains a tiny instruction model (Alpaca chat template, a small context of
+:data:`CONTEXT` tokens), exports it twice (remote code and plain GPT-2) and starts four servers at once, each its
+own process on a free 127.0.0.1 port: the run folder, the remote-code export (``--trust-remote-code``, so the
+export's own modeling files run), stock ``transformers serve`` on the GPT-2 export, and the run folder with
+``--continuous-batching``. Every answer is compared with ``pipeline()``'s greedy text on the run folder; answers
+are capped at the context (``finish_reason`` "length"), and bad requests get a 400 with an OpenAI error body,
+never a 500. Runs on every tested transformers version (the serving code differs between them:
+``hub_export/serving_compat.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ PROMPTS = ["The quick brown", "Every effort moves", "This is a fine", "The quick
            "Every", "fine example of", "moves you"]
 CHAT = [{"role": "user", "content": "Every effort moves you"}]
 NEW_TOKENS = 10
-STARTUP_S = 240  # four interpreters importing torch + transformers at once on a busy 2-core machine
+CONTEXT = 160  # small, yet above the Alpaca-templated chat prompt (~135 tokens) plus NEW_TOKENS
+STARTUP_S = 360  # four servers (eight processes with transformers 5.25) importing torch on a busy 2-core machine
 REQUEST_S = 120
 
 
@@ -42,7 +46,7 @@ def _train_tiny_instruct_model(path: Path) -> Path:
     tok = build_tokenizer()
     tok.chat_template = ALPACA_CHAT_TEMPLATE
     torch.manual_seed(0)
-    model = ScratchGPTForCausalLM(make_tiny_config(vocab_size=len(tok), max_position_embeddings=256))
+    model = ScratchGPTForCausalLM(make_tiny_config(vocab_size=len(tok), max_position_embeddings=CONTEXT))
     text = "Every effort moves you forward. This is a fine example of a tiny corpus. The quick brown fox."
     ids = tok(text, return_tensors="pt").input_ids
     optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -83,6 +87,37 @@ def _stream_chat(url: str, body: dict) -> str:
             text += payload["choices"][0]["delta"].get("content") or ""
     assert chunks > 2, "expected a stream of several chunks"
     return text
+
+
+def _ask(server: "Server", endpoint: str, body: dict) -> tuple[int, dict]:
+    """POST ``body`` to ``/v1/{endpoint}``: ``(status, answer)``, the answer of a 200 (streamed or not) as
+    ``{"text", "finish_reason", "usage"}``, of an error its JSON body."""
+    stream = bool(body.get("stream"))
+    if stream:
+        body = {**body, "stream_options": {"include_usage": True}}
+    req = urllib.request.Request(f"{server.url}/v1/{endpoint}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_S) as resp:
+            events = [json.loads(line[len(b"data: "):]) for line in resp if line.startswith(b"data: {")] if stream \
+                else [json.loads(resp.read())]
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+    answer = {"text": "", "finish_reason": None, "usage": None}
+    for event in events:
+        assert "error" not in event, event
+        answer["usage"] = event.get("usage") or answer["usage"]
+        for choice in event["choices"]:
+            part = choice.get("text") or (choice.get("message") or choice.get("delta") or {}).get("content")
+            answer["text"] += part or ""
+            answer["finish_reason"] = choice.get("finish_reason") or answer["finish_reason"]
+    return 200, answer
+
+
+def _body(endpoint: str, prompt: str, **extra) -> dict:
+    """A greedy request for ``prompt``: a raw prompt for completions, one user message for chat."""
+    asked = {"prompt": prompt} if endpoint == "completions" else {"messages": [{"role": "user", "content": prompt}]}
+    return {**asked, "temperature": 0, **extra}
 
 
 class Server:
@@ -202,7 +237,84 @@ def test_continuous_batching_eight_concurrent_requests(served, reference):
     with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
         answers = list(pool.map(lambda p: _completion(server, p), PROMPTS))
     assert answers == [reference[p] for p in PROMPTS]
-    assert "CB: True" in server.log.read_text()
+    assert "generates with continuous batching" in server.log.read_text()
+
+
+ENDPOINTS = ["completions", "chat/completions"]
+STREAM = pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+
+
+@STREAM
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("max_tokens", [None, 10_000], ids=["no-max-tokens", "max-tokens-beyond-context"])
+def test_answer_is_capped_at_the_context(served, endpoint, max_tokens, stream):
+    """Without max_tokens (transformers would ask for 1024) or with too many, the answer ends at the context."""
+    body = _body(endpoint, "Every effort moves", stream=stream)
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    status, answer = _ask(served["servers"]["run"], endpoint, body)
+    assert status == 200, answer
+    assert answer["finish_reason"] == "length" and answer["usage"]["total_tokens"] == CONTEXT, answer["usage"]
+
+
+@STREAM
+def test_continuous_batching_caps_at_the_context(served, stream):
+    status, answer = _ask(served["servers"]["cb"], "completions", _body("completions", "The quick", stream=stream))
+    assert status == 200, answer
+    assert answer["finish_reason"] == "length" and answer["usage"]["total_tokens"] == CONTEXT, answer["usage"]
+
+
+@STREAM
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_prompt_beyond_the_context_is_400_naming_the_limit(served, endpoint, stream):
+    body = _body(endpoint, "Every effort moves you forward. " * 40, max_tokens=5, stream=stream)
+    status, answer = _ask(served["servers"]["run"], endpoint, body)
+    assert status == 400, answer
+    error = answer["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "context_length_exceeded", error
+    assert error["param"] == ("prompt" if endpoint == "completions" else "messages"), error
+    assert f"this model's maximum context length is {CONTEXT} tokens; the prompt has " in error["message"], error
+
+
+BAD_REQUESTS = [  # (endpoint, body, the param the error names)
+    ("completions", {"prompt": "Every", "max_tokens": -1}, "max_tokens"),
+    ("completions", {"prompt": "Every", "max_tokens": 0}, "max_tokens"),
+    ("chat/completions", {"messages": CHAT, "max_tokens": -5}, "max_tokens"),
+    ("chat/completions", {"messages": CHAT, "max_completion_tokens": 0}, "max_completion_tokens"),
+    ("completions", {"prompt": "Every", "max_tokens": "10"}, "max_tokens"),
+    ("completions", {"prompt": "Every", "temperature": [1]}, "temperature"),
+    ("completions", {"prompt": "Every", "top_p": 3}, "top_p"),
+    ("completions", {"prompt": ""}, "prompt"),
+    ("completions", {"prompt": 5}, "prompt"),
+    ("completions", {"prompt": "Every", "stop": ["a", 3]}, "stop"),
+    ("completions", {"prompt": "Every", "generation_config": "{bad"}, "generation_config"),
+    ("chat/completions", {}, "messages"),
+    ("chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages"),
+    ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages"),
+    ("chat/completions", {"messages": CHAT, "tools": "x"}, "tools"),
+    ("chat/completions", {"messages": CHAT, "logit_bias": {"a": 1}}, None),  # transformers' own ValueError
+]
+
+
+@STREAM
+def test_bad_requests_are_400_with_an_openai_error_and_the_server_goes_on(served, reference, stream):
+    server = served["servers"]["run"]
+    for endpoint, body, param in BAD_REQUESTS:
+        status, answer = _ask(server, endpoint, {**body, "stream": stream})
+        assert status == 400, (endpoint, body, answer)
+        error = answer["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"], error
+    status, answer = _ask(server, "completions", _body("completions", PROMPTS[0], max_tokens=NEW_TOKENS, stream=stream))
+    assert status == 200 and answer["text"] == reference[PROMPTS[0]], answer
+    assert answer["finish_reason"] == "length" and answer["usage"]["completion_tokens"] == NEW_TOKENS, answer
+
+
+def test_invalid_json_keeps_its_422(served):
+    req = urllib.request.Request(f"{served['servers']['run'].url}/v1/completions", data=b"{not json",
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=REQUEST_S)
+    assert caught.value.code == 422
 
 
 def _cli_error(capsys, argv: list[str]) -> str:
@@ -231,3 +343,17 @@ def test_model_folder_without_config_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         check_model(str(tmp_path))
     check_model("owner/name")  # a Hub repo id passes to transformers' own loader
+
+
+def test_untested_transformers_version_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    import transformers
+
+    from hub_export import serving_compat
+
+    monkeypatch.setattr(transformers, "__version__", "5.26.0")
+    err = _cli_error(capsys, ["serve", str(tmp_path)])
+    assert "tested with transformers 5.24.x, 5.25.x, not 5.26.0" in err and "pip install 'transformers==5.25.*'" in err
+    assert serving_compat.tested_series("5.24.3") == "5.24" and serving_compat.tested_series("5.25.0") == "5.25"
+    for version in ("5.23.1", "5.26.0.dev0", "5.25.0rc1", "6.0.0", "nonsense"):
+        with pytest.raises(serving_compat.UnsupportedTransformersError, match=r"pip install 'transformers==5\.25\.\*'"):
+            serving_compat.tested_series(version)
