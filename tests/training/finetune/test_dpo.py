@@ -76,12 +76,13 @@ def _trainer(setup, tmp_path, loss_type="sigmoid", beta=0.1):
 def _sequence_logp(model, prompt_ids: list[int], completion_ids: list[int]) -> tuple[torch.Tensor, float]:
     """Sum of log p(completion token | everything before it), written out, and the fp32 rounding bound of that
     sum against another kernel path: per token two logits (:func:`logits_tol`) and a log-sum-exp over the
-    vocabulary (:func:`fp32_tol`), added over the completion's tokens."""
+    vocabulary (:func:`fp32_tol`), growing as sqrt(tokens) over the completion (independent roundings, the model
+    fp32_tol itself rests on)."""
     ids = torch.tensor([prompt_ids + completion_ids])
     logits = model(ids, use_cache=False).logits[0, :-1].float()
     logps = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
     per_token = 2 * logits_tol(model.config, logits[None]) + fp32_tol(logits.shape[-1])
-    return logps[len(prompt_ids) - 1 :].sum(), per_token * len(completion_ids)
+    return logps[len(prompt_ids) - 1 :].sum(), per_token * len(completion_ids) ** 0.5
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
