@@ -37,6 +37,7 @@ from bench_model import (  # noqa: E402
     with_plain_twin,
 )
 from bench_model import train_interleaved as train_steps_interleaved  # noqa: E402
+from cpu_info import kernel_choices  # noqa: E402
 
 SHAPES = {
     "tiny-llama": dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, hidden_size=256,
@@ -107,6 +108,7 @@ def main() -> None:
         report.update(generation(models, args.shape, args.reps, args.prompt, new_tokens))
     if "memory" not in skip:
         report["peak_train_memory"] = peak_memory(args.shape, args.memory_steps, __file__, NAMES)
+    report["kernel_choices"] = kernel_choices()
     print(json.dumps(report, indent=1))
 
 

@@ -1,6 +1,6 @@
 """Running on the user's own CPU: decoding speed at fp32 / bf16 / int8, memory of a loaded model, GGUF export.
 
-All in one JSON object:
+All in one JSON object, with the CPU it ran on (``cpu``: model, flags, cores, threads, load):
 
 - ``decode``: greedy decoding tokens/s with the KV cache (``prompt`` tokens in, ``new_tokens`` out, EOS off) per
   shape and batch, for scratch-gpt at fp32, bf16 (only on CPUs with bf16 units) and int8
@@ -40,6 +40,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cpu_info import cpu_info, kernel_choices  # noqa: E402
 
 SHAPES = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=256, n_positions=256, vocab_size=8192),
@@ -288,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from training.generate.precision import cpu_has_bf16_units
 
-    result: dict[str, Any] = {"threads": args.threads, "prompt": args.prompt, "new_tokens": args.new_tokens,
+    result: dict[str, Any] = {"cpu": cpu_info(), "threads": args.threads, "prompt": args.prompt,
+                              "new_tokens": args.new_tokens,
                               "torch": torch.__version__, "cpu_bf16_units": cpu_has_bf16_units(), "decode": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
@@ -300,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             variants = ["gpt2_fp32", "fp32", "int8"] + (["bf16"] if cpu_has_bf16_units() else [])
             result["memory"] = {args.memory_shape: memory_table(folder, variants)}
             result["gguf_export"] = {args.memory_shape: gguf_table(folder)}
+    result["kernel_choices"] = kernel_choices()
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_info import cpu_info  # noqa: E402
+from cpu_info import cpu_info, kernel_choices  # noqa: E402
 
 SHAPES = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=256, n_positions=256, vocab_size=8192),
@@ -300,6 +300,7 @@ def main() -> None:
                 statistics.median(ttft[PLAIN]) / statistics.median(ttft["scratch_gpt"]), 3)
     if "memory" not in skip:
         report["peak_train_memory"] = peak_memory(args.shape, args.memory_steps)
+    report["kernel_choices"] = kernel_choices()
     print(json.dumps(report, indent=1))
 
 

@@ -69,6 +69,14 @@ def cpu_info() -> dict:
     }
 
 
+def kernel_choices() -> dict[str, str]:
+    """The kernels scratch-gpt measured fastest in this process, one per key (scratch_gpt/kernel_choice.py)."""
+    from scratch_gpt.kernel_choice import CHOOSER
+
+    return {" ".join(str(part).replace("torch.", "") for part in key): name
+            for key, name in sorted(CHOOSER.decisions.items(), key=str)}
+
+
 if __name__ == "__main__":
     import json
 

@@ -125,7 +125,9 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def _f_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: Linear | None) -> torch.Tensor:
+def _f_linear(
+    x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: Linear | None
+) -> torch.Tensor:
     return F.linear(x2d, weight, bias)
 
 
@@ -283,12 +285,13 @@ class Linear(nn.Linear):
     def _cached(self, name: str, make) -> object:
         """``make()`` kept until the weight or bias changes (an in-place optimizer step bumps its version)."""
         key = _weight_key(self.weight, self.bias)
-        entry = self._derived.get(name)
+        derived = self.__dict__.setdefault("_derived", {})  # modules unpickled from before this attribute
+        entry = derived.get(name)
         if entry is not None and key is not None and entry[0] == key:
             return entry[1]
         value = make()
         if key is not None:
-            self._derived[name] = (key, value)
+            derived[name] = (key, value)
         return value
 
     def _row_block_views(self) -> tuple:
