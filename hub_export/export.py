@@ -526,7 +526,7 @@ def _write_family_format(model: Any, stage: Path, job: ExportJob) -> list[str]:
 def _verify_in_fresh_process(stage: Path, reference: Any, job: ExportJob) -> Any:
     from .verify import verify_export
 
-    return verify_export(stage, reference, export_format=job.fmt.name, atol=1e-5)
+    return verify_export(stage, reference, export_format=job.fmt.name)
 
 
 FORMATS: dict[str, ExportFormat] = {

@@ -114,6 +114,7 @@ class VerificationResult:
     """What the self-check measured."""
 
     max_abs_diff: float
+    tolerance: float
     model_class: str
     generation_match: bool | None
     pipeline_output: Any = None
@@ -124,6 +125,7 @@ class VerificationResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "max_abs_diff": self.max_abs_diff,
+            "tolerance": self.tolerance,
             "model_class": self.model_class,
             "generation_match": self.generation_match,
             "pipeline_output": self.pipeline_output,
@@ -210,6 +212,25 @@ class Reference:
     budget: tuple[int, int]
     has_tokenizer: bool
     labels: set[str] = field(default_factory=set)
+    tolerance: float = 0.0
+
+
+def logits_tolerance(config: Any, logits: Any) -> float:
+    """How far two fp32 kernel paths may put the same model's logits apart, from the arithmetic.
+
+    Each of the K terms of a sum rounds by half an ulp of the running sum; independent roundings add up to about
+    ``eps/2 * sqrt(K) * magnitude`` per reduction, chained through the layers and the head. So:
+    ``4 * eps32 * sqrt(K) * max|logit| * (layers + 1)``, K the longest reduction of a forward (hidden size, MLP
+    width or sequence length); the 4 covers both sides and the largest of many outputs. A wrong weight or an
+    off-by-one position moves logits by orders of magnitude more.
+    """
+    import math
+
+    hidden = config.hidden_size
+    width = getattr(config, "intermediate_size", None) or 4 * hidden
+    k = max(hidden, width, int(logits.shape[1]) if logits.dim() == 3 else 1)
+    magnitude = float(logits.detach().abs().max())
+    return 4 * 2.0**-23 * math.sqrt(k) * magnitude * (config.num_hidden_layers + 1)
 
 
 def compute_reference(model: Any, tokenizer: Any, task: str) -> Reference:
@@ -219,7 +240,8 @@ def compute_reference(model: Any, tokenizer: Any, task: str) -> Reference:
     budget = _budget(model, tokenizer, inputs)
     outputs = _source_outputs(model, tokenizer, task, inputs, budget)
     labels = {str(v) for v in (getattr(cfg, "id2label", None) or {}).values()}
-    return Reference(task, inputs, outputs, budget, "pipeline" in outputs, labels)
+    tolerance = logits_tolerance(cfg, outputs["logits"])
+    return Reference(task, inputs, outputs, budget, "pipeline" in outputs, labels, tolerance)
 
 
 def verify_export(
@@ -227,15 +249,15 @@ def verify_export(
     reference: Reference,
     *,
     export_format: str,
-    atol: float = 1e-5,
+    atol: float | None = None,
     timeout: float = 900.0,
 ) -> VerificationResult:
     """Load ``folder`` in a fresh process that cannot import ``scratch_gpt`` and compare with ``reference``.
 
     Checks: the project's packages were blocked and never loaded; the class came from the export
     (``transformers_modules.*`` for remote code, transformers' ``GPT2LMHeadModel`` for gpt2 and no ``auto_map``);
-    logits agree within ``atol`` (remote code runs the same code on the same weights, so the difference is
-    normally exactly 0); greedy generation and the ``pipeline`` output agree (remote code).
+    logits agree within ``atol`` (default: the reference's :func:`logits_tolerance`; remote code runs the same
+    code on the same weights, so the difference is normally exactly 0); greedy generation and the ``pipeline`` output agree (remote code).
     Raises ``ExportVerificationError`` naming the first failed check.
     """
     import time
@@ -244,6 +266,7 @@ def verify_export(
     report, logits = run_child(Path(folder), reference, export_format, timeout)
     seconds = time.perf_counter() - start
     check_isolation(report, export_format)
+    atol = reference.tolerance if atol is None else atol
     max_diff = compare_logits(logits, reference.outputs["logits"], atol)
     strict = export_format == "remote-code"  # same code and weights: outputs must match exactly
     generation_match = compare_generation(report, reference, strict)
@@ -251,6 +274,7 @@ def verify_export(
     logger.info("self-check passed: %s, max |logit diff| %.3g", report["model_class"], max_diff)
     return VerificationResult(
         max_abs_diff=max_diff,
+        tolerance=atol,
         model_class=report["model_class"],
         generation_match=generation_match,
         pipeline_output=report.get("pipeline"),

@@ -118,7 +118,8 @@ def test_gpt2_format_without_tokenizer_over_existing_dir(tmp_path, caplog):
     assert config["model_type"] == "gpt2" and "auto_map" not in config
     assert not [f for f in result.files if f.endswith(".py")]
     assert result.verification["model_class"] == "transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel"
-    assert result.verification["max_abs_diff"] <= 1e-5
+    assert 0 < result.verification["tolerance"] < 1e-3  # from the arithmetic (verify.logits_tolerance)
+    assert result.verification["max_abs_diff"] <= result.verification["tolerance"]
 
     # reload here with transformers' own GPT-2 (no remote code) and compare with the source (fp32 rounding only)
     gpt2 = GPT2LMHeadModel.from_pretrained(out).eval()
