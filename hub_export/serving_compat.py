@@ -79,6 +79,8 @@ def prompt_tokens(inputs: Any) -> int:
 def fit_new_tokens(prompt: int, context: int | None, requested: int | None) -> int | None:
     """``requested`` new tokens capped at the context left after a ``prompt``-token prompt (``requested`` None: all
     of it); :class:`RequestError` when the prompt leaves no room for one token."""
+    if requested is not None and requested < 1:  # e.g. through the request's generation_config
+        raise RequestError(f"max_new_tokens must be at least 1, got {requested}", code="invalid_value")
     if context is None:
         return requested
     room = context - prompt
@@ -98,7 +100,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
     "temperature": (_NUMBER, 0, 2),
     "top_p": (_NUMBER, 0, 1),
     "frequency_penalty": (_NUMBER, -0.99, 2),  # transformers' repetition_penalty = 1 + this, which must be > 0
-    "seed": ((int,), None, None),
+    "seed": ((int,), -(2**63), 2**64 - 1),  # what torch.manual_seed takes
     "stream": ((bool,), None, None),
     "stream_options": ((dict,), None, None),
     "stop": ((str, list), None, None),
@@ -132,7 +134,22 @@ def _message_problem(index: int, message: Any) -> str | None:
     for part in content if isinstance(content, list) else []:
         if not isinstance(part, dict) or (part.get("type") == "text" and not isinstance(part.get("text"), str)):
             return f'messages[{index}].content must hold objects, a "text" part with a string "text"'
+    tool_calls = message.get("tool_calls")
+    if tool_calls and not (isinstance(tool_calls, list) and all(_is_tool_call(call) for call in tool_calls)):
+        return (f'messages[{index}].tool_calls must be a list of {{"type": "function", "function": {{"name": ..., '
+                '"arguments": a JSON object, or a string of one}}')
     return None
+
+
+def _is_tool_call(call: Any) -> bool:
+    function = call.get("function") or call if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return False
+    return isinstance(arguments, dict)
 
 
 def _check_messages(messages: Any) -> None:
@@ -144,15 +161,38 @@ def _check_messages(messages: Any) -> None:
         raise RequestError(problem, param="messages", code="invalid_value")
 
 
+# apply_chat_template's arguments that transformers' handlers pass themselves
+_RESERVED_TEMPLATE_KWARGS = {"conversation", "add_generation_prompt", "tools", "return_tensors", "return_dict",
+                             "tokenize", "load_audio_from_video"}
+
+
+def _normalize_logit_bias(body: dict[str, Any]) -> None:
+    """``logit_bias`` as OpenAI defines it ({token id: -100..100}), its values made floats: transformers'
+    ``sequence_bias`` takes nothing else, so OpenAI's integer biases would fail every request."""
+    bias = body.get("logit_bias")
+    if not bias:
+        return
+    if not all(str(token).isdigit() and isinstance(value, _NUMBER) and not isinstance(value, bool)
+               and -100 <= value <= 100 for token, value in bias.items()):
+        raise RequestError('logit_bias must map token ids to numbers from -100 to 100, e.g. {"50256": -100}',
+                           param="logit_bias", code="invalid_value")
+    body["logit_bias"] = {token: float(value) for token, value in bias.items()}
+
+
 def check_request(body: dict[str, Any], endpoint: str) -> None:
     """Refuse what transformers' handlers would turn into a 500 or a failed stream: a field of the wrong type or
-    range (``max_tokens`` <= 0, ...), no prompt, malformed messages or tools. ``endpoint``: ``"completions"`` or
-    ``"chat"``."""
+    range (``max_tokens`` <= 0, ...), no prompt, malformed messages or tools, template arguments the server sets.
+    ``logit_bias`` values are made floats in place. ``endpoint``: ``"completions"`` or ``"chat"``."""
     for name, value in body.items():
         if name in _FIELDS and value is not None:
             _check_field(name, value)
-    if isinstance(body.get("stop"), list) and not all(isinstance(s, str) for s in body["stop"]):
-        raise RequestError("stop must be a string or a list of strings", param="stop", code="invalid_type")
+    if isinstance(body.get("stop"), list) and not (body["stop"] and all(isinstance(s, str) for s in body["stop"])):
+        raise RequestError("stop must be a string or a non-empty list of strings", param="stop", code="invalid_type")
+    reserved = _RESERVED_TEMPLATE_KWARGS.intersection(body.get("chat_template_kwargs") or {})
+    if reserved:
+        raise RequestError(f"chat_template_kwargs cannot set {', '.join(sorted(reserved))}: the server sets them",
+                           param="chat_template_kwargs", code="invalid_value")
+    _normalize_logit_bias(body)
     if body.get("generation_config") is not None:
         try:
             settings = json.loads(body["generation_config"])
@@ -161,6 +201,9 @@ def check_request(body: dict[str, Any], endpoint: str) -> None:
         if not isinstance(settings, dict):
             raise RequestError("generation_config must be a JSON object in a string, e.g. '{\"top_k\": 20}'",
                                param="generation_config", code="invalid_value")
+        if body.get("stream") and settings.get("num_beams", 1) != 1:
+            raise RequestError("generation_config: beam search (num_beams other than 1) cannot stream: send "
+                               '"stream": false', param="generation_config", code="invalid_value")
     if endpoint == "completions" and not body.get("prompt"):
         raise RequestError("prompt is missing or empty: send the text to complete", param="prompt",
                            code="invalid_value")
@@ -171,6 +214,9 @@ def check_request(body: dict[str, Any], endpoint: str) -> None:
             raise RequestError("tools must be a list of objects", param="tools", code="invalid_type")
 
 
+_SERVER_MODULES = ("transformers.cli", "starlette", "fastapi")
+
+
 def _checked_handler(handle_request: Callable, endpoint: str) -> Callable:
     """``handle_request`` after :func:`check_request`; a context error names the endpoint's prompt field."""
 
@@ -179,9 +225,14 @@ def _checked_handler(handle_request: Callable, endpoint: str) -> Callable:
         try:
             return await handle_request(body, request_id)
         except RequestError as err:
-            if err.param is None:
+            if err.code == "context_length_exceeded":
                 err.param = "prompt" if endpoint == "completions" else "messages"
             raise
+        except Exception as err:  # a generation_config can ask generate() for anything: its failure is the request's
+            if body.get("generation_config") is None or type(err).__module__.startswith(_SERVER_MODULES):
+                raise  # not the request's doing (a dead engine is a 503), or transformers' own HTTP answer
+            raise RequestError(f"generation failed with the request's generation_config: {type(err).__name__}: "
+                               f"{err}", param="generation_config", code="invalid_value") from err
 
     return handle_request_checked
 
@@ -259,18 +310,30 @@ def _bound(function: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
     return inspect.signature(function).bind(*args, **kwargs).arguments
 
 
-def _capping(generate: Callable, settings: str, context_of: Callable[[dict], int | None]) -> Callable:
+def _biased_tokens_problem(settings: Any, config: Any) -> str | None:
+    """Token ids of ``logit_bias`` (transformers' ``sequence_bias``) outside the vocabulary, named."""
+    bias = settings.get("sequence_bias") if isinstance(settings, dict) else getattr(settings, "sequence_bias", None)
+    vocab_size = getattr(config.get_text_config(), "vocab_size", None)
+    outside = sorted(token for tokens in (bias or {}) for token in tokens if vocab_size and token >= vocab_size)
+    return f"logit_bias names token ids {outside} beyond the vocabulary of {vocab_size}" if outside else None
+
+
+def _capping(generate: Callable, settings: str, config_of: Callable[[dict], Any]) -> Callable:
     """``generate`` (a ``generate_streaming`` / ``generate_non_streaming``) with the ``max_new_tokens`` of its
-    ``settings`` argument (5.24: a ``GenerationConfig``, 5.25: a dict) capped in place: the handler reads the same
-    object again for the finish reason."""
+    ``settings`` argument (5.24: a ``GenerationConfig``, 5.25: a dict) capped in place at the context of the model's
+    config, ``config_of(arguments)``: the handler reads the same object again for the finish reason."""
 
     def generate_capped(*args: Any, **kwargs: Any) -> Any:
         arguments = _bound(generate, args, kwargs)
-        config, prompt, context = arguments[settings], prompt_tokens(arguments["inputs"]), context_of(arguments)
+        config, model_config = arguments[settings], config_of(arguments)
+        prompt, context = prompt_tokens(arguments["inputs"]), context_length(model_config)
         if isinstance(config, dict):
             config["max_new_tokens"] = fit_new_tokens(prompt, context, config.get("max_new_tokens"))
         else:
             config.max_new_tokens = fit_new_tokens(prompt, context, config.max_new_tokens)
+        problem = _biased_tokens_problem(config, model_config)
+        if problem:
+            raise RequestError(problem, param="logit_bias", code="invalid_value")
         return generate(*args, **kwargs)
 
     return generate_capped
@@ -321,8 +384,8 @@ def _hook_524(parts: dict[str, Any]) -> None:
     state = parts["generation_state"]
     get_manager = state.get_manager
 
-    def context_of(arguments: dict) -> int | None:
-        return context_length(arguments["model"].config)
+    def config_of(arguments: dict) -> Any:
+        return arguments["model"].config
 
     def get_manager_capped(*args: Any, **kwargs: Any) -> Any:
         manager = get_manager(*args, **kwargs)
@@ -330,7 +393,7 @@ def _hook_524(parts: dict[str, Any]) -> None:
             arguments = _bound(get_manager, args, kwargs)
             _log_generation(arguments["model_id"], arguments.get("use_cb", False))
             for name in ("generate_streaming", "generate_non_streaming"):
-                setattr(manager, name, _capping(getattr(manager, name), "gen_config", context_of))
+                setattr(manager, name, _capping(getattr(manager, name), "gen_config", config_of))
             manager._scratch_capped = True
         return manager
 
@@ -383,9 +446,9 @@ def _hook_525(parts: dict[str, Any]) -> None:
         engine = get_engine(*args, **kwargs)
         if not getattr(engine, "_scratch_capped", False):
             _log_generation(engine.model_id, engine.use_cb)
-            context = context_length(engine.model_config)
             for method in ("generate_streaming", "generate_non_streaming"):
-                setattr(engine, method, _capping(getattr(engine, method), "generation_kwargs", lambda _: context))
+                setattr(engine, method, _capping(getattr(engine, method), "generation_kwargs",
+                                                 lambda _arguments, engine=engine: engine.model_config))
             engine._scratch_capped = True
         return engine
 

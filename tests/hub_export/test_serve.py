@@ -292,7 +292,14 @@ BAD_REQUESTS = [  # (endpoint, body, the param the error names)
     ("chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages"),
     ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages"),
     ("chat/completions", {"messages": CHAT, "tools": "x"}, "tools"),
-    ("chat/completions", {"messages": CHAT, "logit_bias": {"a": 1}}, None),  # transformers' own ValueError
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi", "tool_calls": 5}]}, "messages"),
+    ("chat/completions", {"messages": CHAT, "chat_template_kwargs": {"tokenize": False}}, "chat_template_kwargs"),
+    ("chat/completions", {"messages": CHAT, "logit_bias": {"a": 1}}, "logit_bias"),
+    ("chat/completions", {"messages": CHAT, "logit_bias": {"99999": 1}}, "logit_bias"),  # beyond the vocabulary
+    ("completions", {"prompt": "Every", "stop": []}, "stop"),
+    ("completions", {"prompt": "Every", "seed": 2**70}, "seed"),
+    ("completions", {"prompt": "Every", "generation_config": '{"num_beams": 0}'}, "generation_config"),
+    ("chat/completions", {"messages": CHAT, "model": "another/model"}, None),  # transformers' own ValueError
 ]
 
 
