@@ -6,10 +6,12 @@ the machine is, so the choice is never hard-coded: the first call for a key (ope
 count, ...) runs every candidate on the real tensors, interleaved, a few times each, and the one with the
 smallest median time is kept in a dict for the rest of the process. The plain torch path is always the first
 candidate, so the outcome is never slower than it beyond timing noise. Bounds on the first call: one untimed
-warm-up run of each candidate, then timed rounds until ``repeats`` rounds or ``budget_s`` seconds are spent
-(at least one timed round); from the second round on, a candidate whose fastest run is ``drop_ratio`` times the
-best median is dropped.
-A candidate must beat the plain one by more than ``plain_margin`` (3%) to replace it: closer than that is noise.
+warm-up run of each candidate, then interleaved timed rounds, at most ``repeats`` (7), ending once ``budget_s``
+(20 ms) is spent after ``min_rounds`` (3) rounds, or at once when the candidates' fastest runs alone would
+overrun the budget in one more round (a large product: then one or two rounds decide). Wall-clock time spent
+while the machine is busy elsewhere does not cut the rounds below ``min_rounds``: one preempted sample must not
+decide. From the second round on, a candidate whose fastest run is ``drop_ratio`` times the best median is
+dropped. A candidate must beat the plain one by more than ``plain_margin`` (5%) to replace it: closer is noise.
 
 The chosen candidate's result from the last timed round is returned, so a decided call does no extra work.
 Every candidate computes the same value up to float rounding; callers that must not run a function twice
@@ -44,13 +46,15 @@ class KernelChooser:
     def __init__(
         self,
         clock: Callable[[], float] = time.perf_counter,
-        repeats: int = 5,
+        repeats: int = 7,
         budget_s: float = 0.02,
         drop_ratio: float = 2.0,
-        plain_margin: float = 0.03,
+        plain_margin: float = 0.05,
+        min_rounds: int = 3,
     ) -> None:
         self.clock = clock
         self.repeats = repeats
+        self.min_rounds = min_rounds
         self.budget_s = budget_s
         self.drop_ratio = drop_ratio
         self.plain_margin = plain_margin
@@ -104,8 +108,12 @@ class KernelChooser:
             if round_ >= 1:  # from two samples on: a candidate whose best run lost by drop_ratio is dropped
                 best = min(statistics.median(times[name]) for name in alive)
                 alive = [name for name in alive if min(times[name]) <= self.drop_ratio * best]
-            if len(alive) == 1 or clock() - start >= self.budget_s:
+            if len(alive) == 1:
                 break
+            if round_ + 1 >= self.min_rounds and clock() - start >= self.budget_s:
+                break
+            if sum(min(times[name]) for name in alive) > self.budget_s:
+                break  # even the fastest runs of one more round would exceed the budget: an expensive product
         medians = {name: statistics.median(ts) for name, ts in times.items()}
         winner = min(alive, key=lambda name: (medians[name], list(candidates).index(name)))
         plain = next(iter(candidates))

@@ -90,8 +90,9 @@ def _choose(key: tuple, candidates: dict) -> tuple[str, torch.Tensor]:
 
 def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` for 2D tensors (no autograd): on CPU in float32 the faster of MKL and oneDNN, measured."""
-    if not (_ONEDNN and a.dim() == 2 and a.dtype is b.dtype is torch.float32 and _tunable(a, b.t(), None)):
-        return a @ b.t()
+    eligible = _ONEDNN and a.dim() == 2 and a.is_cpu and a.dtype is b.dtype is torch.float32
+    if not (eligible and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+        return a @ b.t()  # (b may be a transposed view: oneDNN takes either layout)
     key = ("matmul_nt", a.shape[0], a.shape[1], b.shape[0], a.dtype, torch.get_num_threads())
     name = CHOOSER.choice(key)
     if name == "mm":
