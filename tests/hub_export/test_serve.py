@@ -1,10 +1,11 @@
 """`scratch-gpt serve` (transformers' own server) and stock `transformers serve`, on loopback ports.
 
 One module-scoped fixture trains a tiny instruction model (Alpaca chat template, a small context of
-:data:`CONTEXT` tokens), exports it twice (remote code and plain GPT-2) and starts four servers at once, each its
-own process on a free 127.0.0.1 port: the run folder, the remote-code export (``--trust-remote-code``, so the
-export's own modeling files run), stock ``transformers serve`` on the GPT-2 export, and the run folder with
-``--continuous-batching``. Every answer is compared with ``pipeline()``'s greedy text on the run folder; answers
+:data:`CONTEXT` tokens), exports it twice (remote code and plain GPT-2) and starts three servers at once, each its
+own process on a free 127.0.0.1 port: the run folder with ``--continuous-batching`` (loaded through
+``AutoModelForCausalLM``), the remote-code export (``--trust-remote-code``, so the export's own modeling files run,
+generating with ``generate()`` one request at a time), and stock ``transformers serve`` on the GPT-2 export. Every
+answer is compared with ``pipeline()``'s greedy text on the run folder; answers
 are capped at the context (``finish_reason`` "length"), and bad requests get a 400 with an OpenAI error body,
 never a 500. Runs on every tested transformers version (the serving code differs between them:
 ``hub_export/serving_compat.py``).
@@ -32,7 +33,7 @@ PROMPTS = ["The quick brown", "Every effort moves", "This is a fine", "The quick
 CHAT = [{"role": "user", "content": "Every effort moves you"}]
 NEW_TOKENS = 10
 CONTEXT = 160  # small, yet above the Alpaca-templated chat prompt (~135 tokens) plus NEW_TOKENS
-STARTUP_S = 360  # four servers (eight processes with transformers 5.25) importing torch on a busy 2-core machine
+STARTUP_S = 360  # three servers (six processes with transformers 5.25) importing torch on a busy 2-core machine
 REQUEST_S = 120
 
 
@@ -159,14 +160,13 @@ STOCK_SERVE = [sys.executable, "-m", "transformers.cli.transformers", "serve"]
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The run folder, its two exports, and four running servers keyed by name."""
+    """The run folder, its two exports, and three running servers keyed by name."""
     from hub_export.export import export_model
 
     tmp = tmp_path_factory.mktemp("serve")
     run = _train_tiny_instruct_model(tmp / "run")
-    servers = {  # the run-folder servers start while the exports are written and verified
-        "run": Server([*SCRATCH_SERVE, str(run)], tmp / "run.log"),
-        "cb": Server([*SCRATCH_SERVE, str(run), "--continuous-batching", "--cb-num-blocks", "64"], tmp / "cb.log"),
+    servers = {  # the run-folder server starts while the exports are written and verified
+        "run": Server([*SCRATCH_SERVE, str(run), "--continuous-batching", "--cb-num-blocks", "64"], tmp / "run.log"),
     }
     try:
         remote = export_model(run, tmp / "export-remote").out_dir
@@ -227,13 +227,13 @@ def test_non_streamed_chat_equals_pipeline(served, reference):
 def test_remote_export_runs_its_own_code(served):
     """The export server loaded the export's shipped modeling file (transformers' dynamic module), not ours."""
     log = served["servers"]["remote"].log.read_text()
-    assert "with its own modeling code" in log
+    assert "with its own modeling code" in log and "generates with generate()" in log
     modules = Path(base_env(served["servers"]["remote"].log.parent)["HF_HOME"]) / "modules" / "transformers_modules"
     assert list(modules.rglob("modeling_scratch_gpt.py")), "no dynamic module was created"
 
 
 def test_continuous_batching_eight_concurrent_requests(served, reference):
-    server = served["servers"]["cb"]
+    server = served["servers"]["run"]
     with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
         answers = list(pool.map(lambda p: _completion(server, p), PROMPTS))
     assert answers == [reference[p] for p in PROMPTS]
@@ -244,31 +244,29 @@ ENDPOINTS = ["completions", "chat/completions"]
 STREAM = pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 
 
+SCRATCH_SERVERS = pytest.mark.parametrize("name", ["run", "remote"], ids=["batching", "generate"])
+
+
 @STREAM
+@SCRATCH_SERVERS
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 @pytest.mark.parametrize("max_tokens", [None, 10_000], ids=["no-max-tokens", "max-tokens-beyond-context"])
-def test_answer_is_capped_at_the_context(served, endpoint, max_tokens, stream):
+def test_answer_is_capped_at_the_context(served, name, endpoint, max_tokens, stream):
     """Without max_tokens (transformers would ask for 1024) or with too many, the answer ends at the context."""
     body = _body(endpoint, "Every effort moves", stream=stream)
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
-    status, answer = _ask(served["servers"]["run"], endpoint, body)
+    status, answer = _ask(served["servers"][name], endpoint, body)
     assert status == 200, answer
     assert answer["finish_reason"] == "length" and answer["usage"]["total_tokens"] == CONTEXT, answer["usage"]
 
 
 @STREAM
-def test_continuous_batching_caps_at_the_context(served, stream):
-    status, answer = _ask(served["servers"]["cb"], "completions", _body("completions", "The quick", stream=stream))
-    assert status == 200, answer
-    assert answer["finish_reason"] == "length" and answer["usage"]["total_tokens"] == CONTEXT, answer["usage"]
-
-
-@STREAM
+@SCRATCH_SERVERS
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-def test_prompt_beyond_the_context_is_400_naming_the_limit(served, endpoint, stream):
+def test_prompt_beyond_the_context_is_400_naming_the_limit(served, name, endpoint, stream):
     body = _body(endpoint, "Every effort moves you forward. " * 40, max_tokens=5, stream=stream)
-    status, answer = _ask(served["servers"]["run"], endpoint, body)
+    status, answer = _ask(served["servers"][name], endpoint, body)
     assert status == 400, answer
     error = answer["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "context_length_exceeded", error
@@ -305,7 +303,7 @@ BAD_REQUESTS = [  # (endpoint, body, the param the error names)
 
 @STREAM
 def test_bad_requests_are_400_with_an_openai_error_and_the_server_goes_on(served, reference, stream):
-    server = served["servers"]["run"]
+    server = served["servers"]["remote"]  # generate(), which fails where continuous batching ignores num_beams
     for endpoint, body, param in BAD_REQUESTS:
         status, answer = _ask(server, endpoint, {**body, "stream": stream})
         assert status == 400, (endpoint, body, answer)
