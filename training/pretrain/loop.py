@@ -36,6 +36,7 @@ from training.shared.plot import save_plot
 from . import records
 from .arguments import TrainArguments
 from .checkpoints import load_state, newest_name, save_checkpoint
+from .distributed import check_resume, full_state_dict
 from .evaluation import evaluate_and_sample
 from .monitor import overfitting_warning
 from .setup import Job, Run, build, micro_batches, prepare
@@ -157,8 +158,10 @@ def restore(run: Run, job: Job) -> TrainState:
     """A fresh state, or the one saved with the checkpoint to resume from (weights and optimizer too)."""
     if run.resume_from is None:
         return TrainState()
+    saved = load_state(run.resume_from)
+    check_resume(run.resume_from, run.accelerator, saved, job.tokens_per_step)
     run.accelerator.load_state(str(run.resume_from))
-    state = TrainState.from_dict(load_state(run.resume_from))
+    state = TrainState.from_dict(saved)
     job.schedule.load_state_dict(state.schedule)
     if run.main:
         logger.info("resumed from %s at step %d", run.resume_from, state.step)
@@ -297,7 +300,8 @@ def checkpoint_if_due(run: Run, job: Job, state: TrainState, stopping: bool, clo
         return
     state.elapsed_s = clock.elapsed()
     state.schedule = job.schedule.state_dict()
-    saved = {**asdict(state), "tokens": state.step * job.tokens_per_step, "total_steps": job.total_steps}
+    saved = {**asdict(state), "tokens": state.step * job.tokens_per_step, "total_steps": job.total_steps,
+             "tokens_per_step": job.tokens_per_step, "num_processes": run.accelerator.num_processes}
     save_checkpoint(run.accelerator, run.run_dir, state.step, saved, run.args.keep_checkpoints)
     if run.main:
         records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps)
@@ -341,7 +345,7 @@ def publish(run: Run, job: Job, state: TrainState, results: dict[str, dict[str, 
     """
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(job.model)
+    state_dict = full_state_dict(accelerator, job.model, job.unwrapped)
     if run.main:
         keep = [p.name for p in run.run_dir.iterdir()]
         with staged_output(run.target, overwrite=True) as stage:

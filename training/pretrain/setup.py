@@ -26,6 +26,7 @@ from scratch_gpt.safe_output import check_no_overlap, check_target
 
 from .arguments import TrainArguments, architecture_switches, parse_duration
 from .checkpoints import list_checkpoints
+from .distributed import cpu_fsdp_plugin, enable_cpu_fsdp
 from .budget import StepSchedule, TimeBudgetSchedule, lr_multiplier  # noqa: F401 (lr_multiplier: re-exported)
 from .monitor import default_prompt
 from .records import record_arguments
@@ -232,7 +233,8 @@ def resolve_mixed_precision(requested: str, has_accelerator: bool) -> str:
 
 
 def build_accelerator(args: TrainArguments, run_dir: Path):
-    """Accelerate for this run (CPU DDP over gloo under a multi-process launch without an accelerator)."""
+    """Accelerate for this run (CPU DDP over gloo under a multi-process launch without an accelerator; FSDP2
+    over gloo when that launch asks for FSDP, see :mod:`.distributed`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
@@ -248,13 +250,18 @@ def build_accelerator(args: TrainArguments, run_dir: Path):
     # Accelerate keeps its settings in a per-process singleton; a second run in the same process (a notebook,
     # tests, benchmarks) may ask for another precision or compile backend. The process group stays.
     AcceleratorState._reset_state(reset_partial_state=False)
+    fsdp = cpu_fsdp_plugin(has_accelerator, args.mixed_precision)  # an FSDP launch on a CPU-only machine
+    precision = "no" if fsdp is not None else resolve_mixed_precision(args.mixed_precision, has_accelerator)
     accelerator = Accelerator(
         cpu=not has_accelerator,
-        mixed_precision=resolve_mixed_precision(args.mixed_precision, has_accelerator),
+        mixed_precision=precision,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         dynamo_backend="inductor" if args.compile else "no",
+        fsdp_plugin=fsdp,
     )
+    if fsdp is not None:
+        enable_cpu_fsdp(accelerator, fsdp)
     if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use --mixed-precision bf16 or no")
     return accelerator
