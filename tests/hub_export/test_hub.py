@@ -262,4 +262,4 @@ def test_export_and_push_options_parse_into_their_dataclasses():
     args = parser.parse_args(["push", "o", "me/m", "--private", "--revision", "dev", "--commit-message", "c"])
     assert _from_namespace(PushOptions, args) == PushOptions(private=True, revision="dev", commit_message="c")
     with pytest.raises(SystemExit):
-        parser.parse_args(["export", "m", "o", "--format", "onnx"])
+        parser.parse_args(["export", "m", "o", "--format", "tflite"])
