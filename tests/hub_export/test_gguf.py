@@ -184,21 +184,65 @@ def test_chat_template_goes_into_gguf_and_modelfile(trained_dir, tmp_path):
 # ------------------------------------------------------------------------------------------------ bad input
 
 
-def test_rmsnorm_is_refused_before_writing(tmp_path):
+def test_rmsnorm_with_learned_positions_is_refused_before_writing(tmp_path):
     from hub_export.gguf import export_gguf
     from tests.hub_export.conftest import make_model_dir
 
     src = make_model_dir(tmp_path / "rms", norm_type="rmsnorm")
-    with pytest.raises(ValueError, match="GGUF .* cannot hold this model: GPT-2 cannot express norm_type=.rmsnorm."):
+    with pytest.raises(ValueError, match="GGUF export cannot hold this model: learned positions with "
+                                         "norm_type='rmsnorm'.*gpt2 needs learned positions \\+ LayerNorm"):
         export_gguf(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["rms"]  # no staging folder left behind
 
 
+_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+FAMILY = dict(position_embedding_type="rope", rope_parameters=_ROPE, norm_type="rmsnorm", mlp_type="swiglu",
+              hidden_act="silu", qkv_bias=False, attention_bias=False, mlp_bias=False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(norm_type="layernorm"), "position_embedding_type='rope' with norm_type='layernorm'; llama/qwen2/qwen3"),
+        (dict(mlp_type="gelu", hidden_act="gelu_pytorch_tanh"), "with mlp_type='gelu'"),
+        (dict(hidden_act="gelu"), "with hidden_act='gelu'"),
+        (dict(qk_norm=True, qkv_bias=True), "QK-norm together with a q/k/v bias; llama.cpp's qwen3 has no q/k/v bias"),
+        (dict(qkv_bias=True, attention_bias=True), "llama.cpp's qwen2 has no output-projection or MLP bias"),
+        (dict(rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}), "rope_type='dynamic'"),
+        (dict(rope_parameters={**_ROPE, "partial_rotary_factor": 0.5}), "partial_rotary_factor=0.5"),
+        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "beta_fast": 16,
+                               "original_max_position_embeddings": 16}), "YaRN with beta_fast=16"),
+        (dict(qk_norm=True, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+                                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                             "original_max_position_embeddings": 16}),
+         "rope_type='llama3' with QK-norm; llama.cpp's qwen3 architecture reads no rope_freqs tensor"),
+    ],
+)
+def test_what_no_llama_cpp_architecture_holds_is_refused_in_one_line(tmp_path, overrides, message):
+    from hub_export.gguf import check_gguf_config
+
+    config = make_tiny_config(**{**FAMILY, **overrides})
+    with pytest.raises(ValueError, match="GGUF export cannot hold this model") as err:
+        check_gguf_config(config)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "arch"),
+    [({}, "llama"), (dict(num_key_value_heads=1), "llama"), (dict(qkv_bias=True), "qwen2"),
+     (dict(qk_norm=True, head_dim=16), "qwen3"), (dict(attention_bias=True, mlp_bias=True), "llama")],
+)
+def test_switches_pick_the_architecture(overrides, arch):
+    from hub_export.gguf import check_gguf_config
+
+    assert check_gguf_config(make_tiny_config(**{**FAMILY, **overrides}))[0] == arch
+
+
 def test_unknown_quant_is_refused(trained_dir, tmp_path):
     from hub_export.gguf import export_gguf
 
-    with pytest.raises(ValueError, match="unknown --quant 'q4_k'; use one of f32, f16, q8_0"):
+    with pytest.raises(ValueError, match="unknown --quant 'q4_k'; use one of f32, f16, bf16, q8_0, q4_0"):
         export_gguf(trained_dir, tmp_path / "out", quant="q4_k")
     assert not (tmp_path / "out").exists()
 
@@ -271,7 +315,7 @@ def test_cli_export_format_gguf(trained_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--format", "gguf", "--quant", "q4_k"], "unknown --quant 'q4_k'; use one of f32, f16, q8_0"),
+        (["--format", "gguf", "--quant", "q4_k"], "unknown --quant 'q4_k'; use one of f32, f16, bf16, q8_0, q4_0"),
         (["--quant", "q8_0"], "--quant q8_0 applies to --format gguf only"),
         (["--format", "gguf", "--space"], "--space needs a Hub-repo format"),
     ],
@@ -283,3 +327,116 @@ def test_cli_bad_gguf_options_are_one_line(trained_dir, tmp_path, capsys, extra,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ Llama / Qwen family
+
+
+def _family_dir(path: Path, **overrides) -> Path:
+    from tests.hub_export.conftest import make_model_dir
+
+    return make_model_dir(path, initializer_range=0.2, **{**FAMILY, **overrides})
+
+
+def test_llama_file_metadata_heads_and_rope_row_order(tmp_path):
+    """llama: GQA head counts, RMS eps, RoPE keys, untied output; q/k rows interleaved per head (NORM RoPE)."""
+    from gguf import GGUFReader
+
+    from hub_export.gguf import export_gguf
+    from hub_export.gguf_arch import permute_rope_rows
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    src = _family_dir(tmp_path / "llama", num_key_value_heads=2, tie_word_embeddings=False,
+                      rope_parameters={"rope_type": "linear", "rope_theta": 5e5, "factor": 2.0})
+    result = export_gguf(src, tmp_path / "out", quant="f16")
+    reader = GGUFReader(result.out_dir / "model.gguf")
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    assert (result.arch, field("general.architecture")) == ("llama", "llama")
+    assert (field("llama.attention.head_count"), field("llama.attention.head_count_kv")) == (4, 2)
+    assert field("llama.rope.dimension_count") == 8 and field("llama.rope.freq_base") == 5e5
+    assert (field("llama.rope.scaling.type"), field("llama.rope.scaling.factor")) == ("linear", 2.0)
+    assert field("llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
+    tensors = {t.name: t for t in reader.tensors}
+    assert tensors["output.weight"].tensor_type.name == "F16"
+    assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+    assert "blk.0.attn_q.bias" not in tensors and "blk.0.attn_qkv.weight" not in tensors
+    c_attn = ScratchGPTForCausalLM.from_pretrained(src).transformer.h[0].attn.c_attn.weight.detach().numpy()
+    k_file = tensors["blk.0.attn_k.weight"].data.astype("float32").reshape(16, 32)
+    assert abs(k_file - permute_rope_rows(c_attn[32:48], 2)).max() < 1e-3  # f16 rounding
+    assert abs(k_file - c_attn[32:48]).max() > 1e-2  # and the order really changed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "arch"), [(dict(qkv_bias=True), "qwen2"), (dict(qk_norm=True, head_dim=16), "qwen3")]
+)
+def test_qwen_files_keep_half_split_rows(tmp_path, overrides, arch):
+    from gguf import GGUFReader
+
+    from hub_export.gguf import export_gguf
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    src = _family_dir(tmp_path / arch, num_key_value_heads=1, **overrides)
+    result = export_gguf(src, tmp_path / "out")
+    reader = GGUFReader(result.out_dir / "model.gguf")
+    tensors = {t.name: t for t in reader.tensors}
+    assert reader.fields["general.architecture"].contents() == arch and "output.weight" not in tensors
+    attn = ScratchGPTForCausalLM.from_pretrained(src).transformer.h[0].attn
+    q_rows = 4 * attn.c_attn.weight.shape[0] // 6
+    assert (tensors["blk.0.attn_q.weight"].data == attn.c_attn.weight.detach().numpy()[:q_rows]).all()
+    if arch == "qwen2":
+        assert {"blk.0.attn_q.bias", "blk.0.attn_k.bias", "blk.0.attn_v.bias"} <= set(tensors)
+    else:  # transformers' GGUF reader takes Qwen3Config's head_dim 128 instead of the file's key_length
+        assert any("head_dim 128" in w for w in result.warnings), result.warnings
+        assert reader.fields["qwen3.attention.key_length"].contents() == 16
+        assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= set(tensors)
+
+
+@pytest.mark.parametrize(("quant", "matrix", "embedding"), [("bf16", "BF16", "BF16"), ("q4_0", "Q4_0", "Q8_0")])
+def test_bf16_and_q4_0_tensor_types(tmp_path, quant, matrix, embedding):
+    from hub_export.gguf import export_gguf
+
+    result = export_gguf(_family_dir(tmp_path / "m"), tmp_path / "out", quant=quant)
+    types = result.tensor_types
+    assert types["blk.0.attn_q.weight"] == types["blk.1.ffn_down.weight"] == matrix
+    assert types["token_embd.weight"] == embedding and types["output_norm.weight"] == "F32"
+
+
+def test_instruct_llama_chat_template_in_gguf_and_modelfile(tmp_path):
+    """An instruction-finetuned Llama-shaped model: its chat template in the GGUF metadata and the Modelfile."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from hub_export.gguf import export_gguf
+
+    src = _family_dir(tmp_path / "instruct")
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}### System:\n{{ m['content'] }}\n\n{% else %}"
+        "### Instruction:\n{{ m['content'] }}\n\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}### Response:\n{% endif %}"
+    )
+    tok.save_pretrained(src)
+    out = export_gguf(src, tmp_path / "out", quant="q8_0").out_dir
+    reader = GGUFReader(out / "model.gguf")
+    assert reader.fields["tokenizer.chat_template"].contents() == tok.chat_template
+    modelfile = (out / "Modelfile").read_text()
+    assert ('TEMPLATE """{{ if .System }}### System:\n{{ .System }}\n\n### Instruction:\n{{ .Prompt }}\n\n'
+            '### Response:\n{{ else }}### Instruction:\n{{ .Prompt }}\n\n### Response:\n{{ end }}"""') in modelfile
+    assert 'PARAMETER stop "<|endoftext|>"' in modelfile
+
+
+@pytest.mark.parametrize("overrides", [dict(num_key_value_heads=2), dict(qkv_bias=True, tie_word_embeddings=False)])
+def test_transformers_gguf_reader_agrees_on_family_files(tmp_path, overrides):
+    """transformers' own GGUF reader (which undoes llama's q/k permutation) rebuilds the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from hub_export.gguf import export_gguf
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    src = _family_dir(tmp_path / "m", **overrides)
+    out = export_gguf(src, tmp_path / "out").out_dir
+    theirs = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf").eval()
+    ours = ScratchGPTForCausalLM.from_pretrained(src).eval()
+    ids = torch.arange(2, 40)[None]
+    with torch.no_grad():
+        assert (theirs(ids).logits - ours(ids).logits).abs().max().item() < 1e-4

@@ -1,0 +1,193 @@
+"""GGUF exports run in real llama.cpp (npm's node-llama-cpp, prebuilt CPU binaries) and compared with ScratchGPT.
+
+Each architecture the export writes (gpt2; llama = the tiny-llama preset; qwen2 = q/k/v bias, untied head;
+qwen3 = the tiny-qwen3 preset) is trained a few steps (so its next-token distributions are far from uniform),
+exported at f32, q8_0 and q4_0, and run in ONE node process for the whole module (tests/hub_export/
+llama_cpp_runner.mjs). Checked against ScratchGPT in fp32:
+
+- the prompt token ids llama.cpp's tokenizer gives equal ours on ASCII, accents, CJK, emoji, tabs and newlines;
+- greedy decoding (temperature 0, no stop token) gives the same 24 tokens for f32; for q8_0 >= 90% of llama.cpp's
+  greedy tokens are the ones ScratchGPT's argmax picks after the same prefix (once one near-tie flips, the two
+  continuations differ everywhere after it, so a position-by-position count would measure the first flip only);
+- perplexity on a held-out text: llama.cpp's raw logits for every position of the text (teacher forcing), log-softmax
+  in float64 here, exp of the mean negative log-likelihood of each next token; the quantized files' perplexity is
+  within 1% (q8_0) and 5% (q4_0) of ScratchGPT's fp32 perplexity on the same ids.
+
+Llama, Mistral, Qwen2 and Qwen3 checkpoints built with transformers and brought in by ``scratch-gpt convert`` are
+exported too and compared logit by logit. The tests skip where node or .ci/node's node-llama-cpp is absent, except
+in CI (CI=true), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from tests.hub_export.test_gguf import ENCODE_STRINGS, PROMPTS, train_tiny_lm
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("llama_cpp_runner.mjs")
+NODE_PACKAGE = REPO_ROOT / ".ci" / "node" / "node_modules" / "node-llama-cpp"
+QUANTS = ("f32", "q8_0", "q4_0")
+GREEDY_TOKENS = 24
+HELD_TEXT = (
+    "def mul(a, b):\n    return a * b\n\nclass Pair:\n    def __init__(self, x, y):\n        self.x = x\n"
+    "        self.y = y\n\nfor j in range(3):\n    print(j * j)\nThe quick brown fox. Hello world!\n"
+)
+PPL_TOLERANCE = {"f32": 0.001, "q8_0": 0.01, "q4_0": 0.05}
+TOKENIZE_EXTRA = ["tab\there\tand\nnewline\r\n", "naïve café — “quotes” ½", "中文，日本語、한국어。", "🙂👍🏽🇫🇷"]
+
+
+def _family_switches(architecture: str) -> dict[str, Any]:
+    from training.pretrain.arguments import architecture_switches
+
+    args = SimpleNamespace(architecture=architecture, num_attention_heads=4, num_key_value_heads=None,
+                           hidden_size=32, intermediate_size=None, norm_type="rmsnorm")
+    return architecture_switches(args)
+
+
+# The presets' own switches (training/pretrain/arguments.py), so a tiny-llama / tiny-qwen3 run exports like these.
+ARCH_CONFIGS = {
+    "gpt2": dict(qkv_bias=False),
+    "llama": _family_switches("llama"),
+    "qwen2": {**_family_switches("llama"), "qkv_bias": True, "tie_word_embeddings": False},
+    "qwen3": _family_switches("qwen3"),
+}
+
+
+def _llama_cpp_or_skip() -> None:
+    needs = (("node", shutil.which("node")), (str(NODE_PACKAGE), NODE_PACKAGE.is_dir()))
+    missing = [what for what, ok in needs if not ok]
+    if not missing:
+        return
+    message = f"llama.cpp checks need {' and '.join(missing)}: run `cd .ci/node && npm install --no-save`"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must run the llama.cpp checks; {message}")
+    pytest.skip(message)
+
+
+def run_llama_cpp(jobs: list[dict[str, Any]], timeout: float = 300) -> dict[str, Any]:
+    """Run the jobs in one node-llama-cpp process; the parsed JSON it prints."""
+    env = {**os.environ, "NODE_LLAMA_CPP_SKIP_DOWNLOAD": "true", "LLAMA_CPP_THREADS": "1"}  # see the runner
+    proc = subprocess.run(["node", str(RUNNER)], input=json.dumps({"jobs": jobs}), capture_output=True, text=True,
+                          timeout=timeout, env=env, stdin=None)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+def _greedy(model: Any, ids: list[int], n: int = GREEDY_TOKENS) -> list[int]:
+    """n argmax tokens, no stop token (as llama.cpp's temperature-0 evaluation)."""
+    seq = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n):
+            seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[0, len(ids):].tolist()
+
+
+def _argmax_after_each_prefix(model: Any, prompt: list[int], continuation: list[int]) -> list[int]:
+    """ScratchGPT's argmax after prompt + continuation[:i], for every i (one forward pass)."""
+    ids = torch.tensor([prompt + continuation])
+    with torch.no_grad():
+        return model(ids).logits[0, len(prompt) - 1 : -1].argmax(-1).tolist()
+
+
+def perplexity(logits: torch.Tensor, ids: list[int]) -> float:
+    """exp(mean NLL of each next token) from (positions, vocab) logits of ``ids``."""
+    logp = torch.log_softmax(logits.double(), dim=-1)[:-1]
+    return math.exp(-logp.gather(1, torch.tensor(ids[1:])[:, None]).mean().item())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread: on this busy 2-core machine two threads made training the tiny models ~17x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory, one_thread) -> dict[str, Any]:
+    """Each architecture trained, exported at each quant, and everything run in llama.cpp at once."""
+    from transformers import AutoTokenizer
+
+    from hub_export.gguf import export_gguf
+    from scratch_gpt import ScratchGPTForCausalLM
+
+    _llama_cpp_or_skip()
+    root = tmp_path_factory.mktemp("gguf-llama-cpp")
+    cases, jobs = {}, []
+    for arch, overrides in ARCH_CONFIGS.items():
+        src = train_tiny_lm(root / arch, steps=120, **overrides)
+        model = ScratchGPTForCausalLM.from_pretrained(src).eval()
+        tok = AutoTokenizer.from_pretrained(src)
+        prompts = [tok(p).input_ids for p in PROMPTS]
+        ours = SimpleNamespace(model=model, tok=tok, prompts=prompts, held=tok(HELD_TEXT).input_ids,
+                               greedy=[_greedy(model, ids) for ids in prompts])
+        for quant in QUANTS:
+            result = export_gguf(src, root / f"{arch}-{quant}", quant=quant)
+            cases[arch, quant] = SimpleNamespace(**vars(ours), result=result)
+            jobs.append({"model": str(result.out_dir / "model.gguf"), "tokenize": ENCODE_STRINGS + TOKENIZE_EXTRA,
+                         "greedy": [{"ids": ids, "n": GREEDY_TOKENS} for ids in prompts], "logits": [ours.held]})
+    output = run_llama_cpp(jobs)
+    for case, ran in zip(cases.values(), output["results"]):
+        case.ran = ran
+    return {"cases": cases, "llama_cpp": output["llama_cpp"], "node_llama_cpp": output["node_llama_cpp"]}
+
+
+CASES = [(arch, quant) for arch in ARCH_CONFIGS for quant in QUANTS]
+
+
+@pytest.mark.parametrize("arch", list(ARCH_CONFIGS))
+def test_architecture_is_the_one_the_switches_name(matrix, arch):
+    assert {matrix["cases"][arch, q].result.arch for q in QUANTS} == {arch}
+    assert {matrix["cases"][arch, q].ran["architecture"] for q in QUANTS} == {arch}  # as llama.cpp read it
+    assert matrix["cases"][arch, "f32"].ran["pre"] == "gpt-2"
+
+
+@pytest.mark.parametrize("arch", list(ARCH_CONFIGS))
+def test_llama_cpp_tokenizes_like_ours(matrix, arch):
+    case = matrix["cases"][arch, "f32"]
+    for text, ids in zip(ENCODE_STRINGS + TOKENIZE_EXTRA, case.ran["tokens"]):
+        assert ids == case.tok(text).input_ids, repr(text)
+
+
+@pytest.mark.parametrize(("arch", "quant"), CASES)
+def test_greedy_tokens_match(matrix, arch, quant):
+    case = matrix["cases"][arch, quant]
+    assert all(len(tokens) == GREEDY_TOKENS for tokens in case.ran["greedy"])
+    if quant == "f32":
+        assert case.ran["greedy"] == case.greedy
+        return
+    agree = [_argmax_after_each_prefix(case.model, p, g) for p, g in zip(case.prompts, case.ran["greedy"])]
+    same = sum(a == b for x, y in zip(case.ran["greedy"], agree) for a, b in zip(x, y))
+    assert same >= (0.9 if quant == "q8_0" else 0.75) * GREEDY_TOKENS * len(agree), (same, case.ran["greedy"])
+
+
+@pytest.mark.parametrize(("arch", "quant"), CASES)
+def test_perplexity_close_to_fp32(matrix, arch, quant):
+    case = matrix["cases"][arch, quant]
+    with torch.no_grad():
+        ours = case.model(torch.tensor([case.held])).logits[0]
+    theirs = torch.tensor(case.ran["logits"][0])
+    reference, measured = perplexity(ours, case.held), perplexity(theirs, case.held)
+    assert reference < 0.5 * case.model.config.vocab_size  # trained: far from uniform
+    assert abs(measured / reference - 1) <= PPL_TOLERANCE[quant], (reference, measured)
+    if quant == "f32":
+        assert (theirs - ours).abs().max().item() < 1e-3 * max(1.0, ours.abs().max().item())
+
+
+def test_quantized_files_are_smaller(matrix):
+    for arch in ARCH_CONFIGS:
+        sizes = [(matrix["cases"][arch, q].result.out_dir / "model.gguf").stat().st_size for q in QUANTS]
+        assert sizes[0] > sizes[1] > sizes[2], (arch, sizes)
+        assert "Q4_0" in matrix["cases"][arch, "q4_0"].result.tensor_types.values()
