@@ -191,3 +191,60 @@ def test_quantized_files_are_smaller(matrix):
         sizes = [(matrix["cases"][arch, q].result.out_dir / "model.gguf").stat().st_size for q in QUANTS]
         assert sizes[0] > sizes[1] > sizes[2], (arch, sizes)
         assert "Q4_0" in matrix["cases"][arch, "q4_0"].result.tensor_types.values()
+
+
+# ------------------------------------------------------------------------------------------------ converted checkpoints
+
+_HF = dict(vocab_size=320, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=1,
+           hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, initializer_range=0.2)
+_LLAMA3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+           "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+_YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16}
+# (transformers class name, config overrides, the llama.cpp architecture the export must pick)
+CONVERTED = {
+    "llama-gqa-untied-llama3-rope": ("Llama", dict(num_key_value_heads=2, tie_word_embeddings=False,
+                                                   rope_parameters=_LLAMA3), "llama"),
+    "mistral-head-dim-16": ("Mistral", dict(num_key_value_heads=2, head_dim=16, sliding_window=None), "llama"),
+    "qwen2-tied-yarn": ("Qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_parameters=_YARN), "qwen2"),
+    "qwen3-mqa-untied": ("Qwen3", dict(num_key_value_heads=1, head_dim=16, tie_word_embeddings=False), "qwen3"),
+}
+
+
+def _converted_dir(root: Path, name: str) -> tuple[Any, Path]:
+    """A random transformers model of the family, converted in with ``scratch-gpt convert``'s function."""
+    import transformers
+
+    from scratch_gpt.convert_family import convert_checkpoint
+    from tests.hub_export.conftest import build_tokenizer
+
+    family, overrides, _ = CONVERTED[name]
+    config = getattr(transformers, f"{family}Config")(**_HF, **overrides)
+    torch.manual_seed(0)
+    reference = getattr(transformers, f"{family}ForCausalLM")(config).eval()
+    with torch.no_grad():  # random norms too, so every weight matters
+        for key, tensor in reference.named_parameters():
+            if "norm" in key:
+                tensor.uniform_(0.5, 1.5)
+    reference.save_pretrained(root / f"{name}-hf")
+    converted = convert_checkpoint(root / f"{name}-hf", root / name)
+    build_tokenizer().save_pretrained(converted)
+    return reference, converted
+
+
+def test_converted_family_checkpoints_run_in_llama_cpp_with_their_logits(tmp_path, one_thread):
+    """Llama / Mistral / Qwen2 / Qwen3 -> scratch-gpt convert -> GGUF f32 -> llama.cpp: the transformers logits."""
+    from hub_export.gguf import export_gguf
+
+    _llama_cpp_or_skip()
+    ids = list(range(2, 50))
+    references, jobs = {}, []
+    for name in CONVERTED:
+        references[name], src = _converted_dir(tmp_path, name)
+        result = export_gguf(src, tmp_path / f"{name}-gguf")
+        assert result.arch == CONVERTED[name][2]
+        jobs.append({"model": str(result.out_dir / "model.gguf"), "logits": [ids]})
+    for name, ran in zip(CONVERTED, run_llama_cpp(jobs)["results"]):
+        with torch.no_grad():
+            expected = references[name](torch.tensor([ids])).logits[0]
+        diff = (torch.tensor(ran["logits"][0]) - expected).abs().max().item()
+        assert diff < 1e-3 * max(1.0, expected.abs().max().item()), (name, diff)
