@@ -248,3 +248,49 @@ def test_converted_family_checkpoints_run_in_llama_cpp_with_their_logits(tmp_pat
             expected = references[name](torch.tensor([ids])).logits[0]
         diff = (torch.tensor(ran["logits"][0]) - expected).abs().max().item()
         assert diff < 1e-3 * max(1.0, expected.abs().max().item()), (name, diff)
+
+
+# ------------------------------------------------------------------------------------------------ converted tokenizers
+
+DIGITS = ["numbers 1234567890 and 3.14159", "x=12345;y=678", "2024-12-07 10:30"]
+
+
+def _split_tokenizer(regex: str) -> Any:
+    """A byte-level BPE whose pre-tokenizer is Llama 3's / Qwen2's: Split(regex, Isolated) then ByteLevel."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import TINY_TEXTS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|pad|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TINY_TEXTS + DIGITS * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|pad|>")
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_llama3_and_qwen2_pre_tokenizers_split_like_llama_cpp(tmp_path, one_thread, pre):
+    """Converted checkpoints keep their tokenizer: llama.cpp's llama-bpe / qwen2 splitting equals theirs."""
+    from hub_export.gguf import SPLIT_PRE_TOKENIZERS, export_gguf
+    from scratch_gpt import ScratchGPTForCausalLM
+    from tests.conftest import make_tiny_config
+
+    _llama_cpp_or_skip()
+    regex = next(r for r, name in SPLIT_PRE_TOKENIZERS.items() if name == pre)
+    tok = _split_tokenizer(regex)
+    src = tmp_path / "m"
+    ScratchGPTForCausalLM(make_tiny_config(vocab_size=len(tok), **ARCH_CONFIGS["llama"])).save_pretrained(src)
+    tok.save_pretrained(src)
+    texts = ENCODE_STRINGS + TOKENIZE_EXTRA + DIGITS
+    ran = run_llama_cpp([{"model": str(export_gguf(src, tmp_path / "out").out_dir / "model.gguf"),
+                          "tokenize": texts}])["results"][0]
+    assert ran["pre"] == pre
+    for text, ids in zip(texts, ran["tokens"]):
+        assert ids == tok(text).input_ids, repr(text)
