@@ -7,7 +7,8 @@
 //                          "tokenize": ["text", ...],          // -> "tokens": [[ids], ...] (special tokens parsed)
 //                          "greedy": [{"ids": [...], "n": 24}], // -> "greedy": [[ids], ...] (temperature 0, no stop)
 //                          "logits": [[ids], ...]}]}           // -> "logits": [[[vocab floats] per position], ...]
-//   and per job "architecture", "pre" and "chat_template" as llama.cpp read them from the file.
+//   and per job "architecture", "pre" and "chat_template" as llama.cpp read them from the file, and
+//   "greedy_seconds" (wall time of all greedy decodes, prompt evaluation included).
 //   results.json: {"llama_cpp": "<release>", "node_llama_cpp": "<version>", "results": [{...per job}]}
 // node-llama-cpp is resolved from .ci/node/node_modules (NODE_PATH is ignored by ES modules), never downloaded
 // or built: getLlama({build: "never"}) fails instead.
@@ -69,7 +70,9 @@ async function runJob(llama, job) {
         chat_template: tokenizer.chat_template ?? null, pre: tokenizer.ggml.pre ?? null};
     try {
         for (const text of job.tokenize ?? []) result.tokens.push(Array.from(model.tokenize(text, true)));
+        const start = performance.now();
         for (const g of job.greedy ?? []) result.greedy.push(await greedy(sequence, g.ids, g.n));
+        result.greedy_seconds = (performance.now() - start) / 1000;
         for (const ids of job.logits ?? []) result.logits.push(await logits(sequence, ids, nVocab));
     } finally {
         await context.dispose();
