@@ -28,6 +28,8 @@ EXPORT_FORMATS = {
     "llama": "plain Llama repo loadable by LlamaForCausalLM (RoPE/RMSNorm/SwiGLU models), refused otherwise",
     "qwen3": "plain Qwen3 repo loadable by Qwen3ForCausalLM (as llama, with QK-norm), refused otherwise",
     "gguf": "one model.gguf (llama.cpp's gpt2 architecture) + README + Ollama Modelfile, see --quant",
+    "onnx": "onnx/model.onnx with a KV cache + plain config + tokenizer for transformers.js / onnxruntime; "
+    "--quant int8 adds onnx/model_quantized.onnx",
 }
 
 
@@ -50,7 +52,8 @@ class ExportOptions:
         "help": "run folder holding the settings, results, log history and loss plot for the card "
         "(default: MODEL, or its parent when only that has them)"})
     quant: str | None = field(default=None, metadata={
-        "help": "--format gguf only: f32 (default), f16 or q8_0 (llama.cpp's 8-bit blocks)"})
+        "help": "--format gguf: f32 (default), f16 or q8_0 (llama.cpp's 8-bit blocks); --format onnx: int8 "
+        "(adds an int8-weight file beside the fp32 one)"})
     space: bool = field(default=False, metadata={
         "help": "also write app.py + requirements.txt, so the repo runs the `scratch-gpt playground` page as a "
         "Hub Space"})
@@ -153,8 +156,10 @@ def _run_export(args: argparse.Namespace) -> Any:
     quant, space = options.pop("quant"), options.pop("space")
     if options["export_format"] == "gguf":
         return _run_gguf(args, options["overwrite"], quant, space)
+    if options["export_format"] == "onnx":
+        return _run_onnx(args, options["overwrite"], quant, space)
     if quant is not None:
-        raise ValueError(f"--quant {quant} applies to --format gguf only")
+        raise ValueError(f"--quant {quant} applies to --format gguf only (and int8 to --format onnx)")
     result = export_model(args.model, args.out_dir, **options, card_options=_card_options(args))
     if space and result.task == "text-generation":
         from .playground import write_space
@@ -174,6 +179,15 @@ def _run_gguf(args: argparse.Namespace, overwrite: bool, quant: str | None, spac
     return export_gguf(args.model, args.out_dir, quant=quant or "f32", overwrite=overwrite)
 
 
+def _run_onnx(args: argparse.Namespace, overwrite: bool, quant: str | None, space: bool) -> Any:
+    """``--format onnx``: the transformers.js layout (see :mod:`hub_export.onnx_export`)."""
+    from .onnx_export import export_onnx
+
+    if space:
+        raise ValueError("--space needs a Hub-repo format (remote-code or gpt2): a Space loads it with transformers")
+    return export_onnx(args.model, args.out_dir, quant=quant, overwrite=overwrite)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .verify import ExportVerificationError
 
@@ -182,6 +196,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ExportVerificationError as err:
         print(f"scratch-gpt export: self-check failed, nothing written to {args.out_dir}: {err}", file=sys.stderr)
         return 1
+    if getattr(result, "model_type", None):  # --format onnx
+        v = result.verification
+        print(f"exported ONNX ({result.model_type} config) to {result.out_dir} in {result.seconds:.1f} s; files: "
+              f"{', '.join(result.files)}; onnxruntime self-check: max |logit diff| {v['max_abs_diff']:.3g}, "
+              f"greedy tokens with the KV cache match" + (
+                  f", int8 next-token agreement {v['int8_next_token_agreement']:.0%}" if result.quant else ""))
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        return 0
     if getattr(result, "quant", None):  # --format gguf
         print(f"exported GGUF ({result.quant}) to {result.out_dir} in {result.seconds:.1f} s; files: "
               f"{', '.join(result.files)}; run it: ollama create NAME -f {result.out_dir}/Modelfile")
