@@ -440,3 +440,16 @@ def test_transformers_gguf_reader_agrees_on_family_files(tmp_path, overrides):
     ids = torch.arange(2, 40)[None]
     with torch.no_grad():
         assert (theirs(ids).logits - ours(ids).logits).abs().max().item() < 1e-4
+
+
+def test_cli_exports_a_llama_shaped_model_at_q4_0(tmp_path, capsys):
+    from gguf import GGUFReader
+
+    from scratch_gpt_cli import main
+
+    out = tmp_path / "out"
+    assert main(["export", str(_family_dir(tmp_path / "m")), str(out), "--format", "gguf", "--quant", "q4_0"]) == 0
+    assert "exported GGUF (q4_0)" in capsys.readouterr().out
+    reader = GGUFReader(out / "model.gguf")
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert reader.fields["general.file_type"].contents() == 2  # LlamaFileType.MOSTLY_Q4_0

@@ -69,7 +69,8 @@ def _llama_cpp_or_skip() -> None:
     missing = [what for what, ok in needs if not ok]
     if not missing:
         return
-    message = f"llama.cpp checks need {' and '.join(missing)}: run `cd .ci/node && npm install --no-save`"
+    message = (f"llama.cpp checks need {' and '.join(missing)}: install node >= 20, then "
+               "`cd .ci/node && npm install --no-save`")
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI must run the llama.cpp checks; {message}")
     pytest.skip(message)
