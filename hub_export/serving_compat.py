@@ -16,8 +16,10 @@ refused in one line (:func:`tested_series`).
    prompt that leaves none is a 400 (:func:`fit_new_tokens`). The cap is set where the tokenized prompt meets the
    generation settings: 5.24, the generation manager's ``generate_*``; 5.25, the engine client's ``generate_*``
    and the handlers' own ``_check_prompt_length``.
-3. **Errors.** Parameters are checked before transformers' handlers run (:func:`check_request`), and every 4xx
-   answer carries an OpenAI error body (:func:`error_body`). Invalid JSON keeps FastAPI's 422.
+3. **Errors.** Parameters are checked before transformers' handlers run (:func:`check_request`), ``logit_bias``
+   token ids against the vocabulary where the cap is set, a failure of ``generate()`` under the request's own
+   ``generation_config`` is the request's fault, and every 4xx answer carries an OpenAI error body
+   (:func:`error_body`). Invalid JSON keeps FastAPI's 422.
 
 ``Serve`` imports its loader class and ``build_server`` from their modules when it runs, so :func:`run_serve` swaps
 those two module attributes for the server's construction (5.25: its whole run, which blocks) and hooks the built
@@ -80,7 +82,8 @@ def fit_new_tokens(prompt: int, context: int | None, requested: int | None) -> i
     """``requested`` new tokens capped at the context left after a ``prompt``-token prompt (``requested`` None: all
     of it); :class:`RequestError` when the prompt leaves no room for one token."""
     if requested is not None and requested < 1:  # e.g. through the request's generation_config
-        raise RequestError(f"max_new_tokens must be at least 1, got {requested}", code="invalid_value")
+        raise RequestError(f"max_new_tokens must be at least 1, got {requested}", param="generation_config",
+                           code="invalid_value")
     if context is None:
         return requested
     room = context - prompt

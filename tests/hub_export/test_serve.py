@@ -165,18 +165,18 @@ def served(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("serve")
     run = _train_tiny_instruct_model(tmp / "run")
-    servers = {  # the run-folder server starts while the exports are written and verified
+    servers = {  # each server starts as soon as its folder is written, while the next export is verified
         "run": Server([*SCRATCH_SERVE, str(run), "--continuous-batching", "--cb-num-blocks", "64"], tmp / "run.log"),
     }
     try:
         remote = export_model(run, tmp / "export-remote").out_dir
+        servers["remote"] = Server([*SCRATCH_SERVE, str(remote), "--trust-remote-code"], tmp / "remote.log")
         gpt2 = export_model(run, tmp / "export-gpt2", export_format="gpt2").out_dir
+        servers["stock-gpt2"] = Server([*STOCK_SERVE, str(gpt2)], tmp / "stock.log")
     except BaseException:
         for server in servers.values():
             server.stop()
         raise
-    servers["remote"] = Server([*SCRATCH_SERVE, str(remote), "--trust-remote-code"], tmp / "remote.log")
-    servers["stock-gpt2"] = Server([*STOCK_SERVE, str(gpt2)], tmp / "stock.log")
     try:
         deadline = time.monotonic() + STARTUP_S
         for server in servers.values():
@@ -362,3 +362,15 @@ def test_untested_transformers_version_is_refused_in_one_line(tmp_path, capsys, 
     for version in ("5.23.1", "5.26.0.dev0", "5.25.0rc1", "6.0.0", "nonsense"):
         with pytest.raises(serving_compat.UnsupportedTransformersError, match=r"pip install 'transformers==5\.25\.\*'"):
             serving_compat.tested_series(version)
+
+
+def test_fit_new_tokens_caps_at_the_context_left():
+    from hub_export.serving_compat import RequestError, fit_new_tokens
+
+    assert fit_new_tokens(prompt=10, context=CONTEXT, requested=None) == CONTEXT - 10  # "all of it"
+    assert fit_new_tokens(prompt=10, context=CONTEXT, requested=5) == 5
+    assert fit_new_tokens(prompt=CONTEXT - 1, context=CONTEXT, requested=1024) == 1
+    assert fit_new_tokens(prompt=10, context=None, requested=7) == 7  # a config without max_position_embeddings
+    for prompt, requested in ((CONTEXT, 5), (CONTEXT + 40, None), (10, 0)):
+        with pytest.raises(RequestError):
+            fit_new_tokens(prompt=prompt, context=CONTEXT, requested=requested)
