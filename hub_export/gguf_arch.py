@@ -19,12 +19,10 @@ What no architecture here can hold is refused before anything is loaded, with th
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 from typing import Any
 
-logger = logging.getLogger(__name__)
 
 ARCHS = ("gpt2", "llama", "qwen2", "qwen3")
 FAMILY_SHAPE = "llama/qwen2/qwen3 need RoPE + RMSNorm + SwiGLU (mlp_type='swiglu', hidden_act='silu')"
