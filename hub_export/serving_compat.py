@@ -524,6 +524,8 @@ def run_serve(model: str, **serve_options: Any) -> Any:
     from transformers.cli.serving import model_manager, server
 
     entry = ENTRIES[tested_series()]
+    if serve_options.get("api_server_count", 1) != 1:  # 5.25's extra API servers are spawned without our hooks
+        raise ValueError("scratch-gpt serve runs one API server: leave api_server_count at 1")
     hooked = _hooked_build_server(server.build_server, entry.hook)
     with _swapped(model_manager, entry.loader_name, entry.loader_class()), _swapped(server, "build_server", hooked):
         return serve_module.Serve(force_model=model, **serve_options)
