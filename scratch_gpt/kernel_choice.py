@@ -11,7 +11,12 @@ warm-up run of each candidate, then interleaved timed rounds, at most ``repeats`
 overrun the budget in one more round (a large product: then one or two rounds decide). Wall-clock time spent
 while the machine is busy elsewhere does not cut the rounds below ``min_rounds``: one preempted sample must not
 decide. From the second round on, a candidate whose fastest run is ``drop_ratio`` times the best median is
-dropped. A candidate must beat the plain one by more than ``plain_margin`` (5%) to replace it: closer is noise.
+dropped. A candidate replaces the plain one only when its median is more than ``plain_margin`` (5%) faster and
+its fastest run is faster too (preemption only adds time, so the fastest run is the least disturbed sample).
+A measurement is disturbed when a candidate's median is ``disturbed_ratio`` (3x) its fastest run: on a busy
+machine a preempted 2-thread kernel waits milliseconds for a microsecond product. Then the plain path is used
+for the next ``retry_after`` (64) calls of that key and measured again, at most ``attempts`` (3) times in all;
+still disturbed at the last one, the plain path is kept.
 
 The chosen candidate's result from the last timed round is returned, so a decided call does no extra work.
 Every candidate computes the same value up to float rounding; callers that must not run a function twice
@@ -51,8 +56,15 @@ class KernelChooser:
         drop_ratio: float = 2.0,
         plain_margin: float = 0.05,
         min_rounds: int = 3,
+        disturbed_ratio: float = 3.0,
+        attempts: int = 3,
+        retry_after: int = 64,
     ) -> None:
         self.clock = clock
+        self.disturbed_ratio = disturbed_ratio
+        self.attempts = attempts
+        self.retry_after = retry_after
+        self._retry: dict[tuple, list[int]] = {}  # key -> [attempts made, calls left before the next one]
         self.repeats = repeats
         self.min_rounds = min_rounds
         self.budget_s = budget_s
@@ -77,22 +89,38 @@ class KernelChooser:
             if fn is None:
                 name, fn = next(iter(candidates.items()))
             return name, fn()
+        plain = next(iter(candidates))
         with self._lock:
             name = self.decisions.get(key)
             if name is not None:  # another thread decided meanwhile
                 return name, candidates[name]()
-            if len(candidates) == 1:
-                name = next(iter(candidates))
+            retry = self._retry.get(key)
+            if len(candidates) == 1 or (retry is not None and retry[1] > 0):
+                if retry is not None:
+                    retry[1] -= 1  # a disturbed measurement: the plain path until the next attempt
+                else:
+                    self.decisions[key] = plain
+                return plain, candidates[plain]()
+            winner, result, medians, disturbed = self._measure(candidates)
+            made = 1 if retry is None else retry[0] + 1
+            if disturbed and made < self.attempts:
+                self._retry[key] = [made, self.retry_after]
+                name = plain
+            else:
+                self._retry.pop(key, None)
+                name = plain if disturbed else winner  # still disturbed at the last attempt: the safe choice
                 self.decisions[key] = name
-                return name, candidates[name]()
-            name, result, medians = self._measure(candidates)
-            self.decisions[key] = name
-        logger.debug("kernel choice %s -> %s (median us: %s)", key, name,
+            if name != winner:
+                result = candidates[plain]()
+        logger.debug("kernel choice %s -> %s%s (median us: %s)", key, name,
+                     " for now: the machine is busy, measuring again later" if key in self._retry else "",
                      {k: round(v * 1e6, 1) for k, v in medians.items()})
         return name, result
 
-    def _measure(self, candidates: Candidates) -> tuple[str, Any, dict[str, float]]:
-        """Warm up, then interleaved timed rounds within the budget; ``(winner, its last result, medians)``."""
+    def _measure(self, candidates: Candidates) -> tuple[str, Any, dict[str, float], bool]:
+        """Warm up, then interleaved timed rounds within the budget; ``(winner, its last result, medians,
+        disturbed)``, disturbed when a kept candidate's median is ``disturbed_ratio`` times its fastest run (the
+        machine was busy elsewhere: the figures say more about the scheduler than about the kernels)."""
         clock = self.clock
         start = clock()
         for fn in candidates.values():
@@ -117,14 +145,18 @@ class KernelChooser:
         medians = {name: statistics.median(ts) for name, ts in times.items()}
         winner = min(alive, key=lambda name: (medians[name], list(candidates).index(name)))
         plain = next(iter(candidates))
-        if plain in alive and medians[plain] * (1.0 - self.plain_margin) <= medians[winner]:
-            winner = plain  # within the margin of the plain path: not worth a private kernel
-        return winner, results[winner], medians
+        if plain in alive and (
+            medians[plain] * (1.0 - self.plain_margin) <= medians[winner] or min(times[plain]) <= min(times[winner])
+        ):
+            winner = plain  # not clearly faster than the plain path: in median by the margin and in its best run
+        disturbed = any(medians[name] > self.disturbed_ratio * min(times[name]) for name in alive)
+        return winner, results[winner], medians, disturbed
 
     def clear(self) -> None:
         """Forget every decision (the next call per key measures again)."""
         with self._lock:
             self.decisions.clear()
+            self._retry.clear()
 
 
 CHOOSER = KernelChooser()

@@ -132,3 +132,35 @@ def test_clear_forgets_decisions(chooser, clock):
     chooser.run(("op",), clock.kernels({"plain": 0.002, "fast": 0.001}))
     chooser.clear()
     assert chooser.choice(("op",)) is None
+
+
+def scripted(clock: FakeClock, costs: dict[str, list[float]]) -> dict:
+    """Kernels whose successive runs cost the listed seconds (the last cost repeats)."""
+    def make(name: str):
+        def kernel() -> str:
+            clock.now += costs[name].pop(0) if len(costs[name]) > 1 else costs[name][0]
+            clock.calls[name] = clock.calls.get(name, 0) + 1
+            return name
+        return kernel
+    return {name: make(name) for name in costs}
+
+
+def test_a_disturbed_measurement_keeps_the_plain_path_and_measures_again_later(clock):
+    chooser = KernelChooser(clock=clock, repeats=3, budget_s=1.0, retry_after=2)
+    busy = {"plain": [0.002], "fast": [0.001, 0.001, 0.009, 0.009]}  # warm-up, then two preempted runs of three
+    assert chooser.run(("op",), scripted(clock, busy)) == ("plain", "plain")
+    assert chooser.choice(("op",)) is None  # nothing decided yet
+    for _ in range(2):  # the plain path, unmeasured, for retry_after calls
+        before = dict(clock.calls)
+        assert chooser.run(("op",), scripted(clock, {"plain": [0.002], "fast": [0.001]}))[0] == "plain"
+        assert clock.calls["plain"] == before["plain"] + 1 and clock.calls["fast"] == before["fast"]
+    assert chooser.run(("op",), scripted(clock, {"plain": [0.002], "fast": [0.001]})) == ("fast", "fast")  # quiet
+    assert chooser.choice(("op",)) == "fast"
+
+
+def test_a_machine_busy_at_every_attempt_keeps_the_plain_path(clock):
+    chooser = KernelChooser(clock=clock, repeats=3, budget_s=1.0, retry_after=0, attempts=2)
+    for _ in range(2):
+        busy = {"plain": [0.002], "fast": [0.001, 0.001, 0.009, 0.009]}
+        assert chooser.run(("op",), scripted(clock, busy))[0] == "plain"
+    assert chooser.choice(("op",)) == "plain"
