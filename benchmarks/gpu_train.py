@@ -103,7 +103,8 @@ def measure(ns: argparse.Namespace) -> dict:
     peak = bf16_peak_tflops(name) if device == "cuda" else None
     return {
         "device": name, "shape": shape, "parameters": sum(p.numel() for p in model.parameters()),
-        "batch": ns.batch, "dtype": "bf16 autocast" if bf16 else "fp32 (this CPU emulates bf16)", "attn_implementation": "sdpa", "compile": ns.compile,
+        "batch": ns.batch, "dtype": "bf16 autocast" if bf16 else "fp32 (this CPU emulates bf16)",
+        "attn_implementation": "sdpa", "compile": ns.compile,
         "warmup_steps": ns.warmup, "warmup_s": round(warmup_s, 2), "steps": ns.steps, "step_s": elapsed / ns.steps,
         "tokens_per_s": round(tokens_per_s, 1), "model_tflops_per_s": round(tokens_per_s * per_token / 1e12, 3),
         "bf16_peak_tflops": peak, "mfu": None if peak is None else round(tokens_per_s * per_token / (peak * 1e12), 4),

@@ -91,28 +91,34 @@ def is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def check_resume(checkpoint: Path, accelerator, saved: dict[str, Any], tokens_per_step: int) -> None:
-    """Refuse, with one line, a checkpoint this launch cannot continue exactly: another kind (FSDP shards vs.
-    one full model), or another number of processes with another global batch (data order and schedule
-    follow the step, so the tokens per step must match; FSDP shards themselves re-split to any count)."""
+def check_checkpoint_kind(checkpoint: Path, accelerator, saved: dict[str, Any]) -> None:
+    """Refuse, with one line, a checkpoint of the other kind: FSDP shards without FSDP, or one full model
+    (DDP, one process) under FSDP. Checked before any data is loaded."""
     sharded, fsdp = (checkpoint / FSDP_MODEL_DIR).is_dir(), is_fsdp(accelerator)
-    processes = saved.get("num_processes")
     if sharded and not fsdp:
         raise ValueError(
-            f"{checkpoint} holds FSDP shards ({processes or 'several'} processes); resume it under FSDP: "
-            "accelerate launch --config_file configs/fsdp.yaml --num_processes N -m scratch_gpt_cli train --resume"
+            f"{checkpoint} holds FSDP shards ({saved.get('num_processes') or 'several'} processes); resume it "
+            "under FSDP: accelerate launch --config_file configs/fsdp.yaml --num_processes N "
+            "-m scratch_gpt_cli train --resume"
         )
     if fsdp and not sharded:
         raise ValueError(
             f"{checkpoint} holds one full model (a DDP or single-process run); resume it without FSDP "
             "(plain `scratch-gpt train --resume`, or accelerate launch --config_file configs/ddp.yaml)"
         )
+
+
+def check_resume(checkpoint: Path, accelerator, saved: dict[str, Any], tokens_per_step: int) -> None:
+    """Refuse, with one line, a checkpoint this launch cannot continue exactly: another kind (see
+    :func:`check_checkpoint_kind`), or other tokens per step (data position and learning rate follow the step;
+    FSDP shards themselves re-split to any number of processes)."""
+    check_checkpoint_kind(checkpoint, accelerator, saved)
     saved_tokens = saved.get("tokens_per_step")
     if saved_tokens is not None and saved_tokens != tokens_per_step:
         raise ValueError(
-            f"{checkpoint} was trained with {saved_tokens} tokens per step ({processes} processes) but this "
-            f"launch takes {tokens_per_step} ({accelerator.num_processes} processes); set --per-device-batch-size "
-            "or --gradient-accumulation-steps so batch x processes x accumulation is unchanged"
+            f"{checkpoint} was trained with {saved_tokens} tokens per step ({saved.get('num_processes')} processes) "
+            f"but this launch takes {tokens_per_step} ({accelerator.num_processes} processes); set "
+            "--per-device-batch-size or --gradient-accumulation-steps so batch x processes x accumulation is unchanged"
         )
 
 

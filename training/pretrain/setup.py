@@ -26,7 +26,7 @@ from scratch_gpt.safe_output import check_no_overlap, check_target
 
 from .arguments import TrainArguments, architecture_switches, parse_duration
 from .checkpoints import list_checkpoints
-from .distributed import cpu_fsdp_plugin, enable_cpu_fsdp
+from .distributed import check_checkpoint_kind, cpu_fsdp_plugin, enable_cpu_fsdp
 from .budget import StepSchedule, TimeBudgetSchedule, lr_multiplier  # noqa: F401 (lr_multiplier: re-exported)
 from .monitor import default_prompt
 from .records import record_arguments
@@ -151,6 +151,8 @@ def prepare(args: TrainArguments, datasets=None, tokenizer=None) -> Run:
     run_dir = work_dir_for(args, output_dir)
     accelerator = build_accelerator(args, run_dir)
     resume_from = find_resume(args, run_dir)
+    if resume_from is not None:  # a checkpoint of another kind (FSDP shards vs. one model) fails before the data
+        check_checkpoint_kind(resume_from, accelerator, run_folder.load_trainer_state(resume_from))
     set_seed(args.seed)  # the same seed everywhere: identical initial weights on every process
     if accelerator.is_main_process:
         if datasets is None:
