@@ -27,7 +27,8 @@ EXPORT_FORMATS = {
     "gpt2": "plain GPT-2 repo loadable by GPT2LMHeadModel, refused for configs GPT-2 cannot express",
     "llama": "plain Llama repo loadable by LlamaForCausalLM (RoPE/RMSNorm/SwiGLU models), refused otherwise",
     "qwen3": "plain Qwen3 repo loadable by Qwen3ForCausalLM (as llama, with QK-norm), refused otherwise",
-    "gguf": "one model.gguf (llama.cpp's gpt2 architecture) + README + Ollama Modelfile, see --quant",
+    "gguf": "one model.gguf (llama.cpp's gpt2, llama, qwen2 or qwen3 architecture, from the config) + README + "
+    "Ollama Modelfile, see --quant",
     "onnx": "onnx/model.onnx with a KV cache + plain config + tokenizer for transformers.js / onnxruntime; "
     "--quant int8 adds onnx/model_quantized.onnx",
 }
@@ -52,7 +53,8 @@ class ExportOptions:
         "help": "run folder holding the settings, results, log history and loss plot for the card "
         "(default: MODEL, or its parent when only that has them)"})
     quant: str | None = field(default=None, metadata={
-        "help": "--format gguf: f32 (default), f16 or q8_0 (llama.cpp's 8-bit blocks); --format onnx: int8 "
+        "help": "--format gguf: f32 (default), f16, bf16, q8_0 (llama.cpp's 8-bit blocks) or q4_0 (4-bit); --format "
+        "onnx: int8 "
         "(adds an int8-weight file beside the fp32 one)"})
     space: bool = field(default=False, metadata={
         "help": "also write app.py + requirements.txt, so the repo runs the `scratch-gpt playground` page as a "
