@@ -240,14 +240,17 @@ def lm_eval_rows(data: Any) -> list[tuple[str, str, str]]:
 # --------------------------------------------------------------------------------------------- the card
 
 
+TESTED_TRANSFORMERS = ">=5.24"  # pyproject.toml's bound, for when the installed metadata cannot be read
+
+
 def transformers_requirement() -> str:
-    """The transformers version range our package declares (``>=5.0,<6`` when it cannot be read)."""
+    """The transformers version range our package declares (:data:`TESTED_TRANSFORMERS` when it cannot be read)."""
     from importlib.metadata import PackageNotFoundError, requires
 
     try:
         reqs = requires("scratch-gpt") or []
     except PackageNotFoundError:
-        return ">=5.0,<6"
+        return TESTED_TRANSFORMERS
     for req in reqs:
         name, _, marker = req.partition(";")
         name = name.strip()
@@ -255,7 +258,7 @@ def transformers_requirement() -> str:
             spec = name[len("transformers") :].strip()
             # pip prints specifiers sorted by operator; show the lower bound first
             return ",".join(sorted(spec.split(","), key=lambda s: (not s.startswith(">"), s)))
-    return ">=5.0,<6"
+    return TESTED_TRANSFORMERS
 
 
 def _human(n: int) -> str:

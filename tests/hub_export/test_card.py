@@ -10,6 +10,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from hub_export.card import (
+    TESTED_TRANSFORMERS,
     CardOptions,
     build_model_card,
     is_local_path,
@@ -19,7 +20,7 @@ from hub_export.card import (
 )
 from scratch_gpt import run_folder
 
-from .conftest import CLS_EVAL, CLS_TEST, LOG_HISTORY
+from .conftest import CLS_EVAL, CLS_TEST, LOG_HISTORY, REPO_ROOT
 
 
 def _front_matter(text: str) -> dict:
@@ -58,7 +59,9 @@ def test_pretraining_card_header_validation_loss_perplexity_plot(lm_export):
     assert "train_loss 4.31" in text  # final training loss from train_results
     assert "python-stdlib" in text and "| learning_rate | `0.0003` |" in text and "| optim.warmup_steps | `5` |" in text
     assert 'pipeline("text-generation", model="owner/tiny-gpt", trust_remote_code=True)' in text
-    assert "transformers>=5.0,<6" in text
+    assert f"transformers{TESTED_TRANSFORMERS}" in text  # the range pyproject.toml declares (below)
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert f'"transformers{TESTED_TRANSFORMERS}",' in pyproject
     shipped = [f for f in lm_export.files if f.endswith(".py")]
     assert shipped and all(f"`{f}`" in text for f in shipped)  # the card names the code it asks you to trust
     assert "## Limitations" in text
