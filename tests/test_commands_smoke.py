@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -81,47 +78,17 @@ def test_generate_is_greedy_pipeline(run, work):
     assert PROMPT + greedy_reference(run, PROMPT, NEW_TOKENS) in out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    raise AssertionError(f"server not ready in {SERVER_START_S}s:\n{log.read_text()[-3000:]}")
-
-
 def test_serve_round_trip(run, work):
-    port, log = _free_port(), work / "serve.log"
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "scratch_gpt_cli", "serve", str(run), "--port", str(port)],
-                                cwd=work, env=_env(work), stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+    from tests.hub_export import test_serve
+    from tests.hub_export.test_serve import SCRATCH_SERVE, Server, _completion
+
+    server = Server([*SCRATCH_SERVE, str(run)], work / "serve.log")
     try:
-        _wait_ready(proc, url, log)
-        body = {"prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0}
-        req = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            answer = json.loads(resp.read())
+        server.wait_ready(time.monotonic() + SERVER_START_S)
+        answer = _completion(server, PROMPT)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-    assert answer["choices"][0]["text"] == greedy_reference(run, PROMPT, NEW_TOKENS)
+        server.stop()
+    assert answer == greedy_reference(run, PROMPT, test_serve.NEW_TOKENS)  # _completion asks for that many
 
 
 def test_export_remote_code_and_gguf(run, work):
