@@ -32,7 +32,8 @@ class ScratchGPTConfig(PretrainedConfig):
             length the model was trained for (a longer input runs, with a one-time warning; ``linear``,
             ``dynamic`` and ``yarn`` scaling exist to go past it).
         hidden_act: MLP activation, any name in ``transformers.activations.ACT2FN`` (GPT-2 uses ``gelu_new``,
-            which equals ``gelu_pytorch_tanh``).
+            which equals ``gelu_pytorch_tanh``). ``"relu2"`` (``relu(x)**2``, Nemotron's and modded-nanogpt's) with
+            the plain ``mlp_type="gelu"`` MLP is the ReLU² MLP ``c_proj(relu(c_fc(x))**2)``.
         layer_norm_eps: epsilon of the normalisation layers.
         norm_type: ``"layernorm"`` (GPT-2) or ``"rmsnorm"`` (not expressible as GPT-2).
         attention_dropout / resid_dropout / embd_dropout: dropout on attention weights, on the output of each
@@ -63,6 +64,12 @@ class ScratchGPTConfig(PretrainedConfig):
         fused_lm_loss: in training mode with labels, compute the LM head and the loss together chunk by chunk
             (no full ``(tokens, vocab)`` logits: less memory, a bit faster; ``outputs.logits`` is then ``None``).
             Evaluation and generation always return logits. Set False to get training logits back.
+        zero_init_output_projections: initialise the output projections of every block (``attn.c_proj`` and
+            ``mlp.c_proj`` weights) to zero instead of ``std / sqrt(2 * layers)``, so each block starts as the
+            identity (modded-nanogpt). An initialisation choice only: loaded weights and the forward are unchanged.
+        final_logit_softcapping: ``None`` (default) or a cap ``c > 0``: the LM logits become ``c * tanh(logits / c)``
+            before the loss and in generation (Gemma 2's name and formula). Training with it uses the plain loss
+            path, not the fused one.
         cpu_fast_paths: use the float32 CPU kernels of ``linear.py`` (few-rows decoding, oneDNN), the fused
             loss's CPU branches and the 64-byte-aligned weight copy after ``from_pretrained``. They give the same
             results up to float rounding; False uses only public torch ops (see docs/backends.md).
@@ -129,6 +136,8 @@ class ScratchGPTConfig(PretrainedConfig):
     attention_bias: bool = True
     mlp_bias: bool = True
     qk_norm: bool = False
+    zero_init_output_projections: bool = False
+    final_logit_softcapping: float | None = None
     fused_lm_loss: bool = True
     cpu_fast_paths: bool = True
     use_cache: bool = True
@@ -201,6 +210,23 @@ class ScratchGPTConfig(PretrainedConfig):
             raise ValueError(f"ScratchGPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
         if not self.initializer_range >= 0:
             raise ValueError(f"ScratchGPTConfig.initializer_range must be >= 0, got {self.initializer_range!r}.")
+        self._validate_recipe_switches()
+
+    def _validate_recipe_switches(self) -> None:
+        """The small-model recipe switches: zero-initialised output projections and final-logit soft-capping."""
+        if not isinstance(self.zero_init_output_projections, bool):
+            raise ValueError(
+                "ScratchGPTConfig.zero_init_output_projections must be True or False, "
+                f"got {self.zero_init_output_projections!r}."
+            )
+        cap = self.final_logit_softcapping
+        if cap is not None and (
+            isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < float("inf")
+        ):
+            raise ValueError(
+                f"ScratchGPTConfig.final_logit_softcapping must be None (off) or a finite number > 0 (Gemma 2 "
+                f"uses 30.0), got {cap!r}."
+            )
 
 
     def _validate_family_switches(self) -> None:

@@ -186,9 +186,13 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         # GPT-2: scale the residual projections by 1/sqrt(N), N = 2 residual branches per block. (Marked on the
         # Linear itself: transformers skips custom-code modules that own no parameters, like the MLP.)
+        # zero_init_output_projections: zero instead, so every block starts as the identity (modded-nanogpt).
         if isinstance(module, nn.Linear) and getattr(module, "is_residual_projection", False):
-            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
-            init.normal_(module.weight, mean=0.0, std=std)
+            if self.config.zero_init_output_projections:
+                init.zeros_(module.weight)
+            else:
+                std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+                init.normal_(module.weight, mean=0.0, std=std)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -425,6 +429,9 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             )
         else:
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (b, t, vocab)
+            cap = self.config.final_logit_softcapping
+            if cap is not None:  # Gemma 2's final-logit soft-capping: into (-cap, cap), before the loss
+                logits = torch.tanh(logits / cap) * cap
             if labels is not None:
                 loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
@@ -447,6 +454,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             and self.lm_head.bias is None
             and not hasattr(self, "_loss_function")  # no custom loss installed
             and "shift_labels" not in kwargs
+            and self.config.final_logit_softcapping is None  # the fused loss has no soft-capping
         )
 
 
