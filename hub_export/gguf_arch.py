@@ -73,6 +73,10 @@ def _family_arch(config: Any) -> str:
 
 def choose_arch(config: Any) -> str:
     """The llama.cpp architecture for this config, or ValueError with the one-line reason none fits."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is not None:
+        raise _refuse(f"final_logit_softcapping={cap}",
+                      "llama.cpp soft-caps final logits only in its Gemma 2 architecture, not in gpt2/llama/qwen")
     if config.position_embedding_type == "rope":
         return _family_arch(config)
     if config.norm_type != "layernorm" or getattr(config, "mlp_type", "gelu") != "gelu":

@@ -107,7 +107,18 @@ def gpt2_config_from_scratch(config: ScratchGPTConfig) -> GPT2Config:
 
 
 def _check_gpt2_switches(config: ScratchGPTConfig) -> None:
-    """ValueError naming every Llama/Qwen switch (docs/family.md) set to a value GPT-2 cannot express."""
+    """ValueError naming every Llama/Qwen switch (docs/family.md) set to a value GPT-2 cannot express.
+
+    Of the small-model recipe switches (docs/model.md), ``hidden_act="relu2"`` is expressible (GPT-2's MLP takes
+    any ``activation_function``) and ``zero_init_output_projections`` is an init choice only; final-logit
+    soft-capping is not (GPT2LMHeadModel returns the raw head logits).
+    """
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is not None:
+        raise ValueError(
+            f"GPT-2 cannot express final_logit_softcapping={cap}: GPT2LMHeadModel has no logit soft-capping, so "
+            "every logit would change. Export this model in the remote-code format instead."
+        )
     gpt2_values = {"position_embedding_type": "learned", "mlp_type": "gelu", "attention_bias": True,
                    "mlp_bias": True, "qk_norm": False, "num_key_value_heads": config.num_attention_heads,
                    "head_dim": config.hidden_size // config.num_attention_heads}

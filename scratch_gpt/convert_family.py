@@ -136,6 +136,12 @@ def _check_expressible(config: ScratchGPTConfig, target: str) -> None:
         needed["mlp_bias"] = False
     problems = [f"{key}={getattr(config, key)!r} (needs {value!r})" for key, value in needed.items()
                 if getattr(config, key) != value]
+    if config.mlp_type != "swiglu" and config.hidden_act == "relu2":
+        problems.append(f"the ReLU² MLP (hidden_act='relu2' without a gate; {target}'s MLP is gated, "
+                        "down(act(gate) * up))")
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        problems.append(f"final_logit_softcapping={config.final_logit_softcapping} ({target} has no logit "
+                        "soft-capping)")
     if config.qkv_bias != config.attention_bias:
         problems.append(
             f"qkv_bias={config.qkv_bias} with attention_bias={config.attention_bias} ({target}'s attention_bias "
