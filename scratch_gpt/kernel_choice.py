@@ -70,20 +70,25 @@ class KernelChooser:
         self.budget_s = budget_s
         self.drop_ratio = drop_ratio
         self.plain_margin = plain_margin
-        self.decisions: dict[tuple, str] = {}
+        self.decisions: dict[tuple, str] = {}  # replaced (never cleared in place) by clear(): see is_current
         self.forced: str | None = None
+        self._local = threading.local()  # this thread's forced name (a model step run on the plain path)
         self._lock = threading.RLock()  # re-entrant: a candidate may make a nested choice of its own
+
+    def forcing(self) -> str | None:
+        """The name forced in this thread (see :func:`forced_here`) or globally (:func:`forced`), else None."""
+        return getattr(self._local, "forced", None) or self.forced
 
     def choice(self, key: tuple) -> str | None:
         """The decided candidate for ``key`` (or the forced one), None when not decided yet."""
-        return self.forced or self.decisions.get(key)
+        return self.forcing() or self.decisions.get(key)
 
     def run(self, key: tuple, candidates: Candidates) -> tuple[str, Any]:
         """``(name, result)`` of the candidate to use for ``key``, timing them all on the first call.
 
         A forced name that is not among ``candidates`` falls back to the first (plain) candidate.
         """
-        name = self.forced or self.decisions.get(key)
+        name = self.choice(key)
         if name is not None:
             fn = candidates.get(name)
             if fn is None:
@@ -155,11 +160,69 @@ class KernelChooser:
     def clear(self) -> None:
         """Forget every decision (the next call per key measures again)."""
         with self._lock:
-            self.decisions.clear()
+            self.decisions = {}  # a new dict: callers that memoised decisions compare identity (is_current)
             self._retry.clear()
 
 
+class StepChooser:
+    """Whole model steps, timed alternately on the tuned kernels and on the plain path; the faster is kept.
+
+    Per-kernel timing runs a product again and again on the same tensors, so its weights sit in the CPU's
+    caches; a real decoding step streams every weight of the model from memory once. On a CPU with a large
+    last-level cache that can favour kernels that lose in real use. So repeated steps of one shape (decoding:
+    same batch, one new token) are also compared end to end: the first ``warmup`` steps run tuned (the
+    per-kernel choices are made there), then steps alternate between the plain path (every choice forced to
+    the plain candidate, in this thread) and the tuned one, ``samples`` of each. The tuned kernels are kept only
+    when their median step is more than ``margin`` faster; otherwise that step key runs plain from then on.
+    ``clock`` as in :class:`KernelChooser`.
+    """
+
+    def __init__(self, chooser: KernelChooser, clock: Callable[[], float] = time.perf_counter,
+                 warmup: int = 2, samples: int = 4, margin: float = 0.02) -> None:
+        self.chooser, self.clock = chooser, clock
+        self.warmup, self.samples, self.margin = warmup, samples, margin
+        self.decisions: dict[tuple, str] = {}  # step key -> "tuned" | "plain"
+        self._times: dict[tuple, dict[str, list[float]]] = {}
+        self._calls: dict[tuple, int] = {}
+
+    def run(self, key: tuple, step: Callable[[], Any]) -> Any:
+        """``step()`` under the policy for ``key`` (measuring while undecided)."""
+        decided = self.decisions.get(key)
+        if decided == "tuned" or self.chooser.forcing() is not None:
+            return step()
+        if decided == "plain":
+            with forced_here(PLAIN, self.chooser):
+                return step()
+        calls = self._calls[key] = self._calls.get(key, 0) + 1
+        if calls <= self.warmup:
+            return step()
+        policy = "plain" if calls % 2 else "tuned"
+        t0 = self.clock()
+        with forced_here(PLAIN if policy == "plain" else None, self.chooser):
+            result = step()
+        times = self._times.setdefault(key, {"tuned": [], "plain": []})
+        times[policy].append(self.clock() - t0)
+        if min(len(ts) for ts in times.values()) >= self.samples:
+            self._decide(key, times)
+        return result
+
+    def _decide(self, key: tuple, times: dict[str, list[float]]) -> None:
+        tuned, plain = (statistics.median(times[name]) for name in ("tuned", "plain"))
+        self.decisions[key] = "tuned" if tuned < plain * (1.0 - self.margin) else "plain"
+        del self._times[key], self._calls[key]
+        logger.debug("step choice %s -> %s (median ms: tuned %.3f, plain %.3f)", key, self.decisions[key],
+                     tuned * 1e3, plain * 1e3)
+
+    def clear(self) -> None:
+        """Forget every step decision."""
+        self.decisions.clear()
+        self._times.clear()
+        self._calls.clear()
+
+
+PLAIN = "__plain__"  # a name no candidate has: every choice falls back to its first (plain) candidate
 CHOOSER = KernelChooser()
+STEPS = StepChooser(CHOOSER)
 
 
 @contextlib.contextmanager
@@ -173,4 +236,16 @@ def forced(name: str | None, chooser: KernelChooser = CHOOSER) -> Iterator[None]
         chooser.forced = previous
 
 
-__all__ = ["CHOOSER", "KernelChooser", "forced"]
+@contextlib.contextmanager
+def forced_here(name: str | None, chooser: KernelChooser = CHOOSER) -> Iterator[None]:
+    """Like :func:`forced` for the current thread only (other threads keep their own choices)."""
+    local = chooser._local
+    previous = getattr(local, "forced", None)
+    local.forced = name
+    try:
+        yield
+    finally:
+        local.forced = previous
+
+
+__all__ = ["CHOOSER", "PLAIN", "STEPS", "KernelChooser", "StepChooser", "forced", "forced_here"]

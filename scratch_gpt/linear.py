@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernel_choice import CHOOSER
+from .kernel_choice import CHOOSER, STEPS
 
 FEW_ROWS = 8  # the most rows for which the few-rows candidates (transposed, row_blocks) are timed at all
 _ROW_BLOCKS = 4
 _TUNED_DTYPES = (torch.float32, torch.bfloat16)
+_MAX_PLANS = 256  # memoised input shapes per layer (prompts of many lengths): beyond, start over
 
 
 def _onednn_available() -> bool:
@@ -194,6 +195,12 @@ def _candidate_names(rows: int, weight: torch.Tensor, module: Linear | None, gra
     return tuple(names)
 
 
+def _linear_key(rows: int, weight: torch.Tensor, bias: torch.Tensor | None, grad: bool, packable: bool) -> tuple:
+    out_features, in_features = weight.shape
+    return ("linear", rows, in_features, out_features, bias is not None, weight.dtype, grad, packable,
+            torch.get_num_threads())
+
+
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, module: Linear | None = None
 ) -> torch.Tensor:
@@ -204,12 +211,10 @@ def linear(
     if not rows or not _tunable(x, weight, bias):
         return F.linear(x, weight, bias)
     grad = _needs_grad(x, weight, bias)
-    packable = module is not None and weight.dtype is torch.bfloat16
-    key = ("linear", rows, in_features, out_features, bias is not None, weight.dtype, grad, packable,
-           torch.get_num_threads())
+    key = _linear_key(rows, weight, bias, grad, module is not None and weight.dtype is torch.bfloat16)
     name = CHOOSER.choice(key)
     x2d = x.reshape(rows, in_features)
-    if name is None or CHOOSER.forced is not None:
+    if name is None or CHOOSER.forcing() is not None:
         names = _candidate_names(rows, weight, module, grad)
         candidates = {n: (_KERNELS[n], x2d, weight, bias, module) for n in names}
         if grad:  # time the forwards only, without recording; the chosen one runs below with autograd
@@ -226,6 +231,32 @@ def linear(
     else:
         out = _KERNELS[name](x2d, weight, bias, module)
     return out.view(*x.shape[:-1], out_features)
+
+
+def tuned_step(forward):
+    """Decorator for a model's ``forward``: repeated inference steps of one shape (decoding) are timed end to
+    end on the tuned kernels and on the plain path, and the faster is kept (:class:`kernel_choice.StepChooser`).
+    Training, ``cpu_fast_paths=False``, non-CPU inputs and compilation call ``forward`` directly."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if (
+            ids is None
+            or torch.is_grad_enabled()
+            or not ids.is_cpu
+            or not getattr(self.config, "cpu_fast_paths", False)
+            or torch.compiler.is_compiling()
+        ):
+            return forward(self, *args, **kwargs)
+        head = self.get_output_embeddings()
+        key = (id(self), self.config.hidden_size, self.config.num_hidden_layers, tuple(ids.shape[:2]),
+               None if head is None else head.weight.dtype, torch.is_autocast_enabled("cpu"), torch.get_num_threads())
+        return STEPS.run(key, functools.partial(forward, self, *args, **kwargs))
+
+    return wrapper
 
 
 def _transposed(out: torch.Tensor) -> torch.Tensor:
@@ -281,7 +312,36 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cpu_fast_paths:
             return F.linear(x, self.weight, self.bias)
-        return linear(x, self.weight, self.bias, self)
+        if torch.is_grad_enabled() or CHOOSER.forcing() is not None:
+            return linear(x, self.weight, self.bias, self)
+        # Inference: the decision for this input shape, memoised on the layer, so that a decoding step pays a
+        # dict lookup per layer rather than the key building of linear() (microseconds per product add up).
+        plan_key = (x.shape, x.dtype, x.is_cpu, torch.get_num_threads())
+        plan = self.__dict__.get("_plan")
+        name = plan[1].get(plan_key) if plan is not None and plan[0] is CHOOSER.decisions else None
+        if name == "f_linear":
+            return F.linear(x, self.weight, self.bias)
+        if name is not None and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling():
+            weight = self.weight
+            out = _KERNELS[name](x.reshape(-1, weight.shape[1]), weight, self.bias, self)
+            return out.view(*x.shape[:-1], weight.shape[0])
+        out = linear(x, self.weight, self.bias, self)
+        self._remember(plan_key, x)
+        return out
+
+    def _remember(self, plan_key: tuple, x: torch.Tensor) -> None:
+        """Memoise the decided kernel for an inference input shape (see :meth:`forward`)."""
+        weight, bias = self.weight, self.bias
+        if not x.numel() or not _tunable(x, weight, bias):
+            name = "f_linear"
+        else:
+            rows = x.numel() // weight.shape[1]
+            name = CHOOSER.decisions.get(_linear_key(rows, weight, bias, False, weight.dtype is torch.bfloat16))
+        if name is not None:
+            plan = self.__dict__.get("_plan")
+            if plan is None or plan[0] is not CHOOSER.decisions or len(plan[1]) >= _MAX_PLANS:
+                plan = self._plan = (CHOOSER.decisions, {})
+            plan[1][plan_key] = name
 
     def _cached(self, name: str, make) -> object:
         """``make()`` kept until the weight or bias changes (an in-place optimizer step bumps its version)."""
@@ -309,7 +369,8 @@ class Linear(nn.Linear):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_derived"] = {}  # views and packed copies of the weight: never copied or pickled with the module
+        state.pop("_plan", None)  # decisions of this process only
         return state
 
 
-__all__ = ["FEW_ROWS", "Linear", "linear", "matmul_nt", "matmul_weight", "onednn_eligible", "onednn_matmul_nt"]
+__all__ = ["FEW_ROWS", "Linear", "linear", "tuned_step", "matmul_nt", "matmul_weight", "onednn_eligible", "onednn_matmul_nt"]

@@ -50,7 +50,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .attention import ALL_ATTENTION_FUNCTIONS, build_attention_mask, eager_attention, is_ours, packed_sequence_mask
 from .cache import use_append_layers
-from .linear import Linear
+from .linear import Linear, tuned_step
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .loss import fused_causal_lm_loss
 from .mlp import make_mlp
@@ -394,6 +394,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
     @can_return_tuple
+    @tuned_step
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
