@@ -312,7 +312,7 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cpu_fast_paths:
             return F.linear(x, self.weight, self.bias)
-        if torch.is_grad_enabled() or CHOOSER.forcing() is not None:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or CHOOSER.forcing() is not None:
             return linear(x, self.weight, self.bias, self)
         # Inference: the decision for this input shape, memoised on the layer, so that a decoding step pays a
         # dict lookup per layer rather than the key building of linear() (microseconds per product add up).
@@ -321,7 +321,7 @@ class Linear(nn.Linear):
         name = plan[1].get(plan_key) if plan is not None and plan[0] is CHOOSER.decisions else None
         if name == "f_linear":
             return F.linear(x, self.weight, self.bias)
-        if name is not None and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling():
+        if name is not None and not torch.is_autocast_enabled("cpu"):
             weight = self.weight
             out = _KERNELS[name](x.reshape(-1, weight.shape[1]), weight, self.bias, self)
             return out.view(*x.shape[:-1], weight.shape[0])
