@@ -68,8 +68,7 @@ class ScratchGPTConfig(PretrainedConfig):
             ``mlp.c_proj`` weights) to zero instead of ``std / sqrt(2 * layers)``, so each block starts as the
             identity (modded-nanogpt). An initialisation choice only: loaded weights and the forward are unchanged.
         final_logit_softcapping: ``None`` (default) or a cap ``c > 0``: the LM logits become ``c * tanh(logits / c)``
-            before the loss and in generation (Gemma 2's name and formula). Training with it uses the plain loss
-            path, not the fused one.
+            before the loss and in generation (Gemma 2's name and formula; the fused loss caps too).
         cpu_fast_paths: use the float32 CPU kernels of ``linear.py`` (few-rows decoding, oneDNN), the fused
             loss's CPU branches and the 64-byte-aligned weight copy after ``from_pretrained``. They give the same
             results up to float rounding; False uses only public torch ops (see docs/backends.md).

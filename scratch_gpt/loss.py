@@ -8,7 +8,8 @@ is turned at once into gradients for the hidden states and the head weight; only
 and ``vocab x hidden``) are kept for backward. Same matmuls as the plain path, no recomputation, a fraction
 of the memory. Semantics equal transformers' ``ForCausalLMLoss``: labels are shifted
 inside, ``-100`` is ignored, the sum is divided by ``num_items_in_batch`` when given, else by the number of
-real targets.
+real targets. With ``softcap`` (``config.final_logit_softcapping``) the logits are first capped as Gemma 2 does,
+``cap * tanh(logits / cap)``, and the gradient gets the cap's derivative ``1 - tanh²`` (one more chunk buffer).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _CHUNK_ELEMENTS = 1 << 24  # 64 MiB of fp32 logits per chunk: a second chunk re-
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, divisor, compute_dtype, cpu_fast_paths=True):
+    def forward(ctx, hidden, weight, targets, divisor, compute_dtype, cpu_fast_paths=True, softcap=None):
         # hidden (n, h), weight (v, h), targets (n,), divisor: 0-dim float tensor
         n, vocab = hidden.shape[0], weight.shape[0]
         chunk = max(1, _CHUNK_ELEMENTS // vocab)
@@ -49,12 +50,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             valid = y != IGNORE_INDEX
             y_safe = y.clamp(min=0)
             logits = (matmul_nt(h, w) if tuned else h @ w.t()).float()  # (c, v); no-op cast in fp32
+            if softcap is not None:  # tanh(z / cap) in place, kept for the gradient; the capped logits beside it
+                tanh = logits.div_(softcap).tanh_()
+                logits = tanh * softcap
             logp = torch.log_softmax(logits, dim=-1, out=logits)  # in place: one (c, v) buffer per chunk
             total -= (logp.gather(1, y_safe[:, None]).squeeze(1) * valid).sum()
             if not needs_grad:
                 continue
             probs = logp.exp_()  # softmax, in place
             probs[torch.arange(len(y), device=y.device), y_safe] -= 1.0  # d(loss)/d(logits), unscaled
+            if softcap is not None:
+                probs.mul_(tanh.square_().neg_().add_(1.0))  # through the cap: d(cap tanh(z / cap))/dz = 1 - tanh²
             g = probs.to(compute_dtype)
             # Ignored rows and 1/divisor are applied on the narrow (c, h) side, never on (c, v).
             row_scale = (valid.float() / divisor)[:, None]
@@ -79,8 +85,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
         if grad_output.device.type == "cpu" and grad_output.item() == 1.0:  # the usual case: skip two passes
-            return grad_hidden, grad_weight, None, None, None, None
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None
+            return grad_hidden, grad_weight, None, None, None, None, None
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None, None
 
 
 @functools.cache
@@ -109,6 +115,7 @@ def fused_causal_lm_loss(
     labels: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | None = None,
     cpu_fast_paths: bool = True,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Shifted cross-entropy of ``hidden_states @ weight.T`` against ``labels`` without full logits.
 
@@ -116,7 +123,8 @@ def fused_causal_lm_loss(
     ``labels`` ``(batch, seq)`` with ``-100`` for ignored positions. Under autocast the matmuls run in the
     autocast dtype and the softmax in fp32, like the plain path, except on a CPU that would emulate that dtype
     (see :func:`_cpu_has_native_matmul`). ``cpu_fast_paths=False`` skips that CPU branch and the measured choice
-    of kernels (plain torch products only).
+    of kernels (plain torch products only). ``softcap``: Gemma 2's final-logit soft-capping, ``cap * tanh(z / cap)``
+    on the logits before the loss (``None``: none).
     """
     device_type = hidden_states.device.type
     compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
@@ -130,7 +138,7 @@ def fused_causal_lm_loss(
     else:
         divisor = torch.as_tensor(num_items_in_batch, device=hidden.device).float()
     with torch.autocast(device_type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, divisor, compute_dtype, cpu_fast_paths)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, divisor, compute_dtype, cpu_fast_paths, softcap)
 
 
 __all__ = ["fused_causal_lm_loss"]

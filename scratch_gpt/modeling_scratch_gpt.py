@@ -427,6 +427,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
                 labels,
                 num_items_in_batch=kwargs.get("num_items_in_batch"),
                 cpu_fast_paths=self.config.cpu_fast_paths,
+                softcap=self.config.final_logit_softcapping,
             )
         else:
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (b, t, vocab)
@@ -455,7 +456,6 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             and self.lm_head.bias is None
             and not hasattr(self, "_loss_function")  # no custom loss installed
             and "shift_labels" not in kwargs
-            and self.config.final_logit_softcapping is None  # the fused loss has no soft-capping
         )
 
 

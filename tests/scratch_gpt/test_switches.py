@@ -21,7 +21,15 @@ from scratch_gpt.convert import gpt2_config_from_scratch, gpt2_to_scratch, scrat
 from scratch_gpt.convert_family import convert_checkpoint, family_to_scratch, scratch_to_family
 from scratch_gpt.mlp import ScratchGPTMLP
 from tests.conftest import make_tiny_config
-from tests.scratch_gpt.helpers import EPS32, assert_logits_close, grads, manual_greedy
+from tests.scratch_gpt.helpers import (
+    EPS32,
+    assert_grads_close,
+    assert_logits_close,
+    fp32_tol,
+    grads,
+    manual_greedy,
+    matmul_tol,
+)
 
 CAP = 1.0  # small, so that the tiny models' logits (|logit| up to ~2) are visibly bent by the cap
 _ROPE = {"rope_type": "default", "rope_theta": 10000.0}
@@ -206,14 +214,14 @@ def test_softcap_logits_and_loss_equal_the_reference_on_the_uncapped_model(overr
     torch.testing.assert_close(out.loss, reference_loss, rtol=1e-6, atol=0)
 
 
-def test_softcap_training_bypasses_the_fused_loss_with_the_reference_gradients():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-loss", "plain-loss"])
+def test_softcap_training_loss_and_gradients_equal_the_reference(fused):
     plain = _model().train()
     _spread_weights(plain)
-    capped = _with_weights_of(plain, final_logit_softcapping=CAP)
-    assert plain.config.fused_lm_loss and capped.config.fused_lm_loss
+    capped = _with_weights_of(plain, final_logit_softcapping=CAP, fused_lm_loss=fused)
     ids = _ids()
-    assert plain(ids, labels=ids).logits is None  # fused without the cap
-    assert capped(ids, labels=ids).logits is not None  # the cap: the plain head and loss
+    out = capped(ids, labels=ids)
+    assert (out.logits is None) == fused  # the fused head + loss caps too, so it stays on
 
     def reference_loss(model, batch):
         logits = _capped(model(batch).logits)
@@ -221,12 +229,42 @@ def test_softcap_training_bypasses_the_fused_loss_with_the_reference_gradients()
 
     plain.config.fused_lm_loss = False  # the reference: autograd through the cap written out
     plain.zero_grad()
-    reference_loss(plain, ids).backward()
+    want_loss = reference_loss(plain, ids)
+    want_loss.backward()
     want = {n: p.grad.clone() for n, p in plain.named_parameters()}
+    torch.testing.assert_close(out.loss, want_loss, rtol=1e-6, atol=0)
     got = grads(capped, ids)
     assert got.keys() == want.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("chunk_elements", [3000 * 7, 1 << 25])  # seven rows per chunk, or one chunk
+@pytest.mark.parametrize("cpu_fast_paths", [True, False])
+def test_fused_loss_with_softcap_matches_capped_cross_entropy(monkeypatch, chunk_elements, cpu_fast_paths):
+    """The fused head + loss (loss.py) with a cap, in chunks, with ignored labels and num_items_in_batch, against
+    autograd through ``c * tanh(h @ W.T / c)`` and F.cross_entropy."""
+    from scratch_gpt import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 20, 16, requires_grad=True)
+    weight = (0.3 * torch.randn(3000, 16)).requires_grad_()
+    labels = torch.randint(0, 3000, (2, 20))
+    labels[0, 3:9] = -100
+    cap, items = 2.0, 40  # |h @ W.T| reaches ~5: the cap bends the largest logits
+    fused = loss_module.fused_causal_lm_loss(hidden, weight, labels, num_items_in_batch=items,
+                                             cpu_fast_paths=cpu_fast_paths, softcap=cap)
+    fused_grads = torch.autograd.grad(fused, [hidden, weight])
+    logits = cap * torch.tanh(hidden @ weight.t() / cap)
+    assert (hidden @ weight.t()).abs().max() > 2 * cap
+    plain = F.cross_entropy(logits[:, :-1].reshape(-1, 3000), labels[:, 1:].reshape(-1), reduction="sum") / items
+    plain_grads = torch.autograd.grad(plain, [hidden, weight])
+    # as tests/scratch_gpt/test_modeling.py's fused-loss test: each logit's 16-term sum, then the log-sum-exp over
+    # 3000 terms; tanh (slope <= 1) does not enlarge an input error
+    logit_tol = 2 * matmul_tol(hidden, weight.t()) + fp32_tol(3000)
+    torch.testing.assert_close(fused, plain, atol=logit_tol, rtol=0)
+    assert_grads_close(dict(enumerate(fused_grads)), dict(enumerate(plain_grads)), reduction_len=3000)
 
 
 def test_softcap_generation_uses_the_capped_logits():
