@@ -37,6 +37,9 @@ NORM_CHOICES = ("layernorm", "rmsnorm")
 ATTN_CHOICES = ("sdpa", "eager")
 SAMPLING_CHOICES = ("grid", "offset", "random")
 ARCHITECTURE_CHOICES = ("gpt2", "llama", "qwen3")
+OPTIMIZER_CHOICES = ("adamw", "muon")  # training.pretrain.optimizers builds them
+FINAL_MODEL_CHOICES = ("best", "last")
+RECIPE_CHOICES = ("classic", "modern")
 
 
 @dataclass
@@ -62,6 +65,13 @@ class ModelArguments:
         None, "key/value heads (grouped-query attention; default: all heads for gpt2, half for llama/qwen3)",
         metavar="N")
     attn_implementation: str = _opt("sdpa", "attention implementation", choices=ATTN_CHOICES)
+    hidden_act: str | None = _opt(
+        None, "MLP activation, a transformers ACT2FN name such as relu2 (ReLU squared); default: the "
+        "architecture's (gelu_pytorch_tanh for gpt2, silu for llama/qwen3)", metavar="TEXT")
+    zero_init_output_projections: bool = _opt(
+        False, "start the attention and MLP output projections at zero (each block starts as the identity)")
+    final_logit_softcapping: float | None = _opt(
+        None, "soft-cap the logits at X: X * tanh(logits / X) (Gemma-2's final_logit_softcapping)", metavar="X")
 
 
 @dataclass
@@ -90,10 +100,21 @@ class OptimArguments:
 
     per_device_batch_size: int = _opt(16, "blocks per micro-batch on each process", metavar="N")
     gradient_accumulation_steps: int = _opt(1, "micro-batches accumulated per optimizer step", metavar="N")
-    learning_rate: float = _opt(2e-3, "peak learning rate (after warmup)", metavar="X")
+    recipe: str = _opt(
+        "classic", "training recipe layered over the preset: classic (AdamW, GPT-2 blocks) or modern (Muon for "
+        "the hidden matrices, ReLU-squared MLP, zero-initialised output projections, logit soft-capping; see "
+        "docs/training.md)", choices=RECIPE_CHOICES)
+    optimizer: str = _opt(
+        "adamw", "adamw for everything, or muon: torch.optim.Muon (torch >= 2.9) for the 2-D weight matrices "
+        "inside the blocks, AdamW for embeddings, the LM head, norms and biases", choices=OPTIMIZER_CHOICES)
+    learning_rate: float = _opt(2e-3, "peak learning rate (after warmup) of AdamW", metavar="X")
+    muon_lr: float = _opt(0.02, "peak learning rate of the Muon matrices (--optimizer muon)", metavar="X")
+    muon_momentum: float = _opt(0.95, "Muon momentum (Nesterov)", metavar="X")
     min_lr_ratio: float = _opt(0.1, "cosine decays to this fraction of the peak learning rate", metavar="X")
     warmup_steps: int = _opt(50, "linear warmup steps", metavar="N")
-    weight_decay: float = _opt(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)", metavar="X")
+    weight_decay: float = _opt(
+        0.1, "weight decay, decoupled, lr x X per step (AdamW and Muon; not applied to norms, biases, embeddings)",
+        metavar="X")
     decay_embeddings: bool = _opt(False, "apply the weight decay to the embeddings too (nanoGPT decays every matrix)")
     adam_beta1: float = _opt(0.9, "AdamW beta1", metavar="X")
     adam_beta2: float = _opt(0.95, "AdamW beta2", metavar="X")
@@ -130,6 +151,13 @@ class EvalArguments:
     sample_max_new_tokens: int = _opt(48, "length of the sampled continuations", metavar="N")
     log_every: int = _opt(10, "add the training loss to the log history every N steps", metavar="N")
     report_to: str = _opt("none", "extra experiment tracker through Accelerate", choices=REPORT_TO_CHOICES)
+    final_model: str = _opt(
+        "best", "the model the run folder ends with: best (the lowest validation loss of any evaluation, saved "
+        "into best/ when reached, as Trainer's load_best_model_at_end) or last (the weights of the last step)",
+        choices=FINAL_MODEL_CHOICES)
+    early_stopping_patience: int | None = _opt(
+        None, "end the run when the validation loss has not improved for N evaluations (default: off, or 3 "
+        "when the planned epochs exceed the many-epochs threshold)", metavar="N")
 
 
 @dataclass
@@ -190,7 +218,8 @@ class TrainArguments(
                 raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
         if self.max_steps is None and self.max_tokens is None and self.max_time is None:
             raise ValueError("--max-steps none needs --max-time or --max-tokens to end the run; give one of them")
-        for name in ("max_steps", "intermediate_size", "max_tokens", "max_documents", "stride", "eval_batches", "debug_nan_step"):
+        for name in ("max_steps", "intermediate_size", "max_tokens", "max_documents", "stride", "eval_batches",
+                     "debug_nan_step", "early_stopping_patience"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"--{_flag(name)} must be a positive integer (or unset), got {value!r}")
@@ -227,6 +256,9 @@ class TrainArguments(
             "adam_beta1": 0 <= self.adam_beta1 < 1,
             "adam_beta2": 0 <= self.adam_beta2 < 1,
             "adam_epsilon": self.adam_epsilon > 0,
+            "muon_lr": self.muon_lr > 0,
+            "muon_momentum": 0 <= self.muon_momentum < 1,
+            "final_logit_softcapping": self.final_logit_softcapping is None or self.final_logit_softcapping > 0,
             "max_grad_norm": self.max_grad_norm >= 0,
             "validation_fraction": 0 < self.validation_fraction < 1,
         }
@@ -284,20 +316,38 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny-qwen3": {"architecture": "qwen3"},
 }
 
+# Recipes: overrides layered over the preset (preset < recipe < config file < flags), whatever the model size.
+# `modern` is modded-nanogpt's small-model levers that we have: Muon for the hidden matrices (its usual 0.02 peak
+# with torch's "original" shape scaling, momentum 0.95), ReLU-squared MLPs, output projections that start at zero
+# and logits soft-capped at 30 (Gemma-2's and modded-nanogpt's cap). docs/quality.md holds the measurements.
+RECIPES: dict[str, dict[str, Any]] = {
+    "classic": {},
+    "modern": {
+        "optimizer": "muon", "muon_lr": 0.02, "hidden_act": "relu2", "zero_init_output_projections": True,
+        "final_logit_softcapping": 30.0,
+    },
+}
+
 
 def architecture_switches(args: TrainArguments) -> dict[str, Any]:
     """The ScratchGPTConfig switches for ``--architecture`` (docs/family.md), with the MLP width and norm."""
     heads = args.num_attention_heads
+    switches: dict[str, Any] = {}  # the issue-24 switches, only when on (older configs stay as they were)
+    if args.zero_init_output_projections:
+        switches["zero_init_output_projections"] = True
+    if args.final_logit_softcapping is not None:
+        switches["final_logit_softcapping"] = args.final_logit_softcapping
     if args.architecture == "gpt2":
         kv = {"num_key_value_heads": args.num_key_value_heads} if args.num_key_value_heads else {}
-        return {"norm_type": args.norm_type, "intermediate_size": args.intermediate_size, **kv}
+        act = {"hidden_act": args.hidden_act} if args.hidden_act else {}
+        return {**switches, "norm_type": args.norm_type, "intermediate_size": args.intermediate_size, **kv, **act}
     kv_heads = args.num_key_value_heads or max(d for d in range(1, heads // 2 + 1) if heads % d == 0)
     # Llama's SwiGLU width: 8/3 of the model width (three matrices instead of two), rounded up to 64.
     width = args.intermediate_size or 64 * -(-8 * args.hidden_size // (3 * 64))
     return {
-        "norm_type": "rmsnorm", "intermediate_size": width, "position_embedding_type": "rope",
+        **switches, "norm_type": "rmsnorm", "intermediate_size": width, "position_embedding_type": "rope",
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "mlp_type": "swiglu",
-        "hidden_act": "silu", "num_key_value_heads": kv_heads, "qkv_bias": False, "attention_bias": False,
+        "hidden_act": args.hidden_act or "silu", "num_key_value_heads": kv_heads, "qkv_bias": False, "attention_bias": False,
         "mlp_bias": False, "qk_norm": args.architecture == "qwen3",
     }
 
@@ -407,11 +457,14 @@ def resolve_arguments(
     name = overrides.get("preset") or preset or from_file.get("preset") or "tiny"
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    recipe = overrides.get("recipe") or from_file.get("recipe") or PRESETS[name].get("recipe") or "classic"
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     values: dict[str, Any] = {}
-    for source in (PRESETS[name], from_file, overrides):
+    for source in (PRESETS[name], RECIPES[recipe], from_file, overrides):
         for key, value in source.items():
             values[key] = coerce_value(key, value)
-    values["preset"] = name
+    values["preset"], values["recipe"] = name, recipe
     given = {**from_file, **overrides}
     if "max_time" in given and values["max_time"] is not None and not {"max_steps", "max_tokens"} & given.keys():
         values["max_steps"] = None  # a time budget given alone plans the schedule; the preset's steps do not cap it

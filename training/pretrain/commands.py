@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -104,8 +105,16 @@ def cmd_train(ns: argparse.Namespace) -> int:
     for sample in out.samples[:1]:
         print("sample:\n" + sample)
     print(f"model, tokenizer, training records and the loss plot in {out.run_dir}")
-    print(f"try: scratch-gpt generate {out.run_dir} --prompt 'def '")
+    print(closing_hint(out.run_dir, out.prompt))
     return 0
+
+
+def closing_hint(run_dir, prompt: str, max_words: int = 4) -> str:
+    """The ``scratch-gpt generate`` command to try next, prompted with the first words of ``prompt`` (the start
+    of a validation document of the corpus, or ``--sample-prompt``); no ``--prompt`` when it has no words."""
+    words = prompt.strip().splitlines()[0].split()[:max_words] if prompt.strip() else []
+    hint = f"try: scratch-gpt generate {shlex.quote(str(run_dir))}"
+    return f"{hint} --prompt {shlex.quote(' '.join(words) + ' ')}" if words else hint
 
 
 def _summary(metrics: dict[str, Any]) -> str:

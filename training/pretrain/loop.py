@@ -35,10 +35,13 @@ from training.shared.plot import save_plot
 
 from . import records
 from .arguments import TrainArguments
+from .best import best_fields, best_state_dict, keep_best, prune_best
 from .checkpoints import load_state, newest_name, save_checkpoint
 from .distributed import check_resume, full_state_dict
 from .evaluation import evaluate_and_sample
 from .monitor import overfitting_warning
+from .optimizers import set_learning_rates
+from .plan import TIME_PLAN_AFTER_STEPS, DataPlan, plan_data
 from .setup import Job, Run, build, micro_batches, prepare
 
 __all__ = ["TrainOutput", "TrainState", "TrainingDivergedError", "train"]
@@ -58,6 +61,7 @@ class TrainOutput:
     run_dir: Path
     metrics: dict[str, Any]
     samples: list[str] = field(default_factory=list)
+    prompt: str = ""  # the samples' prompt: the start of a validation document unless --sample-prompt
 
 
 @dataclass
@@ -70,6 +74,9 @@ class TrainState:
     data_index: int = 0
     schedule: dict[str, Any] = field(default_factory=dict)  # the learning-rate plan's state (a time budget)
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float | None = None  # the lowest validation loss so far, and its step (see .best)
+    best_step: int | None = None
+    plan: dict[str, Any] = field(default_factory=dict)  # the data plan of a run planned by its time budget
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> TrainState:
@@ -136,16 +143,19 @@ def train(
         while job.total_steps is None or state.step < job.total_steps:
             step = train_step(run, job, state, next_batches(batches, args.gradient_accumulation_steps), clock)
             record = log_if_due(run, job, state, step, meter, clock, progress)
+            plan_if_due(run, job, state, clock)
             stopping = step.out_of_time or state.step == job.total_steps
-            evaluated = evaluate_if_due(run, job, state, stopping, meter)
+            evaluated, early_stop = evaluate_if_due(run, job, state, stopping, meter), False
             if evaluated is not None:
                 last_eval = evaluated
                 record.update(evaluated[0])
-            checkpoint_if_due(run, job, state, stopping, clock, meter)
+                early_stop = keep_best(run, job, state, evaluated[0])
+            checkpoint_if_due(run, job, state, stopping or early_stop, clock, meter)
             for fn in callbacks:
                 fn(state.step, record)
             if step.out_of_time:
                 logger.info("--max-time %s reached at step %d", args.max_time, state.step)
+            if step.out_of_time or early_stop:
                 break
     return finish(run, job, state, last_eval, clock)
 
@@ -160,9 +170,18 @@ def restore(run: Run, job: Job) -> TrainState:
         return TrainState()
     saved = load_state(run.resume_from)
     check_resume(run.resume_from, run.accelerator, saved, job.tokens_per_step)
+    if saved.get("optimizer", "adamw") != run.args.optimizer:
+        raise ValueError(
+            f"{run.resume_from} was trained with --optimizer {saved.get('optimizer', 'adamw')}; resume it with "
+            f"the same optimizer (this run asks for {run.args.optimizer})"
+        )
     run.accelerator.load_state(str(run.resume_from))
     state = TrainState.from_dict(saved)
     job.schedule.load_state_dict(state.schedule)
+    if state.plan and job.plan is not None and not job.plan.known:  # a time-planned run keeps its plan
+        job.plan = DataPlan.from_dict(state.plan)
+    if run.main:  # best models that only the killed run's later steps had named
+        prune_best(run.run_dir, state.best_step)
     if run.main:
         logger.info("resumed from %s at step %d", run.resume_from, state.step)
     return state
@@ -197,7 +216,8 @@ def running(run: Run, job: Job, state: TrainState) -> Iterator[tuple[Iterator[di
             if trackers:
                 run.accelerator.end_training()
             if run.main:
-                records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps)
+                records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps,
+                                       **history_extra(run, state))
 
 
 def next_batches(batches: Iterator[dict], count: int) -> list[torch.Tensor]:
@@ -227,14 +247,16 @@ def train_step(run: Run, job: Job, state: TrainState, micro: list[torch.Tensor],
             f"(newest checkpoint: {newest_name(run.run_dir)}). Try a lower --learning-rate, "
             "--max-grad-norm 1.0 or --mixed-precision bf16 instead of fp16"
         )
-    lr = args.learning_rate * job.schedule.multiplier(state.step, elapsed)
-    for group in job.optimizer.param_groups:
-        group["lr"] = lr
+    multiplier = job.schedule.multiplier(state.step, elapsed)
+    lr = args.learning_rate * multiplier
+    set_learning_rates(job.optimizers, multiplier)  # each group's peak (AdamW's, Muon's) times the schedule
     grad_norm = None
     if args.max_grad_norm > 0:
         grad_norm = accelerator.clip_grad_norm_(job.model.parameters(), args.max_grad_norm)
-    job.optimizer.step()
-    job.optimizer.zero_grad(set_to_none=True)
+    for optimizer in job.optimizers:
+        optimizer.step()
+    for optimizer in job.optimizers:
+        optimizer.zero_grad(set_to_none=True)
     state.step += 1
     return StepResult(train_loss, lr, grad_norm, out_of_time)
 
@@ -273,7 +295,7 @@ def evaluate_if_due(
     record = {"step": state.step, "num_input_tokens_seen": state.step * job.tokens_per_step, **metrics}
     state.log_history.append(record)
     if run.main:
-        records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps)
+        records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps, **history_extra(run, state))
         save_plot(run.run_dir, state.log_history, run.target.name)
         logger.info(
             "step %d: val loss %.4f, perplexity %.2f%s", state.step, metrics["eval_loss"],
@@ -300,11 +322,13 @@ def checkpoint_if_due(run: Run, job: Job, state: TrainState, stopping: bool, clo
         return
     state.elapsed_s = clock.elapsed()
     state.schedule = job.schedule.state_dict()
+    state.plan = job.plan.to_dict() if job.plan is not None else {}
     saved = {**asdict(state), "tokens": state.step * job.tokens_per_step, "total_steps": job.total_steps,
-             "tokens_per_step": job.tokens_per_step, "num_processes": run.accelerator.num_processes}
+             "tokens_per_step": job.tokens_per_step, "num_processes": run.accelerator.num_processes,
+             "optimizer": run.args.optimizer, **history_extra(run, state)}
     save_checkpoint(run.accelerator, run.run_dir, state.step, saved, run.args.keep_checkpoints)
     if run.main:
-        records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps)
+        records.write_progress(run.run_dir, state.log_history, state.step, job.total_steps, **history_extra(run, state))
     meter.restart()
 
 
@@ -318,6 +342,7 @@ def finish(run: Run, job: Job, state: TrainState, last_eval, clock: Clock) -> Tr
     elapsed = clock.elapsed()
     tokens = state.step * job.tokens_per_step
     losses = [r["loss"] for r in records.train_records(state.log_history)]
+    final_eval = final_metrics(run, state, last_eval[0])
     results = {
         "train": {
             "global_step": state.step,
@@ -328,12 +353,40 @@ def finish(run: Run, job: Job, state: TrainState, last_eval, clock: Clock) -> Tr
             "num_parameters": job.num_parameters,
             "num_processes": run.accelerator.num_processes,
         },
-        "eval": {k: v for k, v in last_eval[0].items() if k.startswith("eval_")},
+        "eval": {k: v for k, v in final_eval.items() if k.startswith("eval_")},
     }
     publish(run, job, state, results)
     if run.main:
         logger.info("finished: %s", {**results["train"], **results["eval"]})
-    return TrainOutput(run.target, {**results["train"], **results["eval"]}, last_eval[1])
+    return TrainOutput(run.target, {**results["train"], **results["eval"]}, last_eval[1], job.sample_prompt)
+
+
+def uses_best(run: Run, state: TrainState) -> bool:
+    """Whether the final model is an earlier step's best (``--final-model best`` and a better earlier eval)."""
+    return run.args.final_model == "best" and state.best_step is not None and state.best_step != state.step
+
+
+def final_metrics(run: Run, state: TrainState, last: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation of the model the run folder ends with: the best one's, or the last one's."""
+    if not uses_best(run, state):
+        return last
+    best = [r for r in records.eval_records(state.log_history) if r["step"] == state.best_step]
+    return best[-1] if best else last
+
+
+def history_extra(run: Run, state: TrainState, run_dir: Path | None = None) -> dict[str, Any]:
+    """The best-model fields of ``trainer_state.json`` (see :mod:`.best`)."""
+    return best_fields(state, run_dir or run.run_dir, saved=run.args.final_model == "best")
+
+
+def plan_if_due(run: Run, job: Job, state: TrainState, clock: Clock) -> None:
+    """A run planned by its time budget alone: plan the data once its step time is measured (see :mod:`.plan`)."""
+    if job.plan is None or job.plan.known or job.streaming or state.step < TIME_PLAN_AFTER_STEPS:
+        return
+    planner = getattr(job.schedule, "planned_steps", None)  # a TimeBudgetSchedule's
+    planned = planner(state.step, clock.elapsed()) if planner is not None else None
+    if planned is not None:
+        job.plan = plan_data(run.args, planned, len(job.train_dl), run.main)
 
 
 def publish(run: Run, job: Job, state: TrainState, results: dict[str, dict[str, Any]]) -> None:
@@ -347,6 +400,11 @@ def publish(run: Run, job: Job, state: TrainState, results: dict[str, dict[str, 
     accelerator.wait_for_everyone()
     state_dict = full_state_dict(accelerator, job.model, job.unwrapped)
     if run.main:
+        if uses_best(run, state):  # the lowest validation loss, saved when it was reached
+            logger.info("final model: the best evaluation's (step %d, validation loss %.4f)", state.best_step,
+                        state.best_metric)
+            state_dict = best_state_dict(run.run_dir, state.best_step)
+        prune_best(run.run_dir, state.best_step if run.args.final_model == "best" else None)
         keep = [p.name for p in run.run_dir.iterdir()]
         with staged_output(run.target, overwrite=True) as stage:
             job.unwrapped.generation_config.update(**generation_defaults(run.tokenizer, run.args.block_size))
@@ -354,7 +412,8 @@ def publish(run: Run, job: Job, state: TrainState, results: dict[str, dict[str, 
             crash_point("train-model-written")  # crash tests: killed between the weights and the records
             if run.tokenizer is not None:
                 run.tokenizer.save_pretrained(stage)
-            records.save_final_records(stage, run.target.name, run.args.to_dict(), state.log_history, results)
+            records.save_final_records(stage, run.target.name, run.args.to_dict(), state.log_history, results,
+                                       **history_extra(run, state, run.target))
             carry_over(run.run_dir, stage, keep)
         if run.run_dir != run.target:
             shutil.rmtree(run.run_dir, ignore_errors=True)

@@ -21,7 +21,9 @@ from training.shared.plot import save_plot
 logger = logging.getLogger(__name__)
 
 # options that may change between a run and its resumption without a warning
-RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "max_steps", "max_tokens", "max_time", "debug_nan_step"})
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "overwrite", "max_steps", "max_tokens", "max_time", "debug_nan_step", "early_stopping_patience"}
+)
 
 
 def perplexity(loss: float) -> float:
@@ -51,27 +53,33 @@ def eval_records(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in log_history if "eval_loss" in r]
 
 
-def write_history(run_dir: Path, log_history: list[dict[str, Any]], global_step: int, max_steps: int) -> None:
-    """``trainer_state.json`` with the log history so far (Trainer's layout)."""
-    run_folder.save_log_history(run_dir, log_history, global_step=global_step, max_steps=max_steps)
+def write_history(
+    run_dir: Path, log_history: list[dict[str, Any]], global_step: int, max_steps: int, **extra: Any
+) -> None:
+    """``trainer_state.json`` with the log history so far (Trainer's layout; ``extra``: e.g. ``best_metric``)."""
+    run_folder.save_log_history(run_dir, log_history, global_step=global_step, max_steps=max_steps, **extra)
 
 
-def write_progress(run_dir: Path, log_history: list[dict[str, Any]], global_step: int, max_steps: int) -> None:
+def write_progress(
+    run_dir: Path, log_history: list[dict[str, Any]], global_step: int, max_steps: int, **extra: Any
+) -> None:
     """The history so far, during the run: a failure (a full disk) is a warning, never the end of the run
     (the final records are written again with the model, and each checkpoint holds its own state)."""
     try:
-        write_history(run_dir, log_history, global_step, max_steps)
+        write_history(run_dir, log_history, global_step, max_steps, **extra)
     except OSError as err:
         logger.warning("could not write the log history to %s (%s); training goes on", run_dir, err)
 
 
 def save_final_records(
-    stage: Path, name: str, settings: dict[str, Any], log_history: list, results: dict[str, dict]
+    stage: Path, name: str, settings: dict[str, Any], log_history: list, results: dict[str, dict],
+    **extra: Any,
 ) -> None:
-    """Everything the finished run ``name`` holds besides the model: settings, history, results, plot."""
+    """Everything the finished run ``name`` holds besides the model: settings, history (with ``extra`` such as
+    ``best_metric``), results, plot."""
     run_folder.save_training_args(stage, settings)
     step = results["train"].get("global_step", 0)
-    write_history(stage, log_history, step, settings.get("max_steps", step))
+    write_history(stage, log_history, step, settings.get("max_steps", step), **extra)
     for split, metrics in results.items():
         run_folder.save_results(stage, split, metrics)
     save_plot(stage, log_history, name)

@@ -29,6 +29,8 @@ from .checkpoints import list_checkpoints
 from .distributed import check_checkpoint_kind, cpu_fsdp_plugin, enable_cpu_fsdp
 from .budget import StepSchedule, TimeBudgetSchedule, lr_multiplier  # noqa: F401 (lr_multiplier: re-exported)
 from .monitor import default_prompt
+from .optimizers import FUSED_ADAMW_DEVICES, build_optimizers, fused_adamw, param_groups  # noqa: F401 (re-exported)
+from .plan import DataPlan, plan_data
 from .records import record_arguments
 from .sampling import EpochWindows, WindowSampler
 
@@ -47,21 +49,6 @@ def make_schedule(args: TrainArguments, total_steps: int | None, max_time_s: flo
     if max_time_s is None:
         return StepSchedule(args.warmup_steps, total_steps, args.min_lr_ratio)
     return TimeBudgetSchedule(max_time_s, total_steps, args.warmup_steps, args.min_lr_ratio)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices of Linear layers (and the embeddings with ``decay_embeddings``); none on
-    norms and biases."""
-    embedding_params = set() if decay_embeddings else {
-        id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)
-    }
-    decay, no_decay, seen = [], [], set()
-    for param in model.parameters():
-        if not param.requires_grad or id(param) in seen:  # tied weights appear once
-            continue
-        seen.add(id(param))
-        (no_decay if param.ndim < 2 or id(param) in embedding_params else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def total_steps_for(args: TrainArguments, tokens_per_step: int) -> int | None:
@@ -191,7 +178,7 @@ def check_run_dir(args: TrainArguments, run_dir: Path) -> None:
 
 _UNFINISHED_RUN_NAMES = frozenset(
     (*run_folder.TOKENIZER_FILES, *run_folder.RECORD_FILES, run_folder.CHECKPOINTS_DIR,
-     run_folder.GENERATION_CONFIG_FILE, "tensorboard")
+     run_folder.GENERATION_CONFIG_FILE, "tensorboard", "best")
 )
 
 
@@ -315,7 +302,7 @@ class Job:
 
     model: torch.nn.Module
     unwrapped: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizers: list[torch.optim.Optimizer]  # [AdamW] or [AdamW, Muon] (--optimizer)
     train_dl: Any
     eval_dl: Any
     sampler: EpochSampler | WindowSampler | None
@@ -325,21 +312,16 @@ class Job:
     num_parameters: int
     schedule: Schedule
     sample_prompt: str = ""
+    plan: DataPlan | None = None  # planned epochs over the training split, and what the run does about many
 
-
-FUSED_ADAMW_DEVICES = ("cpu", "cuda")
-
-
-def fused_adamw(device: torch.device | str, model: torch.nn.Module) -> dict[str, bool]:
-    """``{"fused": True}`` where PyTorch has a fused AdamW kernel for ``device`` and every trained parameter is
-    floating point, else ``{}`` (torch's default). One pass per tensor and no temporaries: on a 2-core CPU, 75 ms
-    instead of 227 ms per step for 135M parameters, and two parameter-sized temporaries fewer at the step's peak."""
-    floating = all(p.is_floating_point() for p in model.parameters() if p.requires_grad)
-    return {"fused": True} if torch.device(device).type in FUSED_ADAMW_DEVICES and floating else {}
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The first (AdamW) optimizer."""
+        return self.optimizers[0]
 
 
 def build(run: Run, model: torch.nn.Module | None = None) -> Job:
-    """Model (fresh unless given), AdamW, the loaders and the schedule, prepared by Accelerate."""
+    """Model (fresh unless given), the optimizers, the loaders and the schedule, prepared by Accelerate."""
     from accelerate.utils import set_seed
 
     args, accelerator = run.args, run.accelerator
@@ -352,11 +334,9 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
     seeded = dict(generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
     train_dl = DataLoader(train_set, batch_size=args.per_device_batch_size, sampler=sampler, drop_last=True, **seeded)
     eval_dl = DataLoader(eval_set, batch_size=args.per_device_batch_size, **seeded)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, args.weight_decay, args.decay_embeddings), lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, **fused_adamw(accelerator.device, model),
-    )
-    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+    optimizers = build_optimizers(args, model, accelerator.device)
+    check_optimizer_launch(args, accelerator)
+    model, *optimizers, train_dl, eval_dl = accelerator.prepare(model, *optimizers, train_dl, eval_dl)
     tokens_per_step = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps * block
     total_steps = total_steps_for(args, tokens_per_step)
     if run.main:
@@ -365,11 +345,24 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
             num_parameters / 1e6, accelerator.num_processes, total_steps or f"{args.max_time} of", tokens_per_step,
             "streamed" if streaming else len(train_set), block,
         )
+    plan = plan_data(args, total_steps, None if streaming else len(train_dl), run.main)
     return Job(
-        model, accelerator.unwrap_model(model), optimizer, train_dl, eval_dl, sampler, streaming,
+        model, accelerator.unwrap_model(model), optimizers, train_dl, eval_dl, sampler, streaming,
         tokens_per_step, total_steps, num_parameters, make_schedule(args, total_steps, run.max_time_s),
-        args.sample_prompt or validation_prompt(eval_set, run.tokenizer),
+        args.sample_prompt or validation_prompt(eval_set, run.tokenizer), plan,
     )
+
+
+def check_optimizer_launch(args: TrainArguments, accelerator) -> None:
+    """Muon orthogonalises whole matrices: refuse launches that shard them (FSDP, DeepSpeed) in one line."""
+    from accelerate.utils import DistributedType
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if args.optimizer == "muon" and sharded:
+        raise ValueError(
+            f"--optimizer muon needs whole weight matrices on every process, but this launch shards them "
+            f"({accelerator.distributed_type.value}); launch with DDP (configs/ddp.yaml) or use --optimizer adamw"
+        )
 
 
 def training_windows(

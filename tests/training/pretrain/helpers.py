@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hang-after", type=int, default=None, help="after this step (and its checkpoint) sleep")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--sampling", default=None, help="--sampling of the run (default: the option's default)")
+    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--learning-rate", type=float, default=3e-3)
     ns = p.parse_args(argv)
 
     import torch
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = tiny_args(
         ns.out, max_steps=ns.steps, per_device_batch_size=ns.batch, checkpoint_every=ns.checkpoint_every,
-        resume=ns.resume, **({} if ns.sampling is None else {"sampling": ns.sampling}),
+        resume=ns.resume, optimizer=ns.optimizer, eval_every=ns.eval_every, learning_rate=ns.learning_rate,
+        **({} if ns.sampling is None else {"sampling": ns.sampling}),
     )
 
     def hang(step, record):
