@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from scratch_gpt.kernel_choice import KernelChooser, forced
+from scratch_gpt.kernel_choice import PLAIN, KernelChooser, StepChooser, forced, forced_here
 
 
 class FakeClock:
@@ -164,3 +164,72 @@ def test_a_machine_busy_at_every_attempt_keeps_the_plain_path(clock):
         busy = {"plain": [0.002], "fast": [0.001, 0.001, 0.009, 0.009]}
         assert chooser.run(("op",), scripted(clock, busy))[0] == "plain"
     assert chooser.choice(("op",)) == "plain"
+
+
+def step_chooser(clock: FakeClock, **kwargs) -> tuple[KernelChooser, StepChooser]:
+    chooser = KernelChooser(clock=clock)
+    return chooser, StepChooser(chooser, clock=clock, **kwargs)
+
+
+def timed_step(clock: FakeClock, chooser: KernelChooser, costs: dict[str | None, float], seen: list):
+    """A model step costing ``costs[forced name]`` seconds that records the forcing it ran under."""
+    def step() -> str:
+        name = chooser.forcing()
+        seen.append(name)
+        clock.now += costs[name]
+        return "logits"
+    return step
+
+
+@pytest.mark.parametrize(("tuned", "plain", "kept"), [
+    (0.001, 0.002, "tuned"),     # the tuned kernels win end to end
+    (0.002, 0.001, "plain"),     # per-kernel timing misled (cached weights): the plain path is kept
+    (0.00099, 0.001, "plain"),   # 1% faster: within the 2% margin, the safe choice
+])
+def test_steps_alternate_after_the_warmup_and_the_faster_policy_is_kept(clock, tuned, plain, kept):
+    chooser, steps = step_chooser(clock, warmup=2, samples=3, margin=0.02)
+    seen: list = []
+    step = timed_step(clock, chooser, {None: tuned, PLAIN: plain}, seen)
+    for _ in range(2 + 2 * 3):
+        assert steps.run(("decode", 1), step) == "logits"
+    assert seen == [None, None] + [PLAIN, None] * 3  # warm-up on the tuned kernels, then alternating
+    assert steps.decisions == {("decode", 1): kept}
+    seen.clear()
+    steps.run(("decode", 1), step)
+    assert seen == [None if kept == "tuned" else PLAIN]
+    assert chooser.forcing() is None  # the forcing ends with the step
+
+
+def test_step_decisions_are_per_key_and_yield_to_a_forced_path(clock):
+    chooser, steps = step_chooser(clock, warmup=0, samples=1)
+    seen: list = []
+    step = timed_step(clock, chooser, {None: 0.002, PLAIN: 0.001, "onednn": 0.003}, seen)
+    steps.run(("decode", 1), step), steps.run(("decode", 1), step)
+    assert steps.decisions == {("decode", 1): "plain"} and ("decode", 8) not in steps.decisions
+    seen.clear()
+    with forced("onednn", chooser):  # an A/B benchmark or test forcing a kernel is never overridden
+        steps.run(("decode", 1), step)
+    assert seen == ["onednn"]
+
+
+def test_forcing_in_one_thread_leaves_the_others_alone(clock):
+    chooser = KernelChooser(clock=clock)
+    inside, outside = threading.Event(), threading.Event()
+    seen = {}
+
+    def other_thread():
+        inside.wait()
+        seen["other"] = chooser.forcing()
+        outside.set()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    with forced_here(PLAIN, chooser):
+        seen["here"] = chooser.forcing()
+        inside.set()
+        outside.wait()
+    thread.join()
+    assert seen == {"here": PLAIN, "other": None}
+    assert chooser.run(("op",), clock.kernels({"plain": 0.002, "fast": 0.001}))[0] == "fast"
+    with forced_here(PLAIN, chooser):
+        assert chooser.run(("op",), clock.kernels({"plain": 0.002, "fast": 0.001}))[0] == "plain"

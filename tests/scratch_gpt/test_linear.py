@@ -224,3 +224,27 @@ def test_measured_choice_is_kept_per_key(monkeypatch):
     keys = [key for key in CHOOSER.decisions if key[0] == "linear"]
     assert sorted(key[1] for key in keys) == [1, 3]  # one decision per row count, made once
     assert all(key[-1] == torch.get_num_threads() for key in keys)
+
+
+def test_a_decided_inference_shape_is_memoised_on_the_layer(monkeypatch):
+    monkeypatch.setattr(CHOOSER, "decisions", {("linear", 1, 32, 96, True, torch.float32, False, False,
+                                                torch.get_num_threads()): "transposed"})
+    layer = Linear(32, 96)
+    x = torch.randn(1, 1, 32)
+    transposed = counting(monkeypatch, "transposed")
+    with torch.no_grad():
+        want = layer(x)  # decided by linear(), then memoised for this shape
+        monkeypatch.setattr(linear_module, "linear", lambda *args: pytest.fail("the memo was not used"))
+        got = layer(x)
+        assert len(transposed) == 2
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias),
+                                   atol=rounding_tolerance(x, layer.weight, layer.bias), rtol=0)
+        with pytest.raises(pytest.fail.Exception):  # new decisions (a cleared chooser): the memo is stale
+            CHOOSER.clear()
+            layer(x)
+    monkeypatch.undo()
+    with torch.no_grad(), forced("f_linear"):  # forcing bypasses the memo
+        transposed = counting(monkeypatch, "transposed")
+        layer(x)
+    assert transposed == []
