@@ -25,6 +25,7 @@ from tests.scratch_gpt.helpers import (
     EPS32,
     assert_grads_close,
     assert_logits_close,
+    compiled_static_and_eager_generation,
     fp32_tol,
     grads,
     manual_greedy,
@@ -298,6 +299,13 @@ def test_all_switches_round_trip_through_save_and_load(tmp_path):
     ids = _ids()
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_switches_trace_into_one_fullgraph_compiled_static_cache_graph():
+    model = _model(hidden_act="relu2", zero_init_output_projections=True, final_logit_softcapping=CAP)
+    _spread_weights(model)
+    graphs, compiled, eager = compiled_static_and_eager_generation(model)
+    assert graphs == 1 and torch.equal(compiled, eager)
 
 
 def test_plain_formats_refuse_softcapping_and_the_ungated_relu2_naming_the_switch():
