@@ -342,6 +342,8 @@ class Linear(nn.Linear):
             if plan is None or plan[0] is not CHOOSER.decisions or len(plan[1]) >= _MAX_PLANS:
                 plan = self._plan = (CHOOSER.decisions, {})
             plan[1][plan_key] = name
+            if "onednn_packed" not in plan[1].values():  # packing lost where decided: free the weight's copy
+                self.__dict__.get("_derived", {}).pop("onednn_packed", None)
 
     def _cached(self, name: str, make) -> object:
         """``make()`` kept until the weight or bias changes (an in-place optimizer step bumps its version)."""

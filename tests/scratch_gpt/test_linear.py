@@ -248,3 +248,18 @@ def test_a_decided_inference_shape_is_memoised_on_the_layer(monkeypatch):
         transposed = counting(monkeypatch, "transposed")
         layer(x)
     assert transposed == []
+
+
+@pytest.mark.skipif(not linear_module._PACKING, reason="this torch build has no oneDNN weight packing")
+def test_a_packed_copy_is_freed_once_packing_lost_where_decided(monkeypatch):
+    layer = Linear(32, 96).to(torch.bfloat16)
+    x = torch.randn(1, 32, dtype=torch.bfloat16)
+    key = ("linear", 1, 32, 96, True, torch.bfloat16, False, True, torch.get_num_threads())
+    for winner, kept in (("onednn_packed", True), ("f_linear", False)):
+        monkeypatch.setattr(CHOOSER, "decisions", {key: winner})
+        with torch.no_grad(), forced("onednn_packed"):
+            layer(x)  # measuring makes the packed copy
+        assert "onednn_packed" in layer._derived
+        with torch.no_grad():
+            layer(x)
+        assert ("onednn_packed" in layer._derived) is kept
