@@ -40,10 +40,17 @@ def _leftovers(parent: Path) -> list[str]:
     return [p.name for p in parent.iterdir() if any(tag in p.name for tag in (".tmp-", ".old-", ".staging-"))]
 
 
-def test_remote_code_export_of_every_switch_reloads_without_scratch_gpt(tmp_path):
-    src = _trained_looking_model_dir(tmp_path / "model", **SWITCHES)
-    result = export_model(src, tmp_path / "export")
-    config = json.loads((tmp_path / "export" / "config.json").read_text())
+@pytest.fixture(scope="module")
+def switch_export(tmp_path_factory):
+    """A model with every switch on, exported as remote code: (source folder, export result)."""
+    tmp = tmp_path_factory.mktemp("switches")
+    src = _trained_looking_model_dir(tmp / "model", **SWITCHES)
+    return src, export_model(src, tmp / "export")
+
+
+def test_remote_code_export_of_every_switch_reloads_without_scratch_gpt(switch_export):
+    src, result = switch_export
+    config = json.loads((result.out_dir / "config.json").read_text())
     assert {key: config[key] for key in SWITCHES} == SWITCHES
     assert "mlp.py" in result.files and "modeling_scratch_gpt.py" in result.files
     v = result.verification  # loaded by transformers from the shipped code, scratch_gpt blocked in that process
@@ -54,6 +61,54 @@ def test_remote_code_export_of_every_switch_reloads_without_scratch_gpt(tmp_path
     assert source.transformer.h[0].mlp.c_proj.weight.abs().max() > 0
     with torch.no_grad():
         assert source(torch.arange(2, 12)[None]).logits.abs().max() < SWITCHES["final_logit_softcapping"]
+
+
+# Run by an interpreter started with -I -S (no site processing) and only the site-packages folder on its path: torch
+# and transformers import, scratch_gpt does not exist at all (its editable install is a .pth hook, never read).
+_PLAIN_CHILD = """
+import sys
+sys.path.append(sys.argv[1])
+import torch
+from transformers import AutoModelForCausalLM
+try:
+    import scratch_gpt
+except ImportError:
+    pass
+else:
+    raise SystemExit("scratch_gpt is importable here: " + scratch_gpt.__file__)
+model = AutoModelForCausalLM.from_pretrained(sys.argv[2], trust_remote_code=True).eval()
+ids = torch.tensor([[5, 17, 42, 9, 100, 7], [3, 3, 250, 11, 60, 2]])
+with torch.no_grad():
+    logits = model(ids).logits
+tokens = model.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=1)
+act = type(model.transformer.h[0].mlp.act).__name__
+torch.save({"logits": logits, "tokens": tokens, "module": type(model).__module__, "act": act}, sys.argv[3])
+"""
+
+
+def test_every_switch_round_trips_through_remote_code_in_a_plain_interpreter(switch_export, tmp_path):
+    import subprocess
+    import sys
+    import sysconfig
+
+    src, result = switch_export
+    env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "child.pt"
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _PLAIN_CHILD, sysconfig.get_paths()["purelib"], str(result.out_dir),
+         str(out)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    child = torch.load(out)
+    assert child["module"].startswith("transformers_modules.") and child["act"] == "ReLUSquaredActivation"
+    source = ScratchGPTForCausalLM.from_pretrained(src).eval()
+    ids = torch.tensor([[5, 17, 42, 9, 100, 7], [3, 3, 250, 11, 60, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(child["logits"], source(ids).logits, rtol=0, atol=0)
+    assert child["logits"].abs().max() < SWITCHES["final_logit_softcapping"]  # capped in that process too
+    expected = source.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=1)
+    assert torch.equal(child["tokens"], expected)
 
 
 def test_gpt2_format_carries_the_relu2_mlp(tmp_path):
