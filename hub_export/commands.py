@@ -31,6 +31,8 @@ EXPORT_FORMATS = {
     "Ollama Modelfile, see --quant",
     "onnx": "onnx/model.onnx with a KV cache + plain config + tokenizer for transformers.js / onnxruntime; "
     "--quant int8 adds onnx/model_quantized.onnx",
+    "executorch": "model.pte for ExecuTorch (static KV cache, XNNPACK; needs pip install executorch) + config + "
+    "tokenizer; --quant int8 makes the linear layers int8",
 }
 
 
@@ -54,11 +56,17 @@ class ExportOptions:
         "(default: MODEL, or its parent when only that has them)"})
     quant: str | None = field(default=None, metadata={
         "help": "--format gguf: f32 (default), f16, bf16, q8_0 (llama.cpp's 8-bit blocks) or q4_0 (4-bit); --format "
-        "onnx: int8 "
+        "onnx or executorch: int8 "
         "(adds an int8-weight file beside the fp32 one)"})
     space: bool = field(default=False, metadata={
         "help": "also write app.py + requirements.txt, so the repo runs the `scratch-gpt playground` page as a "
         "Hub Space"})
+    web: bool = field(default=False, metadata={
+        "help": "--format onnx: also write index.html + web/ (transformers.js and its WASM copied from the npm "
+        "package), a page that runs the model in the browser from any static file server"})
+    web_assets: str | None = field(default=None, metadata={
+        "metavar": "DIR", "help": "--web: the node_modules folder holding @huggingface/transformers (default: "
+        "./node_modules, .ci/node-transformersjs/node_modules, then npm root -g)"})
 
 
 @dataclass
@@ -156,10 +164,17 @@ def _run_export(args: argparse.Namespace) -> Any:
 
     options = dataclasses.asdict(_from_namespace(ExportOptions, args))
     quant, space = options.pop("quant"), options.pop("space")
+    web, web_assets = options.pop("web"), options.pop("web_assets")
+    if (web or web_assets) and options["export_format"] != "onnx":
+        raise ValueError("--web and --web-assets apply to --format onnx only (the page runs the ONNX files)")
+    if web_assets and not web:
+        raise ValueError("--web-assets is for --web: add --web, or leave --web-assets out")
+    if options["export_format"] == "onnx":
+        return _run_onnx(args, options["overwrite"], quant, space, (web, web_assets))
     if options["export_format"] == "gguf":
         return _run_gguf(args, options["overwrite"], quant, space)
-    if options["export_format"] == "onnx":
-        return _run_onnx(args, options["overwrite"], quant, space)
+    if options["export_format"] == "executorch":
+        return _run_executorch(args, options["overwrite"], quant, space)
     if quant is not None:
         raise ValueError(f"--quant {quant} applies to --format gguf only (and int8 to --format onnx)")
     result = export_model(args.model, args.out_dir, **options, card_options=_card_options(args))
@@ -181,13 +196,22 @@ def _run_gguf(args: argparse.Namespace, overwrite: bool, quant: str | None, spac
     return export_gguf(args.model, args.out_dir, quant=quant or "f32", overwrite=overwrite)
 
 
-def _run_onnx(args: argparse.Namespace, overwrite: bool, quant: str | None, space: bool) -> Any:
+def _run_onnx(args: argparse.Namespace, overwrite: bool, quant: str | None, space: bool, web: tuple) -> Any:
     """``--format onnx``: the transformers.js layout (see :mod:`hub_export.onnx_export`)."""
     from .onnx_export import export_onnx
 
     if space:
         raise ValueError("--space needs a Hub-repo format (remote-code or gpt2): a Space loads it with transformers")
-    return export_onnx(args.model, args.out_dir, quant=quant, overwrite=overwrite)
+    return export_onnx(args.model, args.out_dir, quant=quant, overwrite=overwrite, web=web[0], web_assets=web[1])
+
+
+def _run_executorch(args: argparse.Namespace, overwrite: bool, quant: str | None, space: bool) -> Any:
+    """``--format executorch``: one ``.pte`` program (see :mod:`hub_export.executorch_export`)."""
+    from .executorch_export import export_executorch
+
+    if space:
+        raise ValueError("--space needs a Hub-repo format (remote-code or gpt2): a Space loads it with transformers")
+    return export_executorch(args.model, args.out_dir, quant=quant, overwrite=overwrite)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -198,12 +222,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ExportVerificationError as err:
         print(f"scratch-gpt export: self-check failed, nothing written to {args.out_dir}: {err}", file=sys.stderr)
         return 1
+    if getattr(result, "model_type", None) == "executorch":
+        v = result.verification
+        print(f"exported ExecuTorch program to {result.out_dir} in {result.seconds:.1f} s; files: "
+              f"{', '.join(result.files)}; ExecuTorch runtime self-check: max |logit diff| {v['max_abs_diff']:.3g}, "
+              "greedy tokens with the static cache match" + (
+                  f", int8 next-token agreement {v['int8_next_token_agreement']:.0%}" if result.quant else ""))
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        return 0
     if getattr(result, "model_type", None):  # --format onnx
         v = result.verification
         print(f"exported ONNX ({result.model_type} config) to {result.out_dir} in {result.seconds:.1f} s; files: "
               f"{', '.join(result.files)}; onnxruntime self-check: max |logit diff| {v['max_abs_diff']:.3g}, "
               f"greedy tokens with the KV cache match" + (
                   f", int8 next-token agreement {v['int8_next_token_agreement']:.0%}" if result.quant else ""))
+        if "index.html" in result.files:
+            print(f"open the page: python -m http.server -b 127.0.0.1 -d {result.out_dir} 8000, then "
+                  "http://127.0.0.1:8000/ in a browser")
         for w in result.warnings:
             print(f"warning: {w}", file=sys.stderr)
         return 0

@@ -268,9 +268,13 @@ def write_side_files(stage: Path, model: Any, tokenizer: Any, plain: Any) -> Non
 
 
 def export_onnx(
-    model_dir: str | Path, out_dir: str | Path, quant: str | None = None, overwrite: bool = False
+    model_dir: str | Path, out_dir: str | Path, quant: str | None = None, overwrite: bool = False,
+    web: bool = False, web_assets: str | Path | None = None,
 ) -> OnnxExportResult:
     """Write and verify OUT_DIR (config, tokenizer, ``onnx/model.onnx`` and with ``quant="int8"`` the int8 file).
+
+    ``web=True`` adds ``index.html`` and ``web/`` (:mod:`hub_export.web_page`: transformers.js in the browser, its
+    files copied from ``web_assets`` or the npm package found on this machine).
 
     Raises ``ValueError`` / ``FileNotFoundError`` for bad input or missing onnx packages (one line with the fix) and
     :class:`hub_export.verify.ExportVerificationError` when onnxruntime does not reproduce the model; OUT_DIR is
@@ -278,11 +282,15 @@ def export_onnx(
     """
     from scratch_gpt.safe_output import staged_output
 
-    from .onnx_verify import verify_onnx
+    from .onnx_verify import PROMPT, verify_onnx
+    from .web_page import find_web_assets, write_web_page
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     start = time.perf_counter()
     plain, has_tokenizer, warnings = _plan(model_dir, out_dir, quant, overwrite)
+    assets = find_web_assets(web_assets) if web else None
+    if web and not has_tokenizer:
+        raise ValueError(f"--web needs tokenizer files in {model_dir}: the page tokenizes the prompt in the browser")
     model, tokenizer = _load(model_dir, has_tokenizer)
     with staged_output(out_dir, overwrite=overwrite, inputs=[model_dir]) as stage:
         fp32 = stage / ONNX_DIR / MODEL_FILE
@@ -291,6 +299,9 @@ def export_onnx(
             quantize_int8(fp32, stage / ONNX_DIR / QUANTIZED_FILE)
         write_side_files(stage, model, tokenizer, plain)
         verification = verify_onnx(stage, model, tokenizer, quantized=quant == "int8")
+        if assets is not None:
+            write_web_page(stage, assets, title=model_dir.resolve().name, prompt=PROMPT,
+                           dtype="q8" if quant == "int8" else "fp32")
         files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
     for warning in warnings:
         logger.warning(warning)
