@@ -110,7 +110,8 @@ let generator;
 try {
   const start = performance.now();
   generator = await pipeline("text-generation", ".", { dtype, device: "wasm" });
-  status(`model loaded in ${((performance.now() - start) / 1000).toFixed(2)} s (${dtype})`, "ready");
+  document.body.dataset.loadSeconds = String((performance.now() - start) / 1000);
+  status(`model loaded in ${Number(document.body.dataset.loadSeconds).toFixed(2)} s (${dtype})`, "ready");
   $("generate").disabled = false;
 } catch (err) {
   status(`could not load the model: ${err.message || err}`, "error");
