@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernel_choice import CHOOSER, STEPS
+from .kernel_choice import CHOOSER, PLAIN, STEPS
 
 FEW_ROWS = 8  # the most rows for which the few-rows candidates (transposed, row_blocks) are timed at all
 _ROW_BLOCKS = 4
@@ -312,7 +312,10 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cpu_fast_paths:
             return F.linear(x, self.weight, self.bias)
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or CHOOSER.forcing() is not None:
+        forcing = CHOOSER.forcing()
+        if forcing is PLAIN:  # a model step measured or decided on the plain path (kernel_choice.StepChooser)
+            return F.linear(x, self.weight, self.bias)
+        if forcing is not None or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return linear(x, self.weight, self.bias, self)
         # Inference: the decision for this input shape, memoised on the layer, so that a decoding step pays a
         # dict lookup per layer rather than the key building of linear() (microseconds per product add up).
