@@ -251,9 +251,9 @@ def tuned_step(forward):
             or torch.compiler.is_compiling()
         ):
             return forward(self, *args, **kwargs)
-        head = self.get_output_embeddings()
+        weight = getattr(self.get_output_embeddings(), "weight", None)  # a method on quantized layers
         key = (id(self), self.config.hidden_size, self.config.num_hidden_layers, tuple(ids.shape[:2]),
-               None if head is None else head.weight.dtype, torch.is_autocast_enabled("cpu"), torch.get_num_threads())
+               getattr(weight, "dtype", None), torch.is_autocast_enabled("cpu"), torch.get_num_threads())
         return STEPS.run(key, functools.partial(forward, self, *args, **kwargs))
 
     return wrapper

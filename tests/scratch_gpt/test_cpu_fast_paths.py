@@ -166,3 +166,21 @@ def test_shipped_code_names_no_machine_specific_figures():
     for path in Path(scratch_gpt.__file__).parent.glob("*.py"):
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             assert not pattern.search(line), f"{path.name}:{number}: {line.strip()}"
+
+
+def test_decoding_steps_are_compared_end_to_end_and_give_the_same_tokens(model, monkeypatch):
+    """The step chooser alternates plain and tuned steps while generating; either way the tokens are the plain
+    model's, and a quantized head (whose ``weight`` is a method) does not trip the step key."""
+    from scratch_gpt.kernel_choice import STEPS
+
+    monkeypatch.setattr(STEPS, "decisions", {})
+    ids = torch.randint(0, model.config.vocab_size, (2, 5))
+    plain = ScratchGPTForCausalLM(ScratchGPTConfig(**{**model.config.to_dict(), "cpu_fast_paths": False})).eval()
+    plain.load_state_dict(model.state_dict())
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    want = plain.generate(ids, **kwargs)
+    assert torch.equal(model.generate(ids, **kwargs), want)
+    assert [key[3] for key in STEPS.decisions] == [(2, 1)]  # decoding compared and decided; the prompt, once, not
+    quantized = torch.ao.quantization.quantize_dynamic(model.lm_head, {torch.nn.Linear}, dtype=torch.qint8)
+    monkeypatch.setattr(model, "lm_head", quantized)
+    assert model.generate(ids, **kwargs).shape == want.shape
