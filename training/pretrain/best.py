@@ -63,7 +63,7 @@ def keep_best(run, job, state, metrics: dict[str, Any]) -> bool:
             save_best(run, job, state.step)
     patience = job.plan.early_stopping_patience if job.plan is not None else run.args.early_stopping_patience
     stale = evaluations_since_best(state.log_history, state.best_step)
-    if patience and stale >= patience:
+    if patience and state.best_step is not None and stale >= patience:  # no finite loss yet: nothing to wait for
         if run.main:
             logger.info("early stopping at step %d: no better validation loss in %d evaluations (best %.4f at "
                         "step %s)", state.step, stale, state.best_metric or float("nan"), state.best_step)

@@ -67,11 +67,11 @@ def plan_data(args, steps: int | None, batches_per_epoch: int | None, log: bool)
         if args.final_model == "best":
             plan.mitigations.append("the final model is the best evaluation's")
     if log:
-        logger.info("data plan: %d steps = %.1f epochs of the training split", steps, epochs)
+        logger.info("data plan: %d steps = %.3g epochs of the training split", steps, epochs)
         if plan.many:
             done = "; ".join(plan.mitigations) or "nothing (--early-stopping-patience and --final-model are set)"
             logger.warning(
-                "%.1f planned epochs is more than %g: repeated data overfits; applying: %s. Also consider "
+                "%.3g planned epochs is more than %g: repeated data overfits; applying: %s. Also consider "
                 "--dropout 0.1, a larger corpus or fewer steps", epochs, MANY_EPOCHS, done,
             )
     return plan

@@ -83,3 +83,12 @@ def test_prune_best_keeps_what_the_state_or_the_newest_checkpoint_names(tmp_path
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == [
         run_folder.checkpoint_name(2), run_folder.checkpoint_name(5)
     ]
+
+
+def test_without_validation_data_the_run_keeps_the_last_model_and_never_stops_early(tmp_path):
+    out = tmp_path / "no-val"
+    metrics = train(tiny_args(out, early_stopping_patience=1, **NOISY), datasets=make_blocks(n_val=0),
+                    tokenizer=make_tokenizer()).metrics
+    assert metrics["global_step"] == 8 and metrics["eval_loss"] != metrics["eval_loss"]  # NaN: nothing to select on
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert "best_metric" not in state and not (out / "best").exists()

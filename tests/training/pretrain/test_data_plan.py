@@ -27,12 +27,12 @@ def test_planned_epochs_and_what_many_turns_on(caplog):
     caplog.set_level(logging.INFO, logger="training.pretrain.plan")
     few = plan_data(_args(), steps=40, batches_per_epoch=12, log=True)  # 3.3 epochs
     assert (few.epochs, few.many, few.early_stopping_patience, few.mitigations) == (3.33, False, None, [])
-    assert "40 steps = 3.3 epochs" in caplog.text and "repeated data" not in caplog.text
+    assert "40 steps = 3.33 epochs" in caplog.text and "repeated data" not in caplog.text
     many = plan_data(_args(gradient_accumulation_steps=2), steps=40, batches_per_epoch=12, log=True)
     assert many.epochs == pytest.approx(80 / 12, abs=0.01) and many.epochs > MANY_EPOCHS and many.many
     assert many.early_stopping_patience == MANY_EPOCHS_PATIENCE
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warning) == 1 and "6.7 planned epochs is more than 4" in warning[0]
+    assert len(warning) == 1 and "6.67 planned epochs is more than 4" in warning[0]
     assert "early stopping after 3 evaluations" in warning[0] and "best evaluation" in warning[0]
     given = plan_data(_args(early_stopping_patience=7, final_model="last"), steps=400, batches_per_epoch=12, log=False)
     assert given.many and given.early_stopping_patience == 7 and given.mitigations == []  # the user's choice stays
@@ -48,7 +48,7 @@ def test_a_many_epoch_run_says_so_and_stops_early_with_the_best_model(tmp_path, 
     args = tiny_args(out, max_steps=60, eval_every=1, learning_rate=0.03, warmup_steps=0, min_lr_ratio=1.0,
                      sampling="grid")
     metrics = train(args, datasets=make_blocks(), tokenizer=make_tokenizer()).metrics
-    assert "60 steps = 5.0 epochs" in caplog.text and "5.0 planned epochs is more than 4" in caplog.text
+    assert "60 steps = 5 epochs" in caplog.text and "5 planned epochs is more than 4" in caplog.text
     evals = {r["step"]: r["eval_loss"] for r in run_folder.load_log_history(out) if "eval_loss" in r}
     best = min(evals, key=evals.get)
     assert metrics["global_step"] == best + MANY_EPOCHS_PATIENCE < 60 and metrics["eval_loss"] == evals[best]
