@@ -183,6 +183,14 @@ def _roots(run_dir: Path) -> tuple[Path, ...]:
     return (resolved, *list(resolved.parents)[:2])
 
 
+def _validation_step(run_dir: Path, last_eval: dict) -> int | None:
+    """The step of the saved model's evaluation: the best one's when the run kept its best model, else the last."""
+    state = run_folder.load_trainer_state(run_dir)
+    if state.get("best_model_checkpoint") and state.get("best_global_step") is not None:
+        return state["best_global_step"]
+    return last_eval.get("step") if last_eval else None
+
+
 def read_run_records(run_dir: Path | None) -> RunRecords:
     """Settings, results and evaluation of the run in ``run_dir`` (empty records when there is none)."""
     if run_dir is None or not Path(run_dir).is_dir():
@@ -196,7 +204,7 @@ def read_run_records(run_dir: Path | None) -> RunRecords:
         validation=validation,
         test=_model_metrics(results.get("test", {})),
         lm_eval=results.get("eval", {}).get(run_folder.LM_EVAL_KEY),
-        validation_step=last_eval.get("step") if last_eval else None,
+        validation_step=_validation_step(run_dir, last_eval),
         confusion=results.get("test", {}).get("test_confusion_matrix"),
     )
 

@@ -46,6 +46,10 @@ def test_final_model_is_the_best_evaluation_and_trainer_state_records_it(tmp_pat
     assert metrics["eval_loss"] == evals[best_step] == run_folder.load_results(out)["eval"]["eval_loss"]
     last = run_folder.load_trainer_state(out / "checkpoints" / run_folder.checkpoint_name(8))
     assert last["best_global_step"] == best_step and last["step"] == 8
+    from hub_export.card import read_run_records
+
+    card = read_run_records(out)  # the model card names the saved model's evaluation, not the last one
+    assert card.validation_step == best_step and card.validation["eval_loss"] == evals[best_step]
 
 
 def test_final_model_last_keeps_the_last_weights(tmp_path):
