@@ -46,15 +46,15 @@ def _require_browser() -> None:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """Both shapes exported with --web under one root (the GPT-2 one through the CLI)."""
+    """Both shapes exported with --web under one root (the GPT-2 one through the CLI, with --quant int8)."""
     from scratch_gpt_cli import main
 
     _require_browser()
     root = tmp_path_factory.mktemp("web")
     src = {name: trained_model_dir(root / "src" / name, **overrides) for name, overrides in SHAPES.items()}
     site = root / "site"
-    assert main(["export", str(src["gpt2"]), str(site / "gpt2"), "--format", "onnx", "--web",
-                 "--web-assets", str(ASSETS)]) == 0
+    assert main(["export", str(src["gpt2"]), str(site / "gpt2"), "--format", "onnx", "--quant", "int8",
+                 "--web", "--web-assets", str(ASSETS)]) == 0
     export_onnx(src["llama"], site / "llama", web=True, web_assets=ASSETS)
     return {name: (src[name], site / name) for name in SHAPES}
 
@@ -126,6 +126,19 @@ def test_page_generates_scratchgpts_greedy_text_from_its_own_folder(exports, ser
     assert f"{server}/{shape}/{WEB_DIR}/ort-wasm-simd-threaded.asyncify.wasm" in requests
 
 
+def test_page_opens_the_int8_file_by_default_and_still_matches(exports, server, browser):
+    """With --quant int8 the page's default is the q8 file (the smaller download); its greedy text still equals
+    ScratchGPT's fp32 text for this model (as the Node test requires of the same file)."""
+    from urllib.parse import urlencode
+
+    src, _ = exports["gpt2"]
+    query = urlencode({"prompt": PROMPT, "max_new_tokens": NEW_TOKENS, "autorun": 1})
+    result, requests = run_page(browser, f"{server}/gpt2/{PAGE_FILE}?{query}")
+    assert f"{server}/gpt2/onnx/model_quantized.onnx" in requests
+    assert f"{server}/gpt2/onnx/model.onnx" not in requests
+    assert result["output"] == _greedy_continuation(src)
+
+
 def test_the_folder_holds_the_page_and_the_runtime(exports):
     _, out = exports["gpt2"]
     assert (out / PAGE_FILE).is_file() and (out / WEB_DIR / "app.js").is_file()
@@ -153,3 +166,17 @@ def test_cli_refusals_are_one_line_and_write_nothing(tmp_path, capsys, extra, me
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_assets_are_found_in_a_node_modules_folder_or_a_flat_folder_of_the_files(tmp_path):
+    _require_browser()
+    found = find_web_assets(ASSETS)
+    assert sorted(found) == sorted(RUNTIME_FILES)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name, path in found.items():
+        (flat / name).symlink_to(path)
+    assert {name: p.name for name, p in find_web_assets(flat).items()} == {name: name for name in RUNTIME_FILES}
+    (flat / "transformers.min.js").unlink()
+    with pytest.raises(ValueError, match="npm install @huggingface/transformers@4.3.2"):
+        find_web_assets(flat)
