@@ -40,7 +40,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest(tmp_path, architecture
     adamw, muon = build_optimizers(args, model, "cpu")
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     matrices = {n for n, p in model.named_parameters() if p.ndim == 2 and n.startswith("transformer.h.")}
-    assert _names(model, muon.param_groups[0]["params"]) == matrices
+    assert _names(model, muon.param_groups[0]["params"]) == _names(model, hidden_matrices(model)) == matrices
     assert all(".attn." in n or ".mlp." in n for n in matrices) and len(matrices) >= 4 * args.num_hidden_layers
     decay, no_decay = (set(_names(model, g["params"])) for g in adamw.param_groups)
     head = set() if tied else {"lm_head.weight"}
@@ -93,7 +93,11 @@ def test_sigkill_then_resume_with_muon_equals_uninterrupted_exactly(tmp_path):
     common = ("--steps", "10", "--checkpoint-every", "3", "--optimizer", "muon", "--eval-every", "2")
     full, part = tmp_path / "full", tmp_path / "part"
     _child(full, *common)
-    assert kill_hanging_child(part, 10, 3, 7, "--optimizer", "muon", "--eval-every", "2", timeout=240) == -signal.SIGKILL
+    # killed after step 8: its best model is saved, the newest checkpoint (6) does not know it yet
+    killed = kill_hanging_child(part, 10, 3, 8, "--optimizer", "muon", "--eval-every", "2", timeout=240)
+    assert killed == -signal.SIGKILL
+    assert (part / "best" / run_folder.checkpoint_name(8)).is_dir()
+    assert run_folder.load_trainer_state(part / "checkpoints" / run_folder.checkpoint_name(6))["best_step"] == 6
     _child(part, *common, "--resume")
     a, b = _weights(full), _weights(part)
     assert a.keys() == b.keys()
@@ -101,8 +105,9 @@ def test_sigkill_then_resume_with_muon_equals_uninterrupted_exactly(tmp_path):
     state_a, state_b = (json.loads((d / "trainer_state.json").read_text()) for d in (full, part))
     losses = [[(r["step"], r.get("loss"), r.get("eval_loss")) for r in s["log_history"]] for s in (state_a, state_b)]
     assert losses[0] == losses[1]
-    assert (state_a["best_metric"], state_a["best_global_step"]) == (state_b["best_metric"], state_b["best_global_step"])
-    assert sorted(p.name for p in (part / "best").iterdir()) == [run_folder.checkpoint_name(state_b["best_global_step"])]
+    best = [(s["best_metric"], s["best_global_step"]) for s in (state_a, state_b)]
+    assert best[0] == best[1]
+    assert sorted(p.name for p in (part / "best").iterdir()) == [run_folder.checkpoint_name(best[1][1])]
 
 
 def test_two_processes_with_muon_match_one_with_the_same_global_batch(tmp_path):
