@@ -354,9 +354,12 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
 
 
 def check_optimizer_launch(args: TrainArguments, accelerator) -> None:
-    """Muon orthogonalises whole matrices: refuse launches that shard them (FSDP, DeepSpeed) in one line."""
+    """Muon orthogonalises whole matrices: refuse launches that shard them (FSDP, DeepSpeed) in one line; and
+    fp16, whose one gradient scaler Accelerate updates after each optimizer's step (two steps, one scale)."""
     from accelerate.utils import DistributedType
 
+    if args.optimizer == "muon" and getattr(accelerator, "mixed_precision", "no") == "fp16":
+        raise ValueError("--optimizer muon does not train under fp16 loss scaling; use --mixed-precision bf16 or no")
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if args.optimizer == "muon" and sharded:
         raise ValueError(

@@ -144,13 +144,16 @@ def test_without_torch_muon_one_line_names_the_version(monkeypatch, tmp_path):
         build_optimizers(args, build_model(args, make_tokenizer()), "cpu")
 
 
-def test_sharded_launches_are_refused_with_muon(tmp_path):
+def test_sharded_and_fp16_launches_are_refused_with_muon(tmp_path):
     from accelerate.utils import DistributedType
 
     fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP)
     with pytest.raises(ValueError, match="--optimizer muon needs whole weight matrices.*configs/ddp.yaml"):
         check_optimizer_launch(tiny_args(tmp_path, optimizer="muon"), fsdp)
     check_optimizer_launch(tiny_args(tmp_path), fsdp)  # AdamW shards fine
+    fp16 = SimpleNamespace(distributed_type=DistributedType.NO, mixed_precision="fp16")
+    with pytest.raises(ValueError, match="does not train under fp16 loss scaling; use --mixed-precision bf16"):
+        check_optimizer_launch(tiny_args(tmp_path, optimizer="muon"), fp16)
 
 
 def test_modern_recipe_sets_muon_and_the_switches_and_flags_win(tmp_path):
