@@ -154,21 +154,21 @@ if (params.get("autorun") === "1") generate();
 """
 
 
-def _candidate_roots(web_assets: Path | None) -> list[Path]:
-    """Where to look for the runtime files, in order (see the module docstring)."""
+def _candidate_roots(web_assets: Path | None):
+    """Where to look for the runtime files, in order (see the module docstring); ``npm root -g`` only if needed."""
     if web_assets is not None:
-        return [web_assets]
-    roots = [Path.cwd() / "node_modules", Path(__file__).resolve().parents[1] / ".ci" / "node-transformersjs"
-             / "node_modules"]
+        yield web_assets
+        return
+    yield Path.cwd() / "node_modules"
+    yield Path(__file__).resolve().parents[1] / ".ci" / "node-transformersjs" / "node_modules"
     npm = shutil.which("npm")
     if npm:
         try:
             out = subprocess.run([npm, "root", "-g"], capture_output=True, text=True, timeout=30, check=False)
-            if out.returncode == 0 and out.stdout.strip():
-                roots.append(Path(out.stdout.strip()))
         except (OSError, subprocess.SubprocessError):
-            pass
-    return roots
+            return
+        if out.returncode == 0 and out.stdout.strip():
+            yield Path(out.stdout.strip())
 
 
 def _resolve(root: Path) -> dict[str, Path] | None:
