@@ -8,6 +8,7 @@ The page is three files beside the ONNX export, plus the runtime copied from the
     OUT/web/transformers.min.js                    @huggingface/transformers/dist (the browser bundle)
     OUT/web/ort-wasm-simd-threaded.asyncify.mjs    onnxruntime-web/dist: the WASM runtime the bundle loads
     OUT/web/ort-wasm-simd-threaded.asyncify.wasm
+    OUT/README.md                                  front matter of a static Hub Space (sdk: static)
 
 Choices:
 
@@ -37,6 +38,21 @@ logger = logging.getLogger(__name__)
 TRANSFORMERSJS_VERSION = "4.3.2"
 WEB_DIR = "web"
 PAGE_FILE = "index.html"
+README_FILE = "README.md"
+README = """---
+title: __YAML_TITLE__
+sdk: static
+app_file: index.html
+library_name: transformers.js
+pipeline_tag: text-generation
+---
+
+# __TITLE__
+
+A scratch-gpt model that runs in the browser with transformers.js (`index.html`, everything in this folder, no
+CDN). Serve the folder with any static file server (`python -m http.server -d .`), or upload it as a static
+Space: `hf upload OWNER/NAME . --repo-type space`.
+"""
 APP_FILE = "app.js"
 # file name -> its path inside node_modules (first match wins: npm may nest onnxruntime-web under transformers)
 RUNTIME_FILES = {
@@ -222,8 +238,10 @@ def write_web_page(folder: Path, assets: dict[str, Path], title: str, prompt: st
     page = PAGE.replace("__TITLE__", html.escape(title)).replace("__PROMPT__", html.escape(prompt))
     (folder / PAGE_FILE).write_text(page, encoding="utf-8")
     (web / APP_FILE).write_text(APP.replace("__DTYPE__", dtype), encoding="utf-8")
+    readme = README.replace("__YAML_TITLE__", json.dumps(title)).replace("__TITLE__", title.replace("\n", " "))
+    (folder / README_FILE).write_text(readme, encoding="utf-8")
     logger.info("wrote %s and %s/ (transformers.js in the browser, no CDN)", PAGE_FILE, WEB_DIR)
-    return [PAGE_FILE, *(f"{WEB_DIR}/{name}" for name in (APP_FILE, *assets))]
+    return [PAGE_FILE, README_FILE, *(f"{WEB_DIR}/{name}" for name in (APP_FILE, *assets))]
 
 
 __all__ = ["PAGE_FILE", "RUNTIME_FILES", "TRANSFORMERSJS_VERSION", "WEB_DIR", "find_web_assets", "write_web_page"]

@@ -145,6 +145,8 @@ def test_the_folder_holds_the_page_and_the_runtime(exports):
     for name in RUNTIME_FILES:
         assert (out / WEB_DIR / name).stat().st_size == (find_web_assets(ASSETS)[name]).stat().st_size
     assert "cdn" not in (out / WEB_DIR / "app.js").read_text().lower()
+    front = (out / "README.md").read_text().split("---")[1]  # a static Hub Space serves index.html
+    assert "sdk: static" in front and "app_file: index.html" in front
 
 
 @pytest.mark.parametrize(
