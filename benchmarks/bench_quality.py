@@ -215,6 +215,8 @@ def scratch_blocks(tokenizer, train_docs: list[str], held_out: list[str], contex
 def selection_blocks(tokenizer, train_docs: list[str], context: int):
     """Blocks for a run that evaluates during training: every ``SELECT_EVERY``-th training document becomes its
     validation (model selection) split and leaves its training split; the scored held-out text stays unseen."""
+    if len(train_docs) < 2:
+        raise SystemExit(f"model selection needs at least 2 training documents, got {len(train_docs)}; raise --chars")
     select = set(range(SELECT_EVERY - 1, len(train_docs), SELECT_EVERY)) or {len(train_docs) - 1}
     kept = [d for i, d in enumerate(train_docs) if i not in select]
     return scratch_blocks(tokenizer, kept, [d for i, d in enumerate(train_docs) if i in select], context)
@@ -277,7 +279,7 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
     train_ids, held_ids = encode(tokenizer, train_docs), encode(tokenizer, held_out)
     held_chars = sum(len(d) for d in held_out)
     blocks = scratch_blocks(tokenizer, train_docs, held_out, shape["context"])
-    selecting = selection_blocks(tokenizer, train_docs, shape["context"])
+    selecting: list = []  # built on first use: only runs that evaluate during training select
     warmup = min(ns.warmup, max(1, ns.steps // 4))
     tokens_per_step = OPTIM["batch"] * shape["context"]
     log(f"{name}: {sum(map(len, train_docs))} train chars, {held_chars} held-out chars, "
@@ -291,7 +293,9 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
         log(json.dumps(runs[-1]))
 
     def scratch(label: str, seed: int, steps: int | None, budget: float | None, extra: dict):
-        data = selecting if "eval_every" in extra else blocks
+        if "eval_every" in extra and not selecting:
+            selecting.append(selection_blocks(tokenizer, train_docs, shape["context"]))
+        data = selecting[0] if "eval_every" in extra else blocks
         return scratch_train(data, tokenizer, shape, tmp / f"{name}-{label}-{seed}", seed, warmup, steps,
                              budget, extra)
 
