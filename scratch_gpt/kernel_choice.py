@@ -190,9 +190,13 @@ class StepChooser:
         decided = self.decisions.get(key)
         if decided == "tuned" or self.chooser.forcing() is not None:
             return step()
-        if decided == "plain":
-            with forced_here(PLAIN, self.chooser):
+        if decided == "plain":  # (no context manager: this runs once per decoding step)
+            local = self.chooser._local
+            local.forced = PLAIN
+            try:
                 return step()
+            finally:
+                local.forced = None
         calls = self._calls[key] = self._calls.get(key, 0) + 1
         if calls <= self.warmup:
             return step()

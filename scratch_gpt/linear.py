@@ -251,9 +251,12 @@ def tuned_step(forward):
             or torch.compiler.is_compiling()
         ):
             return forward(self, *args, **kwargs)
+        dims = self.__dict__.get("_step_dims")
+        if dims is None:  # the model's shape, read once (config reads are slow in transformers 5)
+            dims = self._step_dims = (self.config.hidden_size, self.config.num_hidden_layers)
         weight = getattr(self.get_output_embeddings(), "weight", None)  # a method on quantized layers
-        key = (id(self), self.config.hidden_size, self.config.num_hidden_layers, tuple(ids.shape[:2]),
-               getattr(weight, "dtype", None), torch.is_autocast_enabled("cpu"), torch.get_num_threads())
+        key = (id(self), *dims, ids.shape[0], ids.shape[1] if ids.dim() > 1 else 1, getattr(weight, "dtype", None),
+               torch.is_autocast_enabled("cpu"), torch.get_num_threads())
         return STEPS.run(key, functools.partial(forward, self, *args, **kwargs))
 
     return wrapper

@@ -180,7 +180,7 @@ def test_decoding_steps_are_compared_end_to_end_and_give_the_same_tokens(model, 
     kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16, do_sample=False)
     want = plain.generate(ids, **kwargs)
     assert torch.equal(model.generate(ids, **kwargs), want)
-    assert [key[3] for key in STEPS.decisions] == [(2, 1)]  # decoding compared and decided; the prompt, once, not
+    assert [key[3:5] for key in STEPS.decisions] == [(2, 1)]  # decoding compared and decided; the prompt, once, not
     quantized = torch.ao.quantization.quantize_dynamic(model.lm_head, {torch.nn.Linear}, dtype=torch.qint8)
     monkeypatch.setattr(model, "lm_head", quantized)
     assert model.generate(ids, **kwargs).shape == want.shape
