@@ -51,7 +51,8 @@ def _family_switches(architecture: str) -> dict[str, Any]:
     from training.pretrain.arguments import architecture_switches
 
     args = SimpleNamespace(architecture=architecture, num_attention_heads=4, num_key_value_heads=None,
-                           hidden_size=32, intermediate_size=None, norm_type="rmsnorm")
+                           hidden_size=32, intermediate_size=None, norm_type="rmsnorm", hidden_act=None,
+                           zero_init_output_projections=False, final_logit_softcapping=None)
     return architecture_switches(args)
 
 
