@@ -89,6 +89,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def launch_two_processes(out, steps: int, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """This module's training run (``main``) under ``accelerate launch`` with 2 CPU processes (gloo), 4 rows each."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "tests.training.pretrain.helpers", "--out", str(out), "--steps", str(steps), "--batch", "4", *extra]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def kill_hanging_child(out, steps: int, every: int, hang_after: int, *extra: str, timeout: float = 300) -> int:
     """Run this module as a training child into ``out`` until it hangs after step ``hang_after``, SIGKILL it
     there (a real crash, mid-run) and return its exit code; the test fails if it exits early or never hangs."""

@@ -5,15 +5,13 @@ bit-identical and 2-process sharding equal to one process."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from scratch_gpt import run_folder
 from tests.training.pretrain.helpers import (
-    REPO_ROOT, child_env, kill_hanging_child, make_blocks, make_tokenizer, tiny_args,
+    kill_hanging_child, launch_two_processes, make_blocks, make_tokenizer, tiny_args,
 )
 from training.pretrain import loop
 from training.pretrain.loop import train
@@ -145,11 +143,7 @@ def test_offset_sampling_two_processes_match_one(tmp_path):
     one = train(tiny_args(tmp_path / "one", max_steps=steps, per_device_batch_size=8, sampling="offset"),
                 datasets=make_blocks(), tokenizer=make_tokenizer())
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "tests.training.pretrain.helpers", "--out", str(two), "--steps", str(steps), "--batch", "4",
-           "--sampling", "offset"]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
+    proc = launch_two_processes(two, steps, "--sampling", "offset")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert run_folder.load_results(two)["train"]["num_processes"] == 2
     losses = lambda d: [r["loss"] for r in _history(d) if "loss" in r]  # noqa: E731

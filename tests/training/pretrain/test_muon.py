@@ -14,7 +14,7 @@ import torch
 
 from scratch_gpt import run_folder
 from tests.training.pretrain.helpers import (
-    REPO_ROOT, child_env, kill_hanging_child, make_blocks, make_tokenizer, tiny_args,
+    REPO_ROOT, child_env, kill_hanging_child, launch_two_processes, make_blocks, make_tokenizer, tiny_args,
 )
 from training.pretrain.arguments import RECIPES, resolve_arguments
 from training.pretrain.loop import train
@@ -116,11 +116,7 @@ def test_two_processes_with_muon_match_one_with_the_same_global_batch(tmp_path):
     one = train(tiny_args(tmp_path / "one", max_steps=steps, per_device_batch_size=8, optimizer="muon"),
                 datasets=make_blocks(), tokenizer=make_tokenizer()).run_dir
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "tests.training.pretrain.helpers", "--out", str(two), "--steps", str(steps), "--batch", "4",
-           "--optimizer", "muon"]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=400)
+    proc = launch_two_processes(two, steps, "--optimizer", "muon", timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert run_folder.load_results(two)["train"]["num_processes"] == 2
     a, b = _weights(one), _weights(two)
