@@ -16,7 +16,7 @@ page's ``pipeline()`` call, the WASM download from the loopback server included)
 ``new_tokens - 1`` tokens after the first, one forward each with the KV cache, ``prompt`` tokens in, no EOS stop.
 Medians of ``--reps`` runs. The CPU and its load average come with the numbers (``cpu``).
 
-    python benchmarks/bench_runtimes.py --shape tiny --executorch-python /tmp/et-venv/bin/python --out rt.json
+    python benchmarks/bench_runtimes.py --shape tiny --out rt.json   # --executorch-python PY where this one lacks executorch
 """
 
 from __future__ import annotations
