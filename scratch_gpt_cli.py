@@ -15,15 +15,29 @@ import re
 import sys
 from pathlib import Path
 
-from hub_export import commands as hub_commands
-from hub_export import playground as playground_commands
-from hub_export import serve as serve_commands
-from training.data import commands as data_commands
-from training.evaluate import commands as evaluate_commands
-from training.finetune import commands as finetune_commands
-from training.generate import commands as generate_commands
-from training.pretrain import commands as train_commands
-from training.shared.arguments import add_command, arg
+
+def _quiet_third_party_import_noise(argv: list[str]) -> None:
+    """Before the imports below: torchao (which executorch installs) warns on import, reached through
+    transformers' quantizer registry, that its CUDA and Python-3.10 extensions do not load and that torch
+    deprecates its pytree registrations. That is several lines on every command, even a bad-input one that should
+    print one line, and nothing a user can act on; ``-v`` or ``SCRATCH_GPT_DEBUG=1`` shows it."""
+    if {"-v", "--verbose"} & set(argv) or os.environ.get("SCRATCH_GPT_DEBUG", "0") not in ("", "0"):
+        return
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+_quiet_third_party_import_noise(sys.argv[1:])
+
+from hub_export import commands as hub_commands  # noqa: E402  (after the logging set-up above)
+from hub_export import playground as playground_commands  # noqa: E402
+from hub_export import serve as serve_commands  # noqa: E402
+from training.data import commands as data_commands  # noqa: E402
+from training.evaluate import commands as evaluate_commands  # noqa: E402
+from training.finetune import commands as finetune_commands  # noqa: E402
+from training.generate import commands as generate_commands  # noqa: E402
+from training.pretrain import commands as train_commands  # noqa: E402
+from training.shared.arguments import add_command, arg  # noqa: E402
 
 # Modules that provide `register(subparsers)`. Order = order in `scratch-gpt --help`.
 COMMAND_MODULES = (
