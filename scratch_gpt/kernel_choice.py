@@ -70,7 +70,7 @@ class KernelChooser:
         self.budget_s = budget_s
         self.drop_ratio = drop_ratio
         self.plain_margin = plain_margin
-        self.decisions: dict[tuple, str] = {}  # replaced (never cleared in place) by clear(): see is_current
+        self.decisions: dict[tuple, str] = {}  # replaced (never cleared in place) by clear(): Linear's memo checks identity
         self.forced: str | None = None
         self._local = threading.local()  # this thread's forced name (a model step run on the plain path)
         self._lock = threading.RLock()  # re-entrant: a candidate may make a nested choice of its own
@@ -160,7 +160,7 @@ class KernelChooser:
     def clear(self) -> None:
         """Forget every decision (the next call per key measures again)."""
         with self._lock:
-            self.decisions = {}  # a new dict: callers that memoised decisions compare identity (is_current)
+            self.decisions = {}  # a new dict: callers that memoised decisions compare identity (Linear._plan)
             self._retry.clear()
 
 

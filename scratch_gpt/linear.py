@@ -206,10 +206,17 @@ def linear(
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` through the fastest measured CPU kernel (see module doc). ``module``, the
     :class:`Linear` holding ``weight``, lets the candidates keep derived weights (row-block views, packing)."""
+    return _linear(x, weight, bias, module)[0]
+
+
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: Linear | None
+) -> tuple[torch.Tensor, tuple | None]:
+    """:func:`linear`'s product and the key its kernel is chosen under (None: not tunable, always ``F.linear``)."""
     out_features, in_features = weight.shape
     rows = x.numel() // in_features if in_features else 0
     if not rows or not _tunable(x, weight, bias):
-        return F.linear(x, weight, bias)
+        return F.linear(x, weight, bias), None
     grad = _needs_grad(x, weight, bias)
     key = _linear_key(rows, weight, bias, grad, module is not None and weight.dtype is torch.bfloat16)
     name = CHOOSER.choice(key)
@@ -223,14 +230,14 @@ def linear(
                                      for n in names})[0]
         else:
             name, out = _choose(key, candidates)
-            return out.view(*x.shape[:-1], out_features)
+            return out.view(*x.shape[:-1], out_features), key
     if name == "f_linear":
-        return F.linear(x, weight, bias)
+        return F.linear(x, weight, bias), key
     if grad:  # only f_linear and onednn are candidates with autograd
         out = _OneDNNLinear.apply(x2d.contiguous(), weight, bias)
     else:
         out = _KERNELS[name](x2d, weight, bias, module)
-    return out.view(*x.shape[:-1], out_features)
+    return out.view(*x.shape[:-1], out_features), key
 
 
 def tuned_step(forward):
@@ -331,18 +338,13 @@ class Linear(nn.Linear):
             weight = self.weight
             out = _KERNELS[name](x.reshape(-1, weight.shape[1]), weight, self.bias, self)
             return out.view(*x.shape[:-1], weight.shape[0])
-        out = linear(x, self.weight, self.bias, self)
-        self._remember(plan_key, x)
+        out, key = _linear(x, self.weight, self.bias, self)
+        self._remember(plan_key, "f_linear" if key is None else CHOOSER.decisions.get(key))
         return out
 
-    def _remember(self, plan_key: tuple, x: torch.Tensor) -> None:
-        """Memoise the decided kernel for an inference input shape (see :meth:`forward`)."""
-        weight, bias = self.weight, self.bias
-        if not x.numel() or not _tunable(x, weight, bias):
-            name = "f_linear"
-        else:
-            rows = x.numel() // weight.shape[1]
-            name = CHOOSER.decisions.get(_linear_key(rows, weight, bias, False, weight.dtype is torch.bfloat16))
+    def _remember(self, plan_key: tuple, name: str | None) -> None:
+        """Memoise the decided kernel ``name`` (None: not decided yet) for an inference input shape (see
+        :meth:`forward`)."""
         if name is not None:
             plan = self.__dict__.get("_plan")
             if plan is None or plan[0] is not CHOOSER.decisions or len(plan[1]) >= _MAX_PLANS:
