@@ -12,6 +12,17 @@ import torch
 from datasets import Dataset
 from transformers import CompileConfig, Trainer, TrainingArguments
 
+def fused_loss_inputs(vocab: int = 3000, width: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded ``(hidden (2, 20, width), head weight (vocab, width), labels (2, 20))`` for the fused LM-head loss
+    tests: both leaves require grad, and six labels of the first row are ignored (-100)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 20, width, requires_grad=True)
+    weight = (0.3 * torch.randn(vocab, width)).requires_grad_()
+    labels = torch.randint(0, vocab, (2, 20))
+    labels[0, 3:9] = -100
+    return hidden, weight, labels
+
+
 # -- fp32 tolerances from the arithmetic ------------------------------------------------------------------
 #
 # Two fp32 computations of one value that differ only in how sums are ordered (our kernels against torch's or

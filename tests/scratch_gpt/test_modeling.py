@@ -20,6 +20,7 @@ from tests.scratch_gpt.helpers import (
     assert_grads_close,
     assert_logits_close,
     fp32_tol,
+    fused_loss_inputs,
     matmul_tol,
 )
 
@@ -297,11 +298,7 @@ def test_fused_loss_chunks_and_scaled_backward_match_plain_cross_entropy(monkeyp
     from scratch_gpt import loss as loss_module
 
     monkeypatch.setattr(loss_module, "_CHUNK_ELEMENTS", chunk_elements)
-    torch.manual_seed(0)
-    hidden = torch.randn(2, 20, 16, requires_grad=True)
-    weight = (0.3 * torch.randn(3000, 16)).requires_grad_()
-    labels = torch.randint(0, 3000, (2, 20))
-    labels[0, 3:9] = -100
+    hidden, weight, labels = fused_loss_inputs()
     fused = loss_module.fused_causal_lm_loss(hidden, weight, labels) * loss_scale
     fused_grads = torch.autograd.grad(fused, [hidden, weight])
     logits = hidden @ weight.t()

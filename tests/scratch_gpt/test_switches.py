@@ -27,6 +27,7 @@ from tests.scratch_gpt.helpers import (
     assert_logits_close,
     compiled_static_and_eager_generation,
     fp32_tol,
+    fused_loss_inputs,
     grads,
     manual_greedy,
     matmul_tol,
@@ -248,11 +249,7 @@ def test_fused_loss_with_softcap_matches_capped_cross_entropy(monkeypatch, chunk
     from scratch_gpt import loss as loss_module
 
     monkeypatch.setattr(loss_module, "_CHUNK_ELEMENTS", chunk_elements)
-    torch.manual_seed(0)
-    hidden = torch.randn(2, 20, 16, requires_grad=True)
-    weight = (0.3 * torch.randn(3000, 16)).requires_grad_()
-    labels = torch.randint(0, 3000, (2, 20))
-    labels[0, 3:9] = -100
+    hidden, weight, labels = fused_loss_inputs()
     cap, items = 2.0, 40  # |h @ W.T| reaches ~5: the cap bends the largest logits
     fused = loss_module.fused_causal_lm_loss(hidden, weight, labels, num_items_in_batch=items,
                                              cpu_fast_paths=cpu_fast_paths, softcap=cap)
