@@ -50,6 +50,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .attention import ALL_ATTENTION_FUNCTIONS, build_attention_mask, eager_attention, is_ours, packed_sequence_mask
 from .cache import use_append_layers
+from .decode import can_decode, decode_hidden
 from .linear import Linear, tuned_step
 from .configuration_scratch_gpt import ScratchGPTConfig
 from .loss import fused_causal_lm_loss
@@ -96,17 +97,14 @@ class ScratchGPTAttention(nn.Module):
         self.c_proj.is_residual_projection = True  # scaled init, see ScratchGPTPreTrainedModel._init_weights
         self.resid_dropout = _dropout(config.resid_dropout)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, seq, _ = hidden_states.shape
-        position_embeddings = kwargs.pop("position_embeddings", None)
+    def project(
+        self, qkv: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values ``(b, heads, t, d)`` from the fused projection's ``(b, t, width)`` output, with
+        QK-norm and rotary positions applied (shared by :meth:`forward` and the decoding step, ``decode.py``)."""
+        batch, seq, _ = qkv.shape
         # Heads as -1: under tensor parallelism a rank holds only its share of them.
-        qkv = self.c_attn(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)  # (b, h + 2kv, t, d)
+        qkv = qkv.view(batch, seq, -1, self.head_dim).transpose(1, 2)  # (b, h + 2kv, t, d)
         kv_heads = qkv.shape[1] * self.num_key_value_heads // (self.num_heads + 2 * self.num_key_value_heads)
         heads = qkv.shape[1] - 2 * kv_heads
         query, key, value = qkv.split((heads, kv_heads, kv_heads), dim=1)  # q: (b, h, t, d)
@@ -115,6 +113,17 @@ class ScratchGPTAttention(nn.Module):
         if position_embeddings is not None:  # RoPE (learned positions were added to the embeddings)
             packed = None if self.qk_norm else qkv[:, : heads + kv_heads]  # queries and keys as one view
             query, key = apply_rotary(query, key, *position_embeddings, packed=packed)
+        return query, key, value
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, seq, _ = hidden_states.shape
+        query, key, value = self.project(self.c_attn(hidden_states), kwargs.pop("position_embeddings", None))
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (b, h, past + t, d)
 
@@ -409,16 +418,21 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         r"""``labels`` are the input ids (shifted inside); ``-100`` is ignored. ``logits_to_keep=n`` computes
         logits for the last ``n`` positions only (0 = all), which is what ``generate()`` uses."""
-        outputs = self.transformer(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
-        hidden_states = outputs.last_hidden_state
+        if use_cache is not False and can_decode(self, input_ids, attention_mask, cache, inputs_embeds, labels, kwargs):
+            # One new token per row: the same math without the per-module call machinery (decode.py).
+            hidden_states = decode_hidden(self, input_ids, position_ids, cache)
+            outputs = BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
+        else:
+            outputs = self.transformer(
+                input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            hidden_states = outputs.last_hidden_state
         loss = logits = None
         if labels is not None and self._can_fuse_loss(logits_to_keep, kwargs):
             loss = fused_causal_lm_loss(
