@@ -65,15 +65,28 @@ class AppendKVLayer(DynamicLayer):
         """Write ``key_states``/``value_states`` after the cached positions; return all keys and values."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        past = self.get_seq_length()
+        keys = self.keys
+        past = keys.shape[-2] if keys is not None and keys.dim() == 4 else self.get_seq_length()
         end = past + key_states.shape[-2]
-        if not self._owns_current(key_states) or end > self._key_buffer.shape[-2]:
+        if not self._still_ours(keys, key_states) or end > self._key_buffer.shape[-2]:
             self._reallocate(end, key_states, value_states, past)
-        self._key_buffer[:, :, past:end].copy_(key_states)
-        self._value_buffer[:, :, past:end].copy_(value_states)
-        self.keys = self._key_buffer[:, :, :end]
-        self.values = self._value_buffer[:, :, :end]
+        kb, vb = self._key_buffer, self._value_buffer
+        kb[:, :, past:end].copy_(key_states)
+        vb[:, :, past:end].copy_(value_states)
+        self.keys = self._view_of_keys = kb[:, :, :end]
+        self.values = self._view_of_values = vb[:, :, :end]
         return self.keys, self.values
+
+    def _still_ours(self, keys: torch.Tensor | None, key_states: torch.Tensor) -> bool:
+        """:meth:`_owns_current`, answered by identity when ``keys``/``values`` are the views the last update made
+        and ``key_states`` has their batch, heads and head size (each decoding step), in full otherwise."""
+        view = self.__dict__.get("_view_of_keys")
+        if keys is not None and keys is view and self.values is self.__dict__.get("_view_of_values"):
+            kb = self._key_buffer
+            if key_states.dtype is kb.dtype and key_states.shape[:2] == kb.shape[:2] \
+                    and key_states.shape[-1] == kb.shape[-1] and key_states.device == kb.device:
+                return True
+        return self._owns_current(key_states)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder the batch for beam search, in place in the buffers when possible."""
@@ -87,7 +100,7 @@ class AppendKVLayer(DynamicLayer):
 
     def reset(self) -> None:
         """Forget the cached positions and release the buffers."""
-        self._key_buffer = self._value_buffer = None
+        self._key_buffer = self._value_buffer = self._view_of_keys = self._view_of_values = None
         super().reset()
 
 

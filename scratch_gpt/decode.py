@@ -51,18 +51,31 @@ def _global_hooks() -> bool:
     return any(getattr(_module, name, None) for name in names)
 
 
-def _hooked(modules: list[nn.Module]) -> bool:
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+_BLOCK_PARTS = ("ln_1", "attn", "ln_2", "mlp")
+_ATTENTION_PARTS = ("c_attn", "c_proj")
 
 
-def _direct_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules whose ``forward`` the step calls directly (their hooks would be skipped)."""
-    base = model.transformer
-    modules = [model, base, base.wte, base.ln_f, *base.h]
-    modules += [m for m in (base.wpe, base.rotary_emb) if m is not None]
-    for block in base.h:
-        modules += [block.ln_1, block.attn, block.ln_2, block.mlp, block.attn.c_attn, block.attn.c_proj]
-    return modules
+def _hooked(model: nn.Module) -> bool:
+    """Whether a module whose ``forward`` the step calls directly (so whose hooks it would skip) has hooks: the
+    model, the decoder, its embeddings and final norm, every block, its norms, attention and MLP, and the
+    attention's projections. Read through ``_modules`` (``nn.Module.__getattr__`` costs a microsecond a time)."""
+    base = model._modules["transformer"]
+    top = base._modules
+    for module in (model, base, *(m for m in top.values() if m is not None and m is not top["h"])):
+        if module._forward_hooks or module._forward_pre_hooks:
+            return True
+    for block in top["h"]._modules.values():
+        if block._forward_hooks or block._forward_pre_hooks:
+            return True
+        parts = block._modules
+        for name in _BLOCK_PARTS:
+            if parts[name]._forward_hooks or parts[name]._forward_pre_hooks:
+                return True
+        inner = parts["attn"]._modules
+        for name in _ATTENTION_PARTS:
+            if inner[name]._forward_hooks or inner[name]._forward_pre_hooks:
+                return True
+    return False
 
 
 def can_decode(model: nn.Module, input_ids, attention_mask, cache, inputs_embeds, labels, kwargs: dict) -> bool:
@@ -95,7 +108,7 @@ def can_decode(model: nn.Module, input_ids, attention_mask, cache, inputs_embeds
         return False
     if layers[0].get_seq_length() + 1 > config.max_position_embeddings:
         return False  # the regular forward raises (learned positions) or warns (RoPE)
-    return not _global_hooks() and not _hooked(_direct_modules(model))
+    return not _global_hooks() and not _hooked(model)
 
 
 def decode_hidden(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None,
