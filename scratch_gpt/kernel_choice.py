@@ -79,6 +79,10 @@ class KernelChooser:
         """The name forced in this thread (see :func:`forced_here`) or globally (:func:`forced`), else None."""
         return getattr(self._local, "forced", None) or self.forced
 
+    def note_tuned(self) -> None:
+        """Record that a kernel other than the plain one just ran in this thread (read by :class:`StepChooser`)."""
+        self._local.tuned_used = True
+
     def choice(self, key: tuple) -> str | None:
         """The decided candidate for ``key`` (or the forced one), None when not decided yet."""
         return self.forcing() or self.decisions.get(key)
@@ -173,7 +177,10 @@ class StepChooser:
     same batch, one new token) are also compared end to end: the first ``warmup`` steps run tuned (the
     per-kernel choices are made there), then steps alternate between the plain path (every choice forced to
     the plain candidate, in this thread) and the tuned one, ``samples`` of each. The tuned kernels are kept only
-    when their median step is more than ``margin`` faster; otherwise that step key runs plain from then on.
+    when their median step is more than ``margin`` faster; otherwise that step key runs plain from then on. A
+    step whose warm-up ran no kernel but the plain one (``KernelChooser.note_tuned`` was not called: every
+    product decided ``F.linear``) is decided plain after the warm-up, without alternating: the plain path skips the
+    per-layer memo lookups, so the default costs no more than ``cpu_fast_paths=False`` there.
     ``clock`` as in :class:`KernelChooser`.
     """
 
@@ -184,6 +191,7 @@ class StepChooser:
         self.decisions: dict[tuple, str] = {}  # step key -> "tuned" | "plain"
         self._times: dict[tuple, dict[str, list[float]]] = {}
         self._calls: dict[tuple, int] = {}
+        self._tuned_seen: set[tuple] = set()  # step keys whose warm-up ran a kernel other than the plain one
 
     def run(self, key: tuple, step: Callable[[], Any]) -> Any:
         """``step()`` under the policy for ``key`` (measuring while undecided)."""
@@ -199,7 +207,7 @@ class StepChooser:
                 local.forced = None
         calls = self._calls[key] = self._calls.get(key, 0) + 1
         if calls <= self.warmup:
-            return step()
+            return self._warmup_step(key, calls, step)
         policy = "plain" if calls % 2 else "tuned"
         t0 = self.clock()
         with forced_here(PLAIN if policy == "plain" else None, self.chooser):
@@ -210,10 +218,25 @@ class StepChooser:
             self._decide(key, times)
         return result
 
+    def _warmup_step(self, key: tuple, calls: int, step: Callable[[], Any]) -> Any:
+        """A warm-up step on the tuned kernels; after the last one, a step in which no kernel but the plain one
+        ran (every product decided ``F.linear``) is decided plain at once: there is nothing to compare."""
+        local = self.chooser._local
+        local.tuned_used = False
+        result = step()
+        if local.tuned_used:
+            self._tuned_seen.add(key)
+        if calls == self.warmup and key not in self._tuned_seen:
+            self.decisions[key] = "plain"
+            del self._calls[key]
+            logger.debug("step choice %s -> plain (no kernel but the plain one ran in the warm-up)", key)
+        return result
+
     def _decide(self, key: tuple, times: dict[str, list[float]]) -> None:
         tuned, plain = (statistics.median(times[name]) for name in ("tuned", "plain"))
         self.decisions[key] = "tuned" if tuned < plain * (1.0 - self.margin) else "plain"
         del self._times[key], self._calls[key]
+        self._tuned_seen.discard(key)
         logger.debug("step choice %s -> %s (median ms: tuned %.3f, plain %.3f)", key, self.decisions[key],
                      tuned * 1e3, plain * 1e3)
 
@@ -222,6 +245,7 @@ class StepChooser:
         self.decisions.clear()
         self._times.clear()
         self._calls.clear()
+        self._tuned_seen.clear()
 
 
 PLAIN = "__plain__"  # a name no candidate has: every choice falls back to its first (plain) candidate

@@ -335,11 +335,15 @@ class Linear(nn.Linear):
         if name == "f_linear":
             return F.linear(x, self.weight, self.bias)
         if name is not None and not torch.is_autocast_enabled("cpu"):
+            CHOOSER.note_tuned()
             weight = self.weight
             out = _KERNELS[name](x.reshape(-1, weight.shape[1]), weight, self.bias, self)
             return out.view(*x.shape[:-1], weight.shape[0])
         out, key = _linear(x, self.weight, self.bias, self)
-        self._remember(plan_key, "f_linear" if key is None else CHOOSER.decisions.get(key))
+        decided = "f_linear" if key is None else CHOOSER.decisions.get(key)
+        if decided is not None and decided != "f_linear":
+            CHOOSER.note_tuned()
+        self._remember(plan_key, decided)
         return out
 
     def _remember(self, plan_key: tuple, name: str | None) -> None:

@@ -177,6 +177,8 @@ def timed_step(clock: FakeClock, chooser: KernelChooser, costs: dict[str | None,
         name = chooser.forcing()
         seen.append(name)
         clock.now += costs[name]
+        if name is None:
+            chooser.note_tuned()  # a tuned kernel ran (as Linear reports one that is not F.linear)
         return "logits"
     return step
 
@@ -198,6 +200,21 @@ def test_steps_alternate_after_the_warmup_and_the_faster_policy_is_kept(clock, t
     steps.run(("decode", 1), step)
     assert seen == [None if kept == "tuned" else PLAIN]
     assert chooser.forcing() is None  # the forcing ends with the step
+
+
+def test_a_step_that_ran_only_plain_kernels_is_decided_plain_after_the_warmup(clock):
+    chooser, steps = step_chooser(clock, warmup=2, samples=3)
+    seen: list = []
+
+    def plain_only_step() -> str:  # every product decided F.linear: nothing reports a tuned kernel
+        seen.append(chooser.forcing())
+        clock.now += 0.001
+        return "logits"
+
+    steps.run(("decode", 1), plain_only_step), steps.run(("decode", 1), plain_only_step)
+    assert steps.decisions == {("decode", 1): "plain"}  # no alternation: nothing to compare
+    steps.run(("decode", 1), plain_only_step)
+    assert seen == [None, None, PLAIN]
 
 
 def test_step_decisions_are_per_key_and_yield_to_a_forced_path(clock):
