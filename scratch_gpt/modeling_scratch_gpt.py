@@ -418,10 +418,10 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         r"""``labels`` are the input ids (shifted inside); ``-100`` is ignored. ``logits_to_keep=n`` computes
         logits for the last ``n`` positions only (0 = all), which is what ``generate()`` uses."""
+        outputs = None
         if use_cache is not False and can_decode(self, input_ids, attention_mask, cache, inputs_embeds, labels, kwargs):
             # One new token per row: the same math without the per-module call machinery (decode.py).
             hidden_states = decode_hidden(self, input_ids, position_ids, cache)
-            outputs = BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
         else:
             outputs = self.transformer(
                 input_ids,
@@ -432,7 +432,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
                 use_cache=use_cache,
                 **kwargs,
             )
-            hidden_states = outputs.last_hidden_state
+            hidden_states, cache = outputs.last_hidden_state, outputs.cache
         loss = logits = None
         if labels is not None and self._can_fuse_loss(logits_to_keep, kwargs):
             loss = fused_causal_lm_loss(
@@ -453,9 +453,9 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            cache=cache,
+            hidden_states=None if outputs is None else outputs.hidden_states,
+            attentions=None if outputs is None else outputs.attentions,
         )
 
     def _can_fuse_loss(self, logits_to_keep: int | torch.Tensor, kwargs: dict) -> bool:

@@ -71,13 +71,19 @@ class ScratchGPTRotaryEmbedding(nn.Module):
 
     @dynamic_rope_update  # rope_type "dynamic": new frequencies past the original length, as for Llama
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Angles in float32 whatever the autocast state: positions in the thousands need the precision.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
-            emb = torch.cat((freqs, freqs), dim=-1)  # (b, t, rotary_width)
-            cos = emb.cos() * self.attention_scaling
-            sin = emb.sin() * self.attention_scaling
+        # Angles in float32 whatever the autocast state: positions in the thousands need the precision. (The
+        # context manager only where autocast is on: entering one costs more than the six ops of a decoding step.)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                cos, sin = self._angles(x, position_ids)
+        else:
+            cos, sin = self._angles(x, position_ids)
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+    def _angles(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (b, t, rotary_width)
+        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
