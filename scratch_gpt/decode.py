@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -28,20 +27,15 @@ from transformers.cache_utils import DynamicCache
 
 from .attention import OURS
 from .cache import AppendKVLayer
+from .kernel_choice import thread_setting
 
 _state = threading.local()  # .off: decode_hidden disabled in this thread (regular_decoding)
 _ACCEPTED_KWARGS = frozenset({"return_dict", "output_attentions", "output_hidden_states", "use_cache"})
 
 
-@contextlib.contextmanager
-def regular_decoding() -> Iterator[None]:
+def regular_decoding() -> contextlib.AbstractContextManager[None]:
     """Within the block (this thread), decoding steps take the model's regular forward."""
-    previous = getattr(_state, "off", False)
-    _state.off = True
-    try:
-        yield
-    finally:
-        _state.off = previous
+    return thread_setting(_state, "off", True, default=False)
 
 
 def _global_hooks() -> bool:

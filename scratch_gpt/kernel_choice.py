@@ -265,15 +265,19 @@ def forced(name: str | None, chooser: KernelChooser = CHOOSER) -> Iterator[None]
 
 
 @contextlib.contextmanager
-def forced_here(name: str | None, chooser: KernelChooser = CHOOSER) -> Iterator[None]:
-    """Like :func:`forced` for the current thread only (other threads keep their own choices)."""
-    local = chooser._local
-    previous = getattr(local, "forced", None)
-    local.forced = name
+def thread_setting(local: threading.local, name: str, value: Any, default: Any = None) -> Iterator[None]:
+    """Within the block, ``local.<name>`` is ``value`` in this thread; the previous value (or ``default``) after."""
+    previous = getattr(local, name, default)
+    setattr(local, name, value)
     try:
         yield
     finally:
-        local.forced = previous
+        setattr(local, name, previous)
 
 
-__all__ = ["CHOOSER", "PLAIN", "STEPS", "KernelChooser", "StepChooser", "forced", "forced_here"]
+def forced_here(name: str | None, chooser: KernelChooser = CHOOSER) -> contextlib.AbstractContextManager[None]:
+    """Like :func:`forced` for the current thread only (other threads keep their own choices)."""
+    return thread_setting(chooser._local, "forced", name)
+
+
+__all__ = ["CHOOSER", "PLAIN", "STEPS", "KernelChooser", "StepChooser", "forced", "forced_here", "thread_setting"]

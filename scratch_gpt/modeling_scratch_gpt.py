@@ -219,6 +219,19 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
         return loaded
 
 
+    def _decoder(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache, kwargs: dict):
+        """The heads' call of the bare decoder (``self.transformer``) with their forward's arguments."""
+        return self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
 def _align_cpu_parameters(model: nn.Module, alignment: int = 64) -> None:
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:  # parameters() lists a tied weight once
@@ -423,15 +436,7 @@ class ScratchGPTForCausalLM(ScratchGPTPreTrainedModel, GenerationMixin):
             # One new token per row: the same math without the per-module call machinery (decode.py).
             hidden_states = decode_hidden(self, input_ids, position_ids, cache)
         else:
-            outputs = self.transformer(
-                input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                inputs_embeds=inputs_embeds,
-                use_cache=use_cache,
-                **kwargs,
-            )
+            outputs = self._decoder(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache, kwargs)
             hidden_states, cache = outputs.last_hidden_state, outputs.cache
         loss = logits = None
         if labels is not None and self._can_fuse_loss(logits_to_keep, kwargs):
@@ -513,15 +518,7 @@ class ScratchGPTForSequenceClassification(ScratchGPTPreTrainedModel):
     ) -> SequenceClassifierOutputWithPast:
         r"""``labels``: class ids (single-label), float multi-hot rows (multi-label) or floats (regression,
         ``num_labels == 1``); the problem type is inferred as transformers does, or read from the config."""
-        outputs = self.transformer(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        outputs = self._decoder(input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache, kwargs)
         logits = self.score(outputs.last_hidden_state)  # (b, t, labels)
         last = _last_real_token(logits, attention_mask, input_ids, inputs_embeds, self.config.pad_token_id)
         pooled_logits = logits[torch.arange(logits.shape[0], device=logits.device), last]  # (b, labels)
