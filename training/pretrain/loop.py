@@ -89,9 +89,10 @@ class StepResult:
     """One optimizer step: the mean loss over processes and micro-batches, and whether time is up."""
 
     loss: float
-    learning_rate: float
+    learning_rate: float  # AdamW's (--learning-rate times the schedule)
     grad_norm: Any
     out_of_time: bool
+    muon_learning_rate: float | None = None  # Muon's (--muon-lr times the schedule), with --optimizer muon
 
 
 class Clock:
@@ -258,7 +259,8 @@ def train_step(run: Run, job: Job, state: TrainState, micro: list[torch.Tensor],
     for optimizer in job.optimizers:
         optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    return StepResult(train_loss, lr, grad_norm, out_of_time)
+    muon_lr = args.muon_lr * multiplier if args.optimizer == "muon" else None
+    return StepResult(train_loss, lr, grad_norm, out_of_time, muon_lr)
 
 
 def log_if_due(
@@ -271,6 +273,8 @@ def log_if_due(
         rate = meter.rate()
         record.update(loss=step.loss, learning_rate=step.learning_rate, tokens_per_second=round(rate, 1),
                       elapsed_s=round(clock.elapsed(), 2))
+        if step.muon_learning_rate is not None:
+            record["muon_learning_rate"] = step.muon_learning_rate
         if step.grad_norm is not None:
             record["grad_norm"] = float(step.grad_norm)
         state.log_history.append(record)

@@ -2,7 +2,8 @@
 
 Records follow ``transformers.Trainer`` so a folder from our loop and one from ``Trainer`` look alike:
 ``log_history`` in ``trainer_state.json`` (one dict per logged step: ``loss``, ``learning_rate``,
-``grad_norm``, ``num_input_tokens_seen``, ...; one per evaluation: ``eval_loss``, ``eval_perplexity``),
+``grad_norm``, ``num_input_tokens_seen``, ... and ``muon_learning_rate`` with ``--optimizer muon``; one per
+evaluation: ``eval_loss``, ``eval_perplexity``),
 ``train_results.json`` / ``eval_results.json`` / ``all_results.json`` at the end, the settings in
 ``training_args.json`` and the loss curve drawn from ``log_history``. The history is written at evaluations,
 checkpoints and the end (never every step), so logging costs the loop nothing.

@@ -67,8 +67,14 @@ def test_muon_run_lowers_the_loss_and_records_its_optimizer(tmp_path):
     out = tmp_path / "muon"
     train(tiny_args(out, optimizer="muon", max_steps=16, checkpoint_every=8, eval_every=8), datasets=make_blocks(),
           tokenizer=make_tokenizer())
-    evals = [r["eval_loss"] for r in run_folder.load_log_history(out) if "eval_loss" in r]
+    history = run_folder.load_log_history(out)
+    evals = [r["eval_loss"] for r in history if "eval_loss" in r]
     assert evals[1] < evals[0] < 5.7  # below the uniform guess log(300) = 5.70
+    args = tiny_args(out, optimizer="muon")
+    logged = [r for r in history if "loss" in r]
+    assert logged and all(  # Muon's learning rate beside AdamW's: each group's peak times the one schedule
+        r["muon_learning_rate"] == pytest.approx(r["learning_rate"] * args.muon_lr / args.learning_rate) for r in logged
+    )
     checkpoint = out / "checkpoints" / run_folder.checkpoint_name(16)
     assert (checkpoint / "optimizer.bin").is_file() and (checkpoint / "optimizer_1.bin").is_file()
     assert run_folder.load_trainer_state(checkpoint)["optimizer"] == "muon"

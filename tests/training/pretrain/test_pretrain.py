@@ -278,6 +278,7 @@ def test_log_history_results_and_plot(finished_run):
     assert [r["step"] for r in evals] == [4, 8]
     assert all(r["eval_perplexity"] == pytest.approx(math.exp(r["eval_loss"]), rel=1e-6) for r in evals)
     assert {"learning_rate", "tokens_per_second", "num_input_tokens_seen", "grad_norm"} <= set(records[0])
+    assert "muon_learning_rate" not in records[0]  # AdamW alone (test_muon checks a Muon run's)
     results = run_folder.load_results(finished_run)
     assert results["eval"]["eval_loss"] == evals[-1]["eval_loss"]
     assert results["train"]["global_step"] == 8 and results["train"]["num_input_tokens_seen"] == 8 * 8 * 32
