@@ -17,6 +17,7 @@ A resumed run replays the same arithmetic in the same order, so its weights are 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -74,8 +76,16 @@ def _kill_when_hanging(cmd: list[str], out: Path, timeout: float = 300) -> None:
             time.sleep(0.2)
         time.sleep(1.0)  # both processes reach the hang (the checkpoint before it is complete on disk)
     finally:
-        os.killpg(child.pid, signal.SIGKILL)  # the launcher and both training processes, as a crash would
+        # The launcher and both training processes, as a crash would. torchrun may start the workers in a
+        # session of their own, out of the launcher's process group: kill every descendant found before it, or
+        # the hanging workers outlive the test (half a GB each).
+        descendants = psutil.Process(child.pid).children(recursive=True)
+        os.killpg(child.pid, signal.SIGKILL)
+        for process in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         child.wait(timeout=60)
+        psutil.wait_procs(descendants, timeout=60)
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
