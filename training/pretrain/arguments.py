@@ -157,7 +157,7 @@ class EvalArguments:
         choices=FINAL_MODEL_CHOICES)
     early_stopping_patience: int | None = _opt(
         None, "end the run when the validation loss has not improved for N evaluations (default: off, or 3 "
-        "when the planned epochs exceed the many-epochs threshold)", metavar="N")
+        "when the planned epochs exceed the many-epochs threshold; 0: off even then)", metavar="N")
 
 
 @dataclass
@@ -219,12 +219,14 @@ class TrainArguments(
         if self.max_steps is None and self.max_tokens is None and self.max_time is None:
             raise ValueError("--max-steps none needs --max-time or --max-tokens to end the run; give one of them")
         for name in ("max_steps", "intermediate_size", "max_tokens", "max_documents", "stride", "eval_batches",
-                     "debug_nan_step", "early_stopping_patience"):
+                     "debug_nan_step"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"--{_flag(name)} must be a positive integer (or unset), got {value!r}")
-        for name in ("warmup_steps", "checkpoint_every", "num_samples", "seed"):
+        for name in ("warmup_steps", "checkpoint_every", "num_samples", "seed", "early_stopping_patience"):
             value = getattr(self, name)
+            if name == "early_stopping_patience" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"--{_flag(name)} must be an integer >= 0, got {value!r}")
 

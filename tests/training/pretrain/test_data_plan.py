@@ -36,6 +36,8 @@ def test_planned_epochs_and_what_many_turns_on(caplog):
     assert "early stopping after 3 evaluations" in warning[0] and "best evaluation" in warning[0]
     given = plan_data(_args(early_stopping_patience=7, final_model="last"), steps=400, batches_per_epoch=12, log=False)
     assert given.many and given.early_stopping_patience == 7 and given.mitigations == []  # the user's choice stays
+    off = plan_data(_args(early_stopping_patience=0), steps=400, batches_per_epoch=12, log=False)
+    assert off.many and off.early_stopping_patience == 0 and not any("early stopping" in m for m in off.mitigations)
     assert plan_data(_args(), steps=400, batches_per_epoch=None, log=False).epochs is None  # a stream
     pending = plan_data(_args(), steps=None, batches_per_epoch=12, log=False)
     assert not pending.known and pending.epochs is None
