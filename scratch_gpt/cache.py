@@ -31,6 +31,18 @@ class AppendKVLayer(DynamicLayer):
         self.capacity = capacity
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
+        self._view_of_keys: torch.Tensor | None = None  # the views the last update set as keys/values
+        self._view_of_values: torch.Tensor | None = None
+
+    def _fits(self, key_states: torch.Tensor) -> bool:
+        """Whether ``key_states`` has the buffers' dtype, device, batch, heads and head size."""
+        kb = self._key_buffer
+        return (
+            kb.dtype == key_states.dtype
+            and kb.device == key_states.device
+            and kb.shape[:2] == key_states.shape[:2]
+            and kb.shape[-1] == key_states.shape[-1]
+        )
 
     def _owns_current(self, key_states: torch.Tensor) -> bool:
         """True when ``keys``/``values`` are still views of our buffers and ``key_states`` fits their layout."""
@@ -42,10 +54,7 @@ class AppendKVLayer(DynamicLayer):
             and self.values.data_ptr() == vb.data_ptr()
             and self.keys.stride() == kb.stride()
             and self.values.stride() == vb.stride()
-            and kb.dtype == key_states.dtype
-            and kb.device == key_states.device
-            and kb.shape[:2] == key_states.shape[:2]
-            and kb.shape[-1] == key_states.shape[-1]
+            and self._fits(key_states)
         )
 
     def _reallocate(self, needed: int, key_states: torch.Tensor, value_states: torch.Tensor, past: int) -> None:
@@ -78,14 +87,10 @@ class AppendKVLayer(DynamicLayer):
         return self.keys, self.values
 
     def _still_ours(self, keys: torch.Tensor | None, key_states: torch.Tensor) -> bool:
-        """:meth:`_owns_current`, answered by identity when ``keys``/``values`` are the views the last update made
-        and ``key_states`` has their batch, heads and head size (each decoding step), in full otherwise."""
-        view = self.__dict__.get("_view_of_keys")
-        if keys is not None and keys is view and self.values is self.__dict__.get("_view_of_values"):
-            kb = self._key_buffer
-            if key_states.dtype is kb.dtype and key_states.shape[:2] == kb.shape[:2] \
-                    and key_states.shape[-1] == kb.shape[-1] and key_states.device == kb.device:
-                return True
+        """:meth:`_owns_current`, with the pointer and stride checks answered by identity when ``keys``/``values``
+        are the views the last update made (each decoding step)."""
+        if keys is not None and keys is self._view_of_keys and self.values is self._view_of_values:
+            return self._fits(key_states)
         return self._owns_current(key_states)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

@@ -218,7 +218,6 @@ class ScratchGPTPreTrainedModel(PreTrainedModel):
             _align_cpu_parameters(model)
         return loaded
 
-
     def _decoder(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache, kwargs: dict):
         """The heads' call of the bare decoder (``self.transformer``) with their forward's arguments."""
         return self.transformer(

@@ -212,23 +212,23 @@ class TrainArguments(
             "gradient_accumulation_steps eval_every log_every keep_checkpoints num_proc "
             "sample_max_new_tokens"
         ).split()
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        self._check_ints(positive, minimum=1, optional=False)
         if self.max_steps is None and self.max_tokens is None and self.max_time is None:
             raise ValueError("--max-steps none needs --max-time or --max-tokens to end the run; give one of them")
-        for name in ("max_steps", "intermediate_size", "max_tokens", "max_documents", "stride", "eval_batches",
-                     "debug_nan_step"):
+        self._check_ints(("max_steps", "intermediate_size", "max_tokens", "max_documents", "stride", "eval_batches",
+                          "debug_nan_step"), minimum=1, optional=True)
+        self._check_ints(("warmup_steps", "checkpoint_every", "num_samples", "seed"), minimum=0, optional=False)
+        self._check_ints(("early_stopping_patience",), minimum=0, optional=True)
+
+    def _check_ints(self, names, minimum: int, optional: bool) -> None:
+        """Each of ``names`` an integer >= ``minimum`` (or None where ``optional``); else one line naming it."""
+        for name in names:
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"--{_flag(name)} must be a positive integer (or unset), got {value!r}")
-        for name in ("warmup_steps", "checkpoint_every", "num_samples", "seed", "early_stopping_patience"):
-            value = getattr(self, name)
-            if name == "early_stopping_patience" and value is None:
+            if optional and value is None:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"--{_flag(name)} must be an integer >= 0, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+                raise ValueError(f"--{_flag(name)} must be {what}{' (or unset)' if optional else ''}, got {value!r}")
 
     def _check_shape(self) -> None:
         """Heads divide the width, key/value heads divide the heads, the stride fits the block."""
