@@ -236,7 +236,7 @@ def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warm
     """`scratch-gpt train` in this process; returns (model, seconds, steps run, selection record: for a run
     that evaluates, see :func:`selection_record`, else {})."""
     from scratch_gpt import ScratchGPTForCausalLM
-    from training.pretrain.arguments import resolve_arguments
+    from training.pretrain.arguments import RECIPES, resolve_arguments
     from training.pretrain.loop import train
 
     values = dict(
@@ -250,6 +250,8 @@ def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warm
     )
     if "eval_every" in extra:  # model selection on the selection split: evaluate all of it
         values["eval_batches"] = None
+    for key in RECIPES.get(extra.get("recipe", "classic"), {}):  # a recipe's own settings (its learning rate) win
+        values.pop(key, None)
     values.update(extra)
     args = resolve_arguments(overrides=values)
     out = train(args, datasets=blocks, tokenizer=tokenizer)

@@ -42,7 +42,7 @@ from .evaluation import evaluate_and_sample
 from .monitor import overfitting_warning
 from .optimizers import set_learning_rates
 from .plan import TIME_PLAN_AFTER_STEPS, DataPlan, plan_data
-from .setup import Job, Run, build, micro_batches, prepare
+from .setup import Job, Run, apply_epoch_cap, build, micro_batches, prepare
 
 __all__ = ["TrainOutput", "TrainState", "TrainingDivergedError", "train"]
 
@@ -144,7 +144,7 @@ def train(
         while job.total_steps is None or state.step < job.total_steps:
             step = train_step(run, job, state, next_batches(batches, args.gradient_accumulation_steps), clock)
             record = log_if_due(run, job, state, step, meter, clock, progress)
-            plan_if_due(run, job, state, clock)
+            plan_if_due(run, job, state, progress)
             stopping = step.out_of_time or state.step == job.total_steps
             evaluated, early_stop = evaluate_if_due(run, job, state, stopping, meter), False
             if evaluated is not None:
@@ -181,6 +181,7 @@ def restore(run: Run, job: Job) -> TrainState:
     job.schedule.load_state_dict(state.schedule)
     if state.plan and job.plan is not None and not job.plan.known:  # a time-planned run keeps its plan
         job.plan = DataPlan.from_dict(state.plan)
+        apply_epoch_cap(job, state.step)
     if run.main:  # best models that only the killed run's later steps had named
         prune_best(run.run_dir, state.best_step)
     if run.main:
@@ -383,14 +384,20 @@ def history_extra(run: Run, state: TrainState, run_dir: Path | None = None) -> d
     return best_fields(state, run_dir or run.run_dir, saved=run.args.final_model == "best")
 
 
-def plan_if_due(run: Run, job: Job, state: TrainState, clock: Clock) -> None:
-    """A run planned by its time budget alone: plan the data once its step time is measured (see :mod:`.plan`)."""
+def plan_if_due(run: Run, job: Job, state: TrainState, progress) -> None:
+    """A run planned by its time budget alone: plan the data once its step time is measured (see :mod:`.plan`),
+    from the step times every process shares (so all of them plan the same), and apply its epoch cap."""
     if job.plan is None or job.plan.known or job.streaming or state.step < TIME_PLAN_AFTER_STEPS:
         return
     planner = getattr(job.schedule, "planned_steps", None)  # a TimeBudgetSchedule's
-    planned = planner(state.step, clock.elapsed()) if planner is not None else None
+    elapsed = getattr(job.schedule, "last_elapsed_s", None)
+    planned = planner(state.step, elapsed) if planner is not None and elapsed is not None else None
     if planned is not None:
         job.plan = plan_data(run.args, planned, len(job.train_dl), run.main)
+        if apply_epoch_cap(job, state.step):
+            progress.total = job.total_steps
+            progress.refresh()
+
 
 
 def publish(run: Run, job: Job, state: TrainState, results: dict[str, dict[str, Any]]) -> None:

@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 # options that may change between a run and its resumption without a warning
 RESUMABLE_CHANGES = frozenset(
-    {"resume", "overwrite", "max_steps", "max_tokens", "max_time", "debug_nan_step", "early_stopping_patience"}
+    {"resume", "overwrite", "max_steps", "max_tokens", "max_time", "debug_nan_step", "early_stopping_patience",
+     "max_epochs"}
 )
 
 

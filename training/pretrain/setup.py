@@ -346,11 +346,27 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
             "streamed" if streaming else len(train_set), block,
         )
     plan = plan_data(args, total_steps, None if streaming else len(train_dl), run.main)
-    return Job(
+    job = Job(
         model, accelerator.unwrap_model(model), optimizers, train_dl, eval_dl, sampler, streaming,
         tokens_per_step, total_steps, num_parameters, make_schedule(args, total_steps, run.max_time_s),
         args.sample_prompt or validation_prompt(eval_set, run.tokenizer), plan,
     )
+    apply_epoch_cap(job, 0)
+    return job
+
+
+def apply_epoch_cap(job: Job, step: int) -> bool:
+    """Shorten the run to the data plan's epoch cap (not before ``step``, the steps already run): the loop ends
+    there and the learning-rate schedule is planned to end there. True if it applied."""
+    cap = job.plan.max_steps if job.plan is not None else None
+    if cap is None:
+        return False
+    job.total_steps = max(cap, step) if job.total_steps is None else min(job.total_steps, max(cap, step))
+    if isinstance(job.schedule, TimeBudgetSchedule):
+        job.schedule.max_steps = job.total_steps
+    else:
+        job.schedule.total_steps = job.total_steps
+    return True
 
 
 def check_optimizer_launch(args: TrainArguments, accelerator) -> None:

@@ -1,5 +1,5 @@
 """Plan for the data: planned epochs from the step or time plan and the training split, a one-line warning and
-early stopping beyond MANY_EPOCHS; and the closing hint of `scratch-gpt train` prompts with the corpus."""
+early stopping beyond MANY_EPOCHS, a shorter, annealed run beyond the epoch cap; and the closing hint of `scratch-gpt train` prompts with the corpus."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ import pytest
 from scratch_gpt import run_folder
 from tests.training.pretrain.helpers import make_blocks, make_tokenizer, tiny_args
 from training.pretrain.commands import closing_hint
-from training.pretrain.loop import train
-from training.pretrain.plan import MANY_EPOCHS, MANY_EPOCHS_PATIENCE, TIME_PLAN_AFTER_STEPS, plan_data
+from training.pretrain.budget import lr_multiplier
+from training.pretrain.loop import TrainingDivergedError, train
+from training.pretrain.plan import (
+    MANY_EPOCHS, MANY_EPOCHS_CAP, MANY_EPOCHS_PATIENCE, TIME_PLAN_AFTER_STEPS, plan_data,
+)
 from training.pretrain.setup import validation_prompt
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _args(**values):
-    base = dict(early_stopping_patience=None, gradient_accumulation_steps=1, final_model="best")
+    base = dict(early_stopping_patience=None, gradient_accumulation_steps=1, final_model="best", max_epochs=None)
     return SimpleNamespace(**{**base, **values})
 
 
@@ -34,13 +37,54 @@ def test_planned_epochs_and_what_many_turns_on(caplog):
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1 and "6.67 planned epochs is more than 4" in warning[0]
     assert "early stopping after 3 evaluations" in warning[0] and "best evaluation" in warning[0]
-    given = plan_data(_args(early_stopping_patience=7, final_model="last"), steps=400, batches_per_epoch=12, log=False)
+    given = plan_data(_args(early_stopping_patience=7, final_model="last", max_epochs=0), steps=400, batches_per_epoch=12, log=False)
     assert given.many and given.early_stopping_patience == 7 and given.mitigations == []  # the user's choice stays
     off = plan_data(_args(early_stopping_patience=0), steps=400, batches_per_epoch=12, log=False)
     assert off.many and off.early_stopping_patience == 0 and not any("early stopping" in m for m in off.mitigations)
     assert plan_data(_args(), steps=400, batches_per_epoch=None, log=False).epochs is None  # a stream
     pending = plan_data(_args(), steps=None, batches_per_epoch=12, log=False)
     assert not pending.known and pending.epochs is None
+
+
+def test_beyond_the_epoch_cap_the_plan_shortens_the_run(caplog):
+    caplog.set_level(logging.INFO, logger="training.pretrain.plan")
+    over = MANY_EPOCHS_CAP * 2
+    steps = int(over * 12 / 2)  # 12 batches an epoch, 2 micro-batches a step
+    capped = plan_data(_args(gradient_accumulation_steps=2), steps=steps, batches_per_epoch=12, log=True)
+    assert capped.many and capped.max_steps == int(MANY_EPOCHS_CAP * 12 / 2) < steps
+    assert any("a shorter run" in m for m in capped.mitigations) and "a shorter run" in caplog.text
+    within = plan_data(_args(), steps=int(MANY_EPOCHS_CAP * 12), batches_per_epoch=12, log=False)
+    assert within.many and within.max_steps is None  # exactly at the cap: nothing to cut
+    assert plan_data(_args(max_epochs=0), steps=steps, batches_per_epoch=12, log=False).max_steps is None
+    asked = plan_data(_args(max_epochs=2.5), steps=40, batches_per_epoch=12, log=False)  # 3.3 epochs, not many
+    assert not asked.many and asked.max_steps == 30 and asked.early_stopping_patience is None
+
+
+@pytest.mark.parametrize("budget", [None, "60s"], ids=["steps", "time"])
+def test_a_capped_run_ends_at_the_cap_with_its_schedule_annealed(tmp_path, budget):
+    out = tmp_path / "capped"
+    # 12 batches an epoch: 2 epochs are 24 steps of the 60 planned, or of the ~minute a time budget allows
+    args = tiny_args(out, max_steps=None if budget else 60, max_time=budget, max_epochs=2.0, min_lr_ratio=0.1,
+                     warmup_steps=2, early_stopping_patience=0, sampling="grid")
+    metrics = train(args, datasets=make_blocks(), tokenizer=make_tokenizer()).metrics
+    history = [r for r in run_folder.load_log_history(out) if "learning_rate" in r]
+    assert metrics["global_step"] == 24 and history[-1]["step"] == 24
+    # the cosine ends with the run: a step plan's last step is one cosine step above the minimum (the minimum
+    # is step 24's, which is not run), a time plan's last step is at the minimum
+    last = lr_multiplier(23, 2, 24, 0.1) if budget is None else 0.1
+    assert history[-1]["learning_rate"] == pytest.approx(3e-3 * last)
+    assert max(r["learning_rate"] for r in history) == pytest.approx(3e-3, rel=0.05)
+
+
+def test_a_resumed_time_planned_run_keeps_its_cap(tmp_path):
+    out = tmp_path / "resumed"
+    values = dict(max_steps=None, max_time="60s", max_epochs=2.0, min_lr_ratio=0.1, early_stopping_patience=0,
+                  sampling="grid", checkpoint_every=12)
+    with pytest.raises(TrainingDivergedError):  # stops at step 18: the plan (cap at 24) and step 12 are saved
+        train(tiny_args(out, debug_nan_step=18, **values), datasets=make_blocks(), tokenizer=make_tokenizer())
+    metrics = train(tiny_args(out, resume=True, **values), datasets=make_blocks(), tokenizer=make_tokenizer()).metrics
+    history = [r for r in run_folder.load_log_history(out) if "learning_rate" in r]
+    assert metrics["global_step"] == 24 and history[-1]["learning_rate"] == pytest.approx(3e-3 * 0.1)
 
 
 def test_a_many_epoch_run_says_so_and_stops_early_with_the_best_model(tmp_path, caplog):

@@ -193,7 +193,7 @@ def test_overfits_one_batch(tmp_path):
     batch = Dataset.from_dict({"input_ids": rows})
     args = tiny_args(
         tmp_path / "of", hidden_size=64, max_steps=120, learning_rate=1e-2, warmup_steps=10,
-        weight_decay=0.0, min_lr_ratio=1.0, log_every=5,
+        weight_decay=0.0, min_lr_ratio=1.0, log_every=5, max_epochs=0,  # 120 epochs on purpose: no cap
     )
     out = train(args, datasets=DatasetDict(train=batch, validation=batch), tokenizer=make_tokenizer())
     losses = _losses(out.run_dir)
