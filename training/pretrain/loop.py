@@ -399,7 +399,6 @@ def plan_if_due(run: Run, job: Job, state: TrainState, progress) -> None:
             progress.refresh()
 
 
-
 def publish(run: Run, job: Job, state: TrainState, results: dict[str, dict[str, Any]]) -> None:
     """Stage the final model, tokenizer, generation settings and records beside the run, then swap them in.
 

@@ -10,8 +10,8 @@ is given); with ``--final-model best`` (the default) the run folder then ends wi
 Beyond :data:`MANY_EPOCHS_CAP` it also shortens the run to that many epochs (``--max-epochs``, 0: never): the
 learning-rate schedule is planned over the shorter run, so the model it ends with is an annealed one. Early
 stopping alone keeps a model from the middle of the cosine, whose learning rate is still high; docs/quality.md
-measures both. The plan comes from the step plan before the first step; a run planned by ``--max-time`` alone is planned once
-its step time is measured (after :data:`TIME_PLAN_AFTER_STEPS` steps).
+measures both. The plan comes from the step plan before the first step; a run planned by ``--max-time`` alone
+is planned once its step time is measured (after :data:`TIME_PLAN_AFTER_STEPS` steps).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 MANY_EPOCHS = 4.0
 MANY_EPOCHS_PATIENCE = 3
-MANY_EPOCHS_CAP = 16.0  # the classic loop's best annealed length on kjv (docs/quality.md); `modern` sets 8
+MANY_EPOCHS_CAP = 16.0  # kjv: the classic loop annealed at 16-18 epochs is level with the plain loop; `modern`: 8
 TIME_PLAN_AFTER_STEPS = 10
 
 
@@ -67,8 +67,7 @@ def capped_steps(epochs: float, accumulation: int, batches_per_epoch: int) -> in
 def epoch_cap(args, epochs: float) -> float | None:
     """The epochs the run is cut to: ``--max-epochs`` when given (0: none), else :data:`MANY_EPOCHS_CAP` when
     more are planned; None when the plan stays within it."""
-    cap = getattr(args, "max_epochs", None)
-    cap = MANY_EPOCHS_CAP if cap is None else cap
+    cap = MANY_EPOCHS_CAP if args.max_epochs is None else args.max_epochs
     return cap if 0 < cap < epochs else None
 
 
@@ -104,7 +103,9 @@ def _log_plan(plan: DataPlan, steps: int, epochs: float) -> None:
     """The plan in one line; beyond :data:`MANY_EPOCHS`, a warning naming what the run applies."""
     logger.info("data plan: %d steps = %.3g epochs of the training split", steps, epochs)
     if plan.many:
-        done = "; ".join(plan.mitigations) or "nothing (--early-stopping-patience, --max-epochs and --final-model are set)"
+        done = "; ".join(plan.mitigations) or (
+            "nothing (--early-stopping-patience, --max-epochs and --final-model are set)"
+        )
         logger.warning(
             "%.3g planned epochs is more than %g: repeated data overfits; applying: %s. Also consider "
             "--dropout 0.1 or a larger corpus", epochs, MANY_EPOCHS, done,

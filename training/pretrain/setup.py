@@ -346,18 +346,18 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
             "streamed" if streaming else len(train_set), block,
         )
     plan = plan_data(args, total_steps, None if streaming else len(train_dl), run.main)
-    job = Job(
+    total_steps = plan.max_steps or total_steps  # the plan's epoch cap: fewer steps, the schedule planned over them
+    return Job(
         model, accelerator.unwrap_model(model), optimizers, train_dl, eval_dl, sampler, streaming,
         tokens_per_step, total_steps, num_parameters, make_schedule(args, total_steps, run.max_time_s),
         args.sample_prompt or validation_prompt(eval_set, run.tokenizer), plan,
     )
-    apply_epoch_cap(job, 0)
-    return job
 
 
 def apply_epoch_cap(job: Job, step: int) -> bool:
-    """Shorten the run to the data plan's epoch cap (not before ``step``, the steps already run): the loop ends
-    there and the learning-rate schedule is planned to end there. True if it applied."""
+    """Shorten a time-planned run to the epoch cap of the plan made once its step time was known (not before
+    ``step``, the steps already run): the loop ends there and the schedule is planned to end there. True if it
+    applied. (A step plan's cap is applied by :func:`build`.)"""
     cap = job.plan.max_steps if job.plan is not None else None
     if cap is None:
         return False
