@@ -104,14 +104,16 @@ class ScratchGPTAttention(nn.Module):
         QK-norm and rotary positions applied (shared by :meth:`forward` and the decoding step, ``decode.py``)."""
         batch, seq, _ = qkv.shape
         # Heads as -1: under tensor parallelism a rank holds only its share of them.
-        qkv = qkv.view(batch, seq, -1, self.head_dim).transpose(1, 2)  # (b, h + 2kv, t, d)
-        kv_heads = qkv.shape[1] * self.num_key_value_heads // (self.num_heads + 2 * self.num_key_value_heads)
-        heads = qkv.shape[1] - 2 * kv_heads
-        query, key, value = qkv.split((heads, kv_heads, kv_heads), dim=1)  # q: (b, h, t, d)
+        qkv = qkv.view(batch, seq, -1, self.head_dim)  # (b, t, h + 2kv, d)
+        kv_heads = qkv.shape[2] * self.num_key_value_heads // (self.num_heads + 2 * self.num_key_value_heads)
+        heads = qkv.shape[2] - 2 * kv_heads
+        # Split, then transpose each part (the same views as transposing first): the backward's concatenation
+        # then writes the (b, t, width) gradient directly, with no copy into the projection's layout after it.
+        query, key, value = (part.transpose(1, 2) for part in qkv.split((heads, kv_heads, kv_heads), dim=2))
         if self.qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
         if position_embeddings is not None:  # RoPE (learned positions were added to the embeddings)
-            packed = None if self.qk_norm else qkv[:, : heads + kv_heads]  # queries and keys as one view
+            packed = None if self.qk_norm else qkv[:, :, : heads + kv_heads].transpose(1, 2)  # queries and keys
             query, key = apply_rotary(query, key, *position_embeddings, packed=packed)
         return query, key, value
 
