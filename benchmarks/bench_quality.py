@@ -234,7 +234,7 @@ def selection_blocks(tokenizer, train_docs: list[str], context: int):
 def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warmup: int, steps: int | None,
                   max_time_s: float | None, extra: dict):
     """`scratch-gpt train` in this process; returns (model, seconds, steps run, selection record: for a run
-    that evaluates, see :func:`selection_record`, else {})."""
+    that evaluates, see :func:`selection_record`, else {}, blocks per step: a variant may set its own batch)."""
     from scratch_gpt import ScratchGPTForCausalLM
     from training.pretrain.arguments import RECIPES, resolve_arguments
     from training.pretrain.loop import train
@@ -257,7 +257,8 @@ def scratch_train(blocks, tokenizer, shape: dict, out_dir: Path, seed: int, warm
     out = train(args, datasets=blocks, tokenizer=tokenizer)
     model = ScratchGPTForCausalLM.from_pretrained(out.run_dir).to(device_of_training())
     selection = selection_record(model, blocks, out.run_dir, args) if "eval_every" in extra else {}
-    return model, float(out.metrics["train_runtime"]), int(out.metrics["global_step"]), selection
+    batch = args.per_device_batch_size * args.gradient_accumulation_steps
+    return model, float(out.metrics["train_runtime"]), int(out.metrics["global_step"]), selection, batch
 
 
 def selection_record(model, blocks, run_dir: Path, args) -> dict:
@@ -324,10 +325,12 @@ def run_corpus(name: str, ns, tmp: Path) -> dict:
            if "many_epochs" in ns.modes else ")"))
     runs: list[dict] = []
 
-    def score(system: str, mode: str, seed: int, model, seconds: float, steps: int, selection=None) -> None:
+    def score(system: str, mode: str, seed: int, model, seconds: float, steps: int, selection=None,
+              batch: int = OPTIM["batch"]) -> None:
         npc = nats_per_char(model, held_ids, held_chars, shape["context"])
-        runs.append(dict(system=system, mode=mode, seed=seed, steps=steps, tokens=steps * tokens_per_step,
-                         epochs=round(steps * tokens_per_step / len(train_ids), 2), train_s=round(seconds, 2),
+        tokens = steps * batch * shape["context"]
+        runs.append(dict(system=system, mode=mode, seed=seed, steps=steps, batch=batch, tokens=tokens,
+                         epochs=round(tokens / len(train_ids), 2), train_s=round(seconds, 2),
                          nats_per_char=round(npc, 5), **({"selection": selection} if selection else {})))
         log(json.dumps(runs[-1]))
 

@@ -107,8 +107,8 @@ def _log_plan(plan: DataPlan, steps: int, epochs: float) -> None:
             "nothing (--early-stopping-patience, --max-epochs and --final-model are set)"
         )
         logger.warning(
-            "%.3g planned epochs is more than %g: repeated data overfits; applying: %s. Also consider "
-            "--dropout 0.1 or a larger corpus", epochs, MANY_EPOCHS, done,
+            "%.3g planned epochs is more than %g: repeated data overfits; applying: %s. A larger corpus helps "
+            "most (dropout and more weight decay measured mixed: docs/quality.md)", epochs, MANY_EPOCHS, done,
         )
     elif plan.max_steps is not None:
         logger.info("--max-epochs: the run ends at step %d", plan.max_steps)
