@@ -320,31 +320,41 @@ class Linear(nn.Linear):
         self._derived: dict[str, tuple] = {}  # name -> (weight key, value): row-block views, packed weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._weight_and_bias()
         if not self.cpu_fast_paths:
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, weight, bias)
         forcing = CHOOSER.forcing()
         if forcing is PLAIN:  # a model step measured or decided on the plain path (kernel_choice.StepChooser)
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, weight, bias)
         if forcing is not None or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return linear(x, self.weight, self.bias, self)
+            return linear(x, weight, bias, self)
         # Inference: the decision for this input shape, memoised on the layer, so that a decoding step pays a
         # dict lookup per layer rather than the key building of linear() (microseconds per product add up).
         plan_key = (x.shape, x.dtype, x.is_cpu, torch.get_num_threads())
         plan = self.__dict__.get("_plan")
         name = plan[1].get(plan_key) if plan is not None and plan[0] is CHOOSER.decisions else None
         if name == "f_linear":
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, weight, bias)
         if name is not None and not torch.is_autocast_enabled("cpu"):
             CHOOSER.note_tuned()
-            weight = self.weight
-            out = _KERNELS[name](x.reshape(-1, weight.shape[1]), weight, self.bias, self)
+            out = _KERNELS[name](x.reshape(-1, weight.shape[1]), weight, bias, self)
             return out.view(*x.shape[:-1], weight.shape[0])
-        out, key = _linear(x, self.weight, self.bias, self)
+        out, key = _linear(x, weight, bias, self)
         decided = "f_linear" if key is None else CHOOSER.decisions.get(key)
         if decided is not None and decided != "f_linear":
             CHOOSER.note_tuned()
         self._remember(plan_key, decided)
         return out
+
+    def _weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``self.weight`` and ``self.bias`` read from ``_parameters`` where they live there: ``nn.Module``'s
+        ``__getattr__`` costs ~0.4 µs a lookup, which a decoding step of a small model pays ~100 times. A
+        parametrization (its property) or anything else that moved them is read through the attributes."""
+        params = self._parameters
+        weight = params.get("weight")
+        if weight is None:
+            weight = self.weight
+        return weight, params["bias"] if "bias" in params else self.bias
 
     def _remember(self, plan_key: tuple, name: str | None) -> None:
         """Memoise the decided kernel ``name`` (None: not decided yet) for an inference input shape (see

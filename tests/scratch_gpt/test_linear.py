@@ -263,3 +263,29 @@ def test_a_packed_copy_is_freed_once_packing_lost_where_decided(monkeypatch):
         with torch.no_grad():
             layer(x)
         assert ("onednn_packed" in layer._derived) is kept
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_parameters_moved_out_of_the_module_are_read_through_their_attributes(fast):
+    """The layer reads ``weight``/``bias`` from ``_parameters`` to skip ``nn.Module.__getattr__``; a
+    parametrization (a property in their place) and a bias swapped for a plain tensor must still be used."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(torch.nn.Module):
+        def forward(self, weight):
+            return 2 * weight
+
+    torch.manual_seed(0)
+    layer = Linear(16, 8, cpu_fast_paths=fast)
+    parametrize.register_parametrization(layer, "weight", Doubled())
+    plain_bias = layer.bias.detach() + 1
+    del layer.bias
+    layer.bias = plain_bias  # an attribute now, no longer in _parameters
+    x = torch.randn(3, 16)
+    assert "weight" not in layer._parameters and "bias" not in layer._parameters
+    with torch.no_grad():
+        for rows in (x[:1], x):
+            weight = 2 * layer.parametrizations.weight.original
+            expected = F.linear(rows, weight, plain_bias)  # a chosen kernel may sum in another order
+            torch.testing.assert_close(layer(rows), expected, rtol=0,
+                                       atol=rounding_tolerance(rows, weight, plain_bias))
