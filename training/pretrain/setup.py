@@ -357,15 +357,12 @@ def build(run: Run, model: torch.nn.Module | None = None) -> Job:
 def apply_epoch_cap(job: Job, step: int) -> bool:
     """Shorten a time-planned run to the epoch cap of the plan made once its step time was known (not before
     ``step``, the steps already run): the loop ends there and the schedule is planned to end there. True if it
-    applied. (A step plan's cap is applied by :func:`build`.)"""
+    applied. A time-planned run has no step count until then (``--max-time`` alone) and a
+    :class:`TimeBudgetSchedule`; a step plan's cap is applied by :func:`build`."""
     cap = job.plan.max_steps if job.plan is not None else None
     if cap is None:
         return False
-    job.total_steps = max(cap, step) if job.total_steps is None else min(job.total_steps, max(cap, step))
-    if isinstance(job.schedule, TimeBudgetSchedule):
-        job.schedule.max_steps = job.total_steps
-    else:
-        job.schedule.total_steps = job.total_steps
+    job.total_steps = job.schedule.max_steps = max(cap, step)
     return True
 
 

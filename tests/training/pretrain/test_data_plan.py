@@ -1,5 +1,6 @@
 """Plan for the data: planned epochs from the step or time plan and the training split, a one-line warning and
-early stopping beyond MANY_EPOCHS, a shorter, annealed run beyond the epoch cap; and the closing hint of `scratch-gpt train` prompts with the corpus."""
+early stopping beyond MANY_EPOCHS, a shorter, annealed run beyond the epoch cap; and the closing hint of
+`scratch-gpt train` prompts with the corpus."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def test_planned_epochs_and_what_many_turns_on(caplog):
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1 and "6.67 planned epochs is more than 4" in warning[0]
     assert "early stopping after 3 evaluations" in warning[0] and "best evaluation" in warning[0]
-    given = plan_data(_args(early_stopping_patience=7, final_model="last", max_epochs=0), steps=400, batches_per_epoch=12, log=False)
+    given = plan_data(_args(early_stopping_patience=7, final_model="last", max_epochs=0), steps=400,
+                      batches_per_epoch=12, log=False)
     assert given.many and given.early_stopping_patience == 7 and given.mitigations == []  # the user's choice stays
     off = plan_data(_args(early_stopping_patience=0), steps=400, batches_per_epoch=12, log=False)
     assert off.many and off.early_stopping_patience == 0 and not any("early stopping" in m for m in off.mitigations)
